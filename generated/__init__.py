@@ -1,0 +1,1 @@
+"""protoc output; regenerate with scripts/gen_protos.py."""

@@ -1,0 +1,3 @@
+from grpcmesh.cli import main
+
+raise SystemExit(main())

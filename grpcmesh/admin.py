@@ -1,0 +1,68 @@
+"""The sidecar's admin port: a tiny HTTP/1.1 server for probes and introspection.
+
+GET /live      200 while the process runs
+GET /ready     200 once the sidecar routes (registry answered) and its instance is registered
+GET /endpoints JSON: every known service and endpoint with health and call counts
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Route = Callable[[], tuple[int, Any]]
+
+
+class AdminServer:
+    def __init__(self, listen: str, routes: dict[str, Route]) -> None:
+        self.listen = listen
+        self.routes = routes
+        self.address = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        host, _, port = self.listen.rpartition(":")
+        try:
+            self._server = await asyncio.start_server(self._handle, host, int(port))
+        except OSError as err:
+            raise OSError(f"admin: cannot listen on {self.listen}: {err.strerror}") from None
+        bound = self._server.sockets[0].getsockname()[1]
+        self.address = f"{host}:{bound}"
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.decode("latin-1").split()
+            if len(parts) < 2 or parts[0] != "GET":
+                status, body = 405, {"error": "only GET is supported"}
+            else:
+                path = parts[1].split("?")[0]
+                route = self.routes.get(path)
+                if route is None:
+                    status, body = 404, {"error": f"no such path {path}",
+                                         "paths": sorted(self.routes)}
+                else:
+                    status, body = route()
+            payload = (json.dumps(body, indent=2) + "\n").encode()
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+                      503: "Service Unavailable"}.get(status, "")
+            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                         + payload)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,1 @@
+"""Endpoints, pools and pickers: pure objects, no sockets."""

@@ -1,0 +1,51 @@
+"""The endpoints of one mesh service, following discovery events.
+
+Endpoints that stay keep their state (in-flight counts, and later latency estimates) across
+updates; an instance whose address changes becomes a new endpoint.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.registry.model import Instance
+
+
+class Pool:
+    def __init__(self, service: str,
+                 on_removed: Callable[[Endpoint], None] = lambda e: None) -> None:
+        self.service = service
+        self.endpoints: dict[str, Endpoint] = {}
+        self.ready: tuple[Endpoint, ...] = ()
+        self._on_removed = on_removed
+
+    def upsert(self, instance: Instance) -> None:
+        current = self.endpoints.get(instance.instance_id)
+        if current is not None and current.address == instance.address:
+            current.instance = instance
+        else:
+            if current is not None:
+                self._on_removed(current)
+            self.endpoints[instance.instance_id] = Endpoint(instance)
+        self._refresh()
+
+    def remove(self, instance_id: str) -> None:
+        endpoint = self.endpoints.pop(instance_id, None)
+        if endpoint is not None:
+            self._on_removed(endpoint)
+            self._refresh()
+
+    def reset(self, instances: Iterable[Instance]) -> None:
+        wanted = {i.instance_id: i for i in instances}
+        for instance_id in [k for k in self.endpoints if k not in wanted]:
+            self.remove(instance_id)
+        for inst in wanted.values():
+            self.upsert(inst)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.ready = tuple(e for _, e in sorted(self.endpoints.items()) if e.healthy)
+
+    def describe(self) -> str:
+        total = len(self.endpoints)
+        return f"{total} known, {len(self.ready)} serving"

@@ -1,0 +1,346 @@
+"""The `grpcmesh` command: run a registry or a sidecar, query the registry, run the demo.
+
+Daemons (registry, sidecar, example-server) log to stderr and print one JSON line with their
+bound addresses to stdout once they are ready, so scripts can start them on port 0.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+from grpcmesh import names
+from grpcmesh.proxy.forward import DEFAULT_MAX_MESSAGE_BYTES, ForwardSettings
+from grpcmesh.registry.client import RegistryClient, parse_registry_addresses
+from grpcmesh.registry.model import Instance
+
+log = logging.getLogger("grpcmesh")
+DEFAULT_REGISTRY = "127.0.0.1:7700"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _typed(check: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return convert
+
+
+ADDRESS = _typed(names.check_address, "address")
+LISTEN = _typed(names.check_listen_address, "listen address")
+SERVICE = _typed(names.check_service, "service")
+PROTO = _typed(names.check_proto_service, "proto service")
+LABEL = _typed(names.parse_label, "label")
+REGISTRY = _typed(parse_registry_addresses, "registry")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="grpcmesh", description="A gRPC-native service mesh.")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    p = sub.add_parser("registry", help="run the registry service",
+                       description="Run the registry: register/keep-alive/watch API, "
+                                   "grpc.health.v1 and reflection on one port.")
+    p.add_argument("--listen", type=LISTEN, default=DEFAULT_REGISTRY, metavar="HOST:PORT",
+                   help=f"address to serve on (default {DEFAULT_REGISTRY})")
+    p.add_argument("--store", default="memory", metavar="memory|sqlite:PATH",
+                   help="where registry-checked instances are kept (default memory); leased "
+                        "instances are re-registered by their sidecars after a restart")
+
+    p = sub.add_parser("sidecar", help="run a sidecar proxy beside an app",
+                       description="Run a sidecar: outbound proxy for the app's calls, "
+                                   "registration and health of the app, inbound proxy.")
+    p.add_argument("--service", type=SERVICE, required=True, help="the app's mesh service name")
+    p.add_argument("--app", type=ADDRESS, metavar="HOST:PORT",
+                   help="the local app's address; without it the sidecar is outbound only")
+    p.add_argument("--registry", type=REGISTRY, required=True, metavar="HOST:PORT[,...]",
+                   help="registry addresses, tried in order")
+    p.add_argument("--outbound", type=LISTEN, default="127.0.0.1:15001", metavar="HOST:PORT",
+                   help="where the app sends its calls (default 127.0.0.1:15001)")
+    p.add_argument("--inbound", type=LISTEN, metavar="HOST:PORT",
+                   help="accept the mesh's calls for the app here and register this address "
+                        "(default: register the app's own address)")
+    p.add_argument("--admin", type=LISTEN, default="127.0.0.1:15000", metavar="HOST:PORT",
+                   help="HTTP admin port: /live, /ready, /endpoints (default 127.0.0.1:15000)")
+    p.add_argument("--proto-service", type=PROTO, action="append", default=[], metavar="NAME",
+                   help="proto service the app serves (repeatable; default: ask its reflection)")
+    p.add_argument("--instance-id", help="instance id (default: the registered address)")
+    p.add_argument("--label", type=LABEL, action="append", default=[], metavar="KEY=VALUE",
+                   help="instance label (repeatable)")
+    p.add_argument("--ttl", type=int, default=10, metavar="SECONDS",
+                   help="lease TTL; the lease is kept alive every TTL/3 (default 10)")
+    p.add_argument("--grace-period", type=_positive_float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM, how long calls in flight may take to finish (default 10)")
+    p.add_argument("--drain-delay", type=_positive_float, default=1.0, metavar="SECONDS",
+                   help="on SIGTERM, wait this long after deregistering before refusing new "
+                        "calls, so peers stop sending first (default 1)")
+    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                   help="largest message forwarded either way (default 4 MiB)")
+
+    for name, text in (("register", "register an instance the registry health-checks itself"),
+                       ("deregister", "remove a registered instance")):
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        _registry_flag(p)
+        p.add_argument("--service", type=SERVICE, required=True, help="mesh service name")
+        p.add_argument("--address", type=ADDRESS, required=name == "register",
+                       metavar="HOST:PORT", help="the instance's address")
+        p.add_argument("--instance-id", help="instance id (default: the address)")
+        if name == "register":
+            p.add_argument("--proto-service", type=PROTO, action="append", default=[],
+                           metavar="NAME", help="proto service served (repeatable; default: "
+                                                "ask the instance's reflection)")
+            p.add_argument("--label", type=LABEL, action="append", default=[],
+                           metavar="KEY=VALUE", help="instance label (repeatable)")
+        p.add_argument("--owner", default="", help="owner (default: the address)")
+
+    p = sub.add_parser("services", help="list the mesh's services",
+                       description="List services with their proto services and health.")
+    _registry_flag(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("resolve", help="list one service's instances",
+                       description="List the instances of a mesh service, or of the services "
+                                   "that serve a proto service (e.g. shop.v1.Orders).")
+    _registry_flag(p)
+    p.add_argument("name", help="mesh service name or fully-qualified proto service name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("example-server", help="run the example Echo service",
+                       description="Run grpcmesh.example.v1.Echo with health and reflection.")
+    p.add_argument("--listen", type=LISTEN, default="127.0.0.1:50051", metavar="HOST:PORT")
+    p.add_argument("--name", default="echo", help="instance name put in every response")
+    p.add_argument("--delay-ms", type=_positive_float, default=0.0, help="delay per call")
+    p.add_argument("--fail-code", type=int, default=0, help="fail every call with this code")
+
+    p = sub.add_parser("demo", help="run a demo mesh on this machine",
+                       description="Start a registry, three Echo instances with sidecars and a "
+                                   "client calling through its own sidecar; print what happens.")
+    p.add_argument("--duration", type=_positive_float, default=0.0,
+                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
+    return parser
+
+
+def _registry_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", type=REGISTRY, default=[DEFAULT_REGISTRY],
+                   metavar="HOST:PORT[,...]", help=f"registry (default {DEFAULT_REGISTRY})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = COMMANDS[args.command]
+    try:
+        return asyncio.run(handler(args))
+    except CliError as err:
+        print(f"grpcmesh {args.command}: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"grpcmesh {args.command}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def announce(**addresses: str) -> None:
+    print(json.dumps(addresses), flush=True)
+
+
+async def run_until_signal(stop: Callable[[], Awaitable[None]],
+                           done: asyncio.Event | None = None) -> None:
+    """Wait for SIGTERM/SIGINT (or done), then run stop()."""
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signalled.set)
+    waiters = [asyncio.ensure_future(signalled.wait())]
+    if done is not None:
+        waiters.append(asyncio.ensure_future(done.wait()))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    await stop()
+
+
+async def cmd_registry(args: argparse.Namespace) -> int:
+    from grpcmesh.registry.server import RegistryServer, open_persistence
+
+    try:
+        persistence = open_persistence(args.store)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    server = RegistryServer(args.listen, persistence)
+    announce(registry=await server.start())
+    await run_until_signal(server.stop)
+    return 0
+
+
+async def cmd_sidecar(args: argparse.Namespace) -> int:
+    from grpcmesh.sidecar import Sidecar, SidecarSettings
+
+    if args.max_message_bytes <= 0:
+        raise CliError(f"--max-message-bytes {args.max_message_bytes} must be positive")
+    if args.ttl < 1:
+        raise CliError(f"--ttl {args.ttl} must be at least 1 second")
+    if args.app is None and (args.inbound or args.proto_service):
+        raise CliError("--inbound and --proto-service need --app (the app to register)")
+    if args.instance_id:
+        _check(names.check_instance_id, args.instance_id, "--instance-id")
+    sidecar = Sidecar(SidecarSettings(
+        service=args.service, registry=tuple(args.registry), app=args.app,
+        outbound=args.outbound, inbound=args.inbound, admin=args.admin,
+        proto_services=tuple(args.proto_service), instance_id=args.instance_id,
+        labels=tuple(args.label), ttl_seconds=args.ttl, grace_seconds=args.grace_period,
+        drain_delay=args.drain_delay,
+        forward=ForwardSettings(max_message_bytes=args.max_message_bytes)))
+    await sidecar.start()
+    announce(outbound=sidecar.outbound_address, inbound=sidecar.inbound_address,
+             admin=sidecar.admin.address)
+    await run_until_signal(sidecar.shutdown, sidecar.stopped)
+    if sidecar.failure is not None:
+        raise CliError(str(sidecar.failure))
+    return 0
+
+
+def _check(fn: Callable[[str, str], Any], value: str, flag: str) -> None:
+    try:
+        fn(value, flag)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+
+
+async def _registry_call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    client = RegistryClient(args.registry, timeout=5.0)
+    try:
+        return await client.call(method, request)
+    except grpc.aio.AioRpcError as err:
+        if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise CliError(f"cannot reach the registry at {','.join(args.registry)} "
+                           f"({err.code().name}: {err.details()})") from None
+        raise CliError(f"{err.code().name}: {err.details()}") from None
+    finally:
+        await client.close()
+
+
+async def cmd_register(args: argparse.Namespace) -> int:
+    from grpcmesh import reflection
+
+    protos = args.proto_service
+    if not protos:
+        async with grpc.aio.insecure_channel(args.address) as channel:
+            try:
+                protos = reflection.application_services(
+                    await reflection.list_services(channel, timeout=5.0))
+            except grpc.aio.AioRpcError as err:
+                raise CliError(f"cannot ask {args.address} which services it serves "
+                               f"({err.code().name}: {err.details()}); pass --proto-service"
+                               ) from None
+    instance_id = args.instance_id or args.address
+    _check(names.check_instance_id, instance_id, "--instance-id")
+    instance = Instance(args.service, instance_id, args.address, tuple(protos),
+                        tuple(args.label), owner=args.owner)
+    await _registry_call(args, "Register", pb.RegisterRequest(instance=instance.to_proto(),
+                                                              ttl_seconds=0))
+    print(f"registered {args.service}/{instance_id} at {args.address} serving "
+          f"{', '.join(protos)}; the registry checks its health")
+    return 0
+
+
+async def cmd_deregister(args: argparse.Namespace) -> int:
+    instance_id = args.instance_id or args.address
+    if not instance_id:
+        raise CliError("give --instance-id or --address")
+    await _registry_call(args, "Deregister", pb.DeregisterRequest(
+        service=args.service, instance_id=instance_id, owner=args.owner))
+    print(f"deregistered {args.service}/{instance_id}")
+    return 0
+
+
+async def cmd_services(args: argparse.Namespace) -> int:
+    from grpcmesh.output import print_services
+
+    resp = await _registry_call(args, "ListServices", pb.ListServicesRequest())
+    print_services(resp, args.json)
+    return 0
+
+
+async def cmd_resolve(args: argparse.Namespace) -> int:
+    from grpcmesh.output import print_instances
+
+    name = args.name
+    is_service = _valid(names.check_service, name)
+    if not is_service and not _valid(names.check_proto_service, name):
+        raise CliError(f"{name!r} is neither a mesh service name (e.g. orders) nor a proto "
+                       "service name (e.g. shop.v1.Orders)")
+    try:
+        request = pb.ResolveRequest(service=name) if is_service else pb.ResolveRequest(
+            proto_service=name)
+        resp = await _registry_call(args, "Resolve", request)
+    except CliError:
+        if not (is_service and _valid(names.check_proto_service, name)):
+            raise
+        resp = await _registry_call(args, "Resolve", pb.ResolveRequest(proto_service=name))
+    print_instances(resp, args.json)
+    return 0
+
+
+def _valid(fn: Callable[[str], Any], value: str) -> bool:
+    try:
+        fn(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def cmd_example_server(args: argparse.Namespace) -> int:
+    from grpcmesh.example.server import EchoBehaviour, EchoServer
+
+    server = EchoServer(args.listen, EchoBehaviour(args.name, args.delay_ms, args.fail_code))
+    announce(app=await server.start())
+    await run_until_signal(server.stop)
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from grpcmesh.demo import run_demo
+
+    return await run_demo(args.duration, args.concurrency)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "registry": cmd_registry, "sidecar": cmd_sidecar, "register": cmd_register,
+    "deregister": cmd_deregister, "services": cmd_services, "resolve": cmd_resolve,
+    "example-server": cmd_example_server, "demo": cmd_demo,
+}

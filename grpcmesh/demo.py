@@ -1,0 +1,128 @@
+"""`grpcmesh demo`: a whole mesh on one machine, and a client calling through it.
+
+A registry, three Echo instances (with different artificial delays) each behind a sidecar, and a
+client-only sidecar; an in-process client sends calls to that sidecar's outbound port, exactly as
+an unmodified gRPC app would, and prints calls per instance, latency and errors every second.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import time
+
+import grpc
+
+from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+from grpcmesh import procs
+from grpcmesh.output import table
+from grpcmesh.registry.client import RegistryClient
+
+INSTANCE_DELAYS_MS = (1.0, 3.0, 6.0)
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.latencies: dict[str, list[float]] = collections.defaultdict(list)
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    def report(self, elapsed: float) -> str:
+        total = sum(len(v) for v in self.latencies.values())
+        rows = []
+        for name, lat in sorted(self.latencies.items()):
+            lat = sorted(lat)
+            rows.append([name, len(lat), f"{100 * len(lat) / max(total, 1):.0f}%",
+                         f"{lat[len(lat) // 2] * 1000:.1f}",
+                         f"{lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000:.1f}"])
+        lines = [f"after {elapsed:.0f}s: {total} calls, {total / max(elapsed, 1e-9):.0f}/s, "
+                 f"{sum(self.errors.values())} errors"
+                 + (f" {dict(self.errors)}" if self.errors else "")]
+        lines.append(table(["INSTANCE", "CALLS", "SHARE", "P50 MS", "P99 MS"], rows))
+        return "\n".join(lines)
+
+
+async def _client(target: str, stats: Stats, stop: asyncio.Event) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                resp = await stub.Unary(echo_pb2.EchoRequest(message="hello"), timeout=5)
+                stats.latencies[resp.instance].append(time.perf_counter() - start)
+            except grpc.aio.AioRpcError as err:
+                stats.errors[err.code().name] += 1
+                await asyncio.sleep(0.1)
+
+
+async def _wait_serving(registry: str, service: str, count: int, timeout: float) -> None:
+    client = RegistryClient([registry])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                resp = await client.call("Resolve", pb.ResolveRequest(service=service))
+                if sum(1 for i in resp.instances if i.health == pb.SERVING) >= count:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{count} instances of {service} did not become SERVING "
+                           f"within {timeout:.0f}s")
+    finally:
+        await client.close()
+
+
+async def run_demo(duration: float, concurrency: int) -> int:
+    daemons: list[procs.Daemon] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        print("starting a registry, 3 echo instances with sidecars, and a client sidecar...",
+              flush=True)
+        registry = await procs.start("registry", "registry", "--listen", "127.0.0.1:0")
+        daemons.append(registry)
+        reg = registry.addresses["registry"]
+        apps = await asyncio.gather(*(
+            procs.start(f"echo-{n}", "example-server", "--listen", "127.0.0.1:0",
+                        "--name", f"echo-{n}", "--delay-ms", str(delay))
+            for n, delay in enumerate(INSTANCE_DELAYS_MS, 1)))
+        daemons += apps
+        sidecars = await asyncio.gather(*(
+            procs.start(f"sidecar-{app.name}", "sidecar", "--service", "echo",
+                        "--app", app.addresses["app"], "--registry", reg,
+                        "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0",
+                        "--admin", "127.0.0.1:0")
+            for app in apps))
+        daemons += sidecars
+        client_sidecar = await procs.start(
+            "client-sidecar", "sidecar", "--service", "demo-client", "--registry", reg,
+            "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0")
+        daemons.append(client_sidecar)
+        await _wait_serving(reg, "echo", len(apps), timeout=20)
+        outbound = client_sidecar.addresses["outbound"]
+        print(f"registry {reg}; client calls grpcmesh.example.v1.Echo/Unary through its "
+              f"sidecar at {outbound} with {concurrency} calls in flight")
+        print(f"instances answer with extra delays of {INSTANCE_DELAYS_MS} ms; try "
+              f"`grpcmesh services --registry {reg}` in another terminal. Ctrl-C stops.\n",
+              flush=True)
+        stats = Stats()
+        started = time.monotonic()
+        clients = [loop.create_task(_client(outbound, stats, stop)) for _ in range(concurrency)]
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+            elapsed = time.monotonic() - started
+            if duration and elapsed >= duration:
+                stop.set()
+            if stop.is_set() or int(elapsed) % 5 == 0:
+                print(stats.report(elapsed) + "\n", flush=True)
+        await asyncio.gather(*clients)
+        print("stopping...", flush=True)
+        return 0 if not stats.errors else 1
+    finally:
+        await procs.stop_all(daemons)

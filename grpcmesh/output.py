@@ -1,0 +1,45 @@
+"""How the query commands print: aligned tables for people, JSON for scripts."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import json_format
+
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in cells)
+
+
+def _json(message: Any) -> str:
+    return json.dumps(json_format.MessageToDict(message, always_print_fields_with_no_presence=True),
+                      indent=2)
+
+
+def print_services(resp: pb.ListServicesResponse, as_json: bool) -> None:
+    if as_json:
+        print(_json(resp))
+        return
+    if not resp.services:
+        print("no services registered")
+        return
+    print(table(["SERVICE", "INSTANCES", "SERVING", "PROTO SERVICES"],
+                [[s.service, s.instances, s.serving, ", ".join(s.proto_services)]
+                 for s in resp.services]))
+
+
+def print_instances(resp: pb.ResolveResponse, as_json: bool) -> None:
+    if as_json:
+        print(_json(resp))
+        return
+    print(table(["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "LEASE", "LABELS"],
+                [[i.service, i.instance_id, i.address, pb.HealthStatus.Name(i.health),
+                  i.lease_id or "registry-checked",
+                  ",".join(f"{k}={v}" for k, v in sorted(i.labels.items())) or "-"]
+                 for i in resp.instances]))

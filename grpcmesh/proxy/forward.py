@@ -1,0 +1,145 @@
+"""The byte pump: one catch-all handler that forwards every call upstream as raw bytes.
+
+A call passes, outermost first: accept (this handler) -> deadline check -> route (method path or
+grpcmesh-service header to a Target) -> pick an endpoint whose connection is up (a refused
+connection means the call never left, so the next endpoint is tried) -> forward (request
+messages, response headers, messages, trailers, status and details, unchanged) -> record the
+outcome on the endpoint. Messages are never deserialized. Every call uses the streaming handler,
+which carries all four call kinds on the wire (a unary handler registered for a streaming method
+would hang); a unary fast path is a later optimisation.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.proxy.channels import Channels, connected
+from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
+
+log = logging.getLogger(__name__)
+
+Metadata = Sequence[tuple[str, str | bytes]]
+Router = Callable[[str, str | None], Target]
+
+# Request metadata that grpcio sets itself on the upstream call, or that only means something to
+# this proxy.
+_DROP_REQUEST = frozenset({"user-agent", SERVICE_HEADER})
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    connect_timeout: float = 1.0  # how long a call waits for a new upstream connection
+
+
+class Forwarder(grpc.GenericRpcHandler):
+    """Catch-all handler: route each call and forward it upstream."""
+
+    def __init__(self, router: Router, channels: Channels,
+                 local: grpc.GenericRpcHandler | None = None,
+                 local_prefixes: tuple[str, ...] = (),
+                 settings: ForwardSettings = ForwardSettings()) -> None:
+        self._router = router
+        self._channels = channels
+        self._local = local
+        self._local_prefixes = local_prefixes
+        self._settings = settings
+        self.in_flight = 0
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = details.method  # type: ignore[attr-defined]
+        metadata: Metadata = details.invocation_metadata  # type: ignore[attr-defined]
+        override = None
+        for key, value in metadata:
+            if key == SERVICE_HEADER:
+                override = value if isinstance(value, str) else value.decode()
+        if self._local is not None and override is None and method.startswith(self._local_prefixes):
+            return self._local.service(details)
+
+        async def handle(requests: AsyncIterator[bytes],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            async for message in self._forward(method, metadata, override, requests, context):
+                yield message
+
+        return grpc.stream_stream_rpc_method_handler(handle)
+
+    async def _forward(self, method: str, metadata: Metadata, override: str | None,
+                       requests: AsyncIterator[bytes],
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        timeout = context.time_remaining()
+        if timeout is not None and timeout <= 0:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"deadline expired before {method} was forwarded")
+        try:
+            target = self._router(method, override)
+        except RouteError as err:
+            await context.abort(err.code, err.message)
+        endpoint = await self._pick(target, method, timeout, context)
+        upstream = self._channels.get(endpoint.address).stream_stream(method)
+        request_metadata = [(k, v) for k, v in metadata if k not in _DROP_REQUEST]
+        call = upstream(requests, timeout=context.time_remaining(), metadata=request_metadata)
+        endpoint.in_flight += 1
+        self.in_flight += 1
+        ok = False
+        try:
+            headers = await call.initial_metadata()
+            if headers:
+                await context.send_initial_metadata(headers)
+            async for message in call:
+                yield message
+            ok = True
+        except grpc.aio.AioRpcError:
+            pass  # the status, details and trailers are read from the call below
+        finally:
+            endpoint.in_flight -= 1
+            self.in_flight -= 1
+            if not ok and not call.done():
+                call.cancel()  # our caller went away or gave up: so does the upstream call
+        endpoint.calls += 1
+        code = await call.code()
+        if code != grpc.StatusCode.OK:
+            endpoint.failures += 1
+        context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
+        context.set_code(code)
+        context.set_details(await call.details())
+
+    async def _pick(self, target: Target, method: str, timeout: float | None,
+                    context: grpc.aio.ServicerContext) -> Endpoint:
+        refused: list[Endpoint] = []
+        while True:
+            endpoint = target.pick(refused)
+            if endpoint is None:
+                break
+            wait = self._settings.connect_timeout
+            if timeout is not None:
+                wait = min(wait, max(0.0, context.time_remaining() or 0.0))
+            if await connected(self._channels.get(endpoint.address), wait):
+                return endpoint
+            refused.append(endpoint)
+        if refused:
+            left = context.time_remaining()
+            if left is not None and left <= 0:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"deadline expired while connecting to {target.name}")
+            tried = ", ".join(e.address for e in refused)
+            message = f"no instance of {target.name} accepted a connection (tried {tried})"
+        else:
+            message = f"no healthy instance of {target.name} ({target.describe()})"
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{message} for {method}")
+        raise AssertionError("unreachable")
+
+
+def proxy_server(forwarder: Forwarder, settings: ForwardSettings, **extra: Any) -> grpc.aio.Server:
+    from grpcmesh.server_util import server_options
+
+    server = grpc.aio.server(options=server_options(max_message_bytes=settings.max_message_bytes),
+                             **extra)
+    server.add_generic_rpc_handlers([forwarder])
+    return server

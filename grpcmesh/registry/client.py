@@ -1,0 +1,193 @@
+"""Talking to the registry: one-shot calls with failover across addresses, the Registrar that
+keeps one instance registered, and a watch that reconnects with backoff.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import grpc
+
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+from generated.grpcmesh.registry.v1 import registry_pb2_grpc
+from grpcmesh import names
+from grpcmesh.registry.model import Event, Health, Instance
+
+log = logging.getLogger(__name__)
+
+_FAILOVER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def parse_registry_addresses(text: str) -> list[str]:
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    if not addresses:
+        raise ValueError("--registry is empty: expected HOST:PORT[,HOST:PORT...]")
+    for address in addresses:
+        names.check_address(address, "--registry address")
+    return addresses
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset after a success."""
+
+    def __init__(self, initial: float = 0.1, maximum: float = 5.0,
+                 rng: random.Random | None = None) -> None:
+        self._initial = initial
+        self._maximum = maximum
+        self._attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        ceiling = min(self._maximum, self._initial * 2 ** self._attempt)
+        self._attempt += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class RegistryClient:
+    """Calls the first registry that answers; moves to the next address when one is down."""
+
+    def __init__(self, addresses: list[str], timeout: float = 5.0) -> None:
+        self.addresses = addresses
+        self.timeout = timeout
+        self._index = 0
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: registry_pb2_grpc.RegistryStub | None = None
+
+    @property
+    def address(self) -> str:
+        return self.addresses[self._index]
+
+    def stub(self) -> registry_pb2_grpc.RegistryStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+            self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+        return self._stub
+
+    def rotate(self) -> None:
+        """Use the next address from now on."""
+        if self._channel is not None:
+            channel = self._channel
+            asyncio.get_running_loop().create_task(channel.close())
+        self._channel = self._stub = None
+        self._index = (self._index + 1) % len(self.addresses)
+
+    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        """Call method on the registry, trying each address once if it is unreachable."""
+        for attempt in range(len(self.addresses)):
+            try:
+                return await getattr(self.stub(), method)(request, timeout=timeout or self.timeout)
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in _FAILOVER or attempt == len(self.addresses) - 1:
+                    raise
+                log.warning("registry %s: %s; trying the next one", self.address, err.code().name)
+                self.rotate()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = self._stub = None
+
+
+async def watch_forever(client: RegistryClient, on_event: Callable[[Event], None],
+                        request: pb.WatchRequest | None = None,
+                        on_state: Callable[[bool], None] = lambda up: None) -> None:
+    """Follow the registry until cancelled; after a reconnect the first event is a SNAPSHOT,
+    which replaces what was known. While the registry is away, nothing is forgotten."""
+    backoff = Backoff()
+    request = request or pb.WatchRequest()
+    while True:
+        try:
+            async for msg in client.stub().Watch(request):
+                backoff.reset()
+                on_state(True)
+                on_event(Event.from_proto(msg))
+            log.warning("registry %s ended the watch; reconnecting", client.address)
+        except grpc.aio.AioRpcError as err:
+            log.warning("registry %s watch failed: %s %s; keeping the last known endpoints",
+                        client.address, err.code().name, err.details())
+            on_state(False)
+            client.rotate()
+        await asyncio.sleep(backoff.next())
+
+
+class Registrar:
+    """Keeps one instance registered under a lease: registers, keeps the lease alive,
+    publishes health changes at once, and registers again when the lease is gone (expired, or
+    the registry restarted)."""
+
+    def __init__(self, client: RegistryClient, instance: Instance, ttl_seconds: int = 10) -> None:
+        self._client = client
+        self.instance = instance
+        self.ttl = ttl_seconds
+        self.lease_id = 0
+        self._changed = asyncio.Event()
+        self.registered = asyncio.Event()
+
+    def set_health(self, health: Health) -> None:
+        if health != self.instance.health:
+            self.instance = replace(self.instance, health=health)
+            self._changed.set()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self._register()
+                backoff.reset()
+                await self._keep_alive()
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    log.warning("registry forgot lease %d (%s); registering again",
+                                self.lease_id, err.details())
+                    self.lease_id = 0
+                    continue
+                if err.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.ALREADY_EXISTS):
+                    raise  # retrying cannot help: the caller reports it
+                log.warning("registry %s: %s %s; retrying", self._client.address,
+                            err.code().name, err.details())
+                self.lease_id = 0
+                await asyncio.sleep(backoff.next())
+
+    async def _register(self) -> None:
+        self._changed.clear()
+        resp = await self._client.call("Register", pb.RegisterRequest(
+            instance=self.instance.to_proto(), ttl_seconds=self.ttl))
+        self.lease_id = resp.lease_id
+        self.registered.set()
+        log.info("registered %s/%s at %s as %s (lease %d, ttl %ds)", self.instance.service,
+                 self.instance.instance_id, self.instance.address, self.instance.health.name,
+                 self.lease_id, self.ttl)
+
+    async def _keep_alive(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.ttl / 3)
+            except TimeoutError:
+                await self._client.call("KeepAlive", pb.KeepAliveRequest(lease_id=self.lease_id),
+                                        timeout=self.ttl / 3)
+                continue
+            self._changed.clear()
+            health = self.instance.health
+            await self._client.call("SetHealth", pb.SetHealthRequest(
+                lease_id=self.lease_id, health=int(health)))
+            log.info("published health %s", health.name)
+
+    async def deregister(self, timeout: float = 2.0) -> None:
+        inst = self.instance
+        try:
+            await self._client.call("Deregister", pb.DeregisterRequest(
+                service=inst.service, instance_id=inst.instance_id, owner=inst.owner),
+                timeout=timeout)
+            log.info("deregistered %s/%s", inst.service, inst.instance_id)
+        except grpc.aio.AioRpcError as err:
+            log.warning("deregister failed (%s %s); the lease will expire instead",
+                        err.code().name, err.details())

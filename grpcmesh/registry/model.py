@@ -1,0 +1,90 @@
+"""Registry values: instances, health and watch events, with their protobuf conversions."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+
+
+class Health(enum.IntEnum):
+    UNKNOWN = pb.HEALTH_STATUS_UNKNOWN
+    SERVING = pb.SERVING
+    NOT_SERVING = pb.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class Instance:
+    service: str
+    instance_id: str
+    address: str
+    proto_services: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    health: Health = Health.UNKNOWN
+    owner: str = ""
+    lease_id: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.service, self.instance_id)
+
+    @property
+    def checked_by_registry(self) -> bool:
+        return self.lease_id == 0
+
+    def to_proto(self) -> pb.Instance:
+        return pb.Instance(
+            service=self.service, instance_id=self.instance_id, address=self.address,
+            proto_services=list(self.proto_services), labels=dict(self.labels),
+            health=int(self.health), owner=self.owner, lease_id=self.lease_id,
+        )
+
+    @classmethod
+    def from_proto(cls, msg: pb.Instance) -> Instance:
+        return cls(
+            service=msg.service, instance_id=msg.instance_id, address=msg.address,
+            proto_services=tuple(msg.proto_services), labels=tuple(sorted(msg.labels.items())),
+            health=Health(msg.health) if msg.health in Health._value2member_map_ else Health.UNKNOWN,
+            owner=msg.owner, lease_id=msg.lease_id,
+        )
+
+
+class EventType(enum.IntEnum):
+    SNAPSHOT = pb.WatchEvent.SNAPSHOT
+    UPSERT = pb.WatchEvent.UPSERT
+    DELETE = pb.WatchEvent.DELETE
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change to the registry. SNAPSHOT carries the whole state; the others one instance."""
+
+    type: EventType
+    revision: int
+    instances: tuple[Instance, ...] = ()
+    reason: str = ""
+
+    def to_proto(self) -> pb.WatchEvent:
+        return pb.WatchEvent(type=int(self.type), revision=self.revision,
+                             instances=[i.to_proto() for i in self.instances], reason=self.reason)
+
+    @classmethod
+    def from_proto(cls, msg: pb.WatchEvent) -> Event:
+        return cls(EventType(msg.type), msg.revision,
+                   tuple(Instance.from_proto(i) for i in msg.instances), msg.reason)
+
+
+@dataclass(frozen=True)
+class ServiceSummary:
+    service: str
+    proto_services: tuple[str, ...]
+    instances: int
+    serving: int
+
+
+@dataclass
+class Lease:
+    lease_id: int
+    ttl: float
+    expires_at: float
+    key: tuple[str, str] = field(default=("", ""))

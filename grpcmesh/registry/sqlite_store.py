@@ -1,0 +1,76 @@
+"""Registry persistence in one SQLite file, so registry-checked instances survive a restart.
+
+Only instances without a lease are written (the store decides which): leased instances
+re-register themselves when their keep-alive is refused, but nobody would re-register a
+registry-checked one. Health is not stored; the store reloads every instance as UNKNOWN until its
+checker has looked again. SQLite from the standard library keeps the registry free of a database
+server; the connection is in autocommit mode, so each save or delete is committed on its own.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from grpcmesh.registry.model import Instance
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    service TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    address TEXT NOT NULL,
+    proto_services TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (service, instance_id)
+)
+"""
+_COLUMNS = "service, instance_id, address, proto_services, labels, owner"
+
+
+class SqlitePersistence:
+    """The registry store's Persistence, backed by the SQLite database at path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None)
+        except sqlite3.Error as err:
+            raise self._error("cannot open", err) from None
+        try:
+            self._conn.execute(_SCHEMA)
+            self._conn.execute(f"SELECT {_COLUMNS} FROM instances LIMIT 0")
+            # Fail now, not at the first registration, if the file is read-only.
+            self._conn.execute("DELETE FROM instances WHERE 0")
+        except sqlite3.Error as err:
+            self._conn.close()
+            raise self._error("cannot use it as the registry database", err) from None
+
+    def _error(self, what: str, err: sqlite3.Error) -> ValueError:
+        return ValueError(f"--store sqlite:{self.path}: {what}: {err}")
+
+    def load(self) -> list[Instance]:
+        try:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM instances ORDER BY service, instance_id").fetchall()
+            return [
+                Instance(service=service, instance_id=instance_id, address=address,
+                         proto_services=tuple(json.loads(protos)),
+                         labels=tuple(sorted(json.loads(labels).items())), owner=owner)
+                for service, instance_id, address, protos, labels, owner in rows
+            ]
+        except (sqlite3.Error, ValueError, TypeError, AttributeError) as err:
+            raise ValueError(f"--store sqlite:{self.path}: cannot read instances: {err}") from None
+
+    def save(self, instance: Instance) -> None:
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (instance.service, instance.instance_id, instance.address,
+             json.dumps(list(instance.proto_services)),
+             json.dumps(dict(instance.labels), sort_keys=True), instance.owner),
+        )
+
+    def delete(self, key: tuple[str, str]) -> None:
+        self._conn.execute("DELETE FROM instances WHERE service = ? AND instance_id = ?", key)
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,292 @@
+"""The registry's state: instances, leases and revisions. Pure: no sockets, no asyncio.
+
+Time comes from an injected Clock and lease ids from an injected Random, so tests drive lease
+expiry with a fake clock. Every change bumps the revision and is handed to the listeners (the
+gRPC service fans it out to watchers). Registry-checked instances (no lease) are written to the
+optional persistence so they survive a restart; leased instances are not: their owners
+re-register when their keep-alive is refused.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import grpc
+
+from grpcmesh import names
+from grpcmesh.clock import Clock
+from grpcmesh.registry.model import Event, EventType, Health, Instance, Lease, ServiceSummary
+
+MAX_TTL_SECONDS = 3600
+MAX_PROTO_SERVICES = 256
+MAX_LABELS = 64
+
+Listener = Callable[[Event, "Instance | None"], None]
+
+
+class RegistryError(Exception):
+    """A request the registry refuses, with the gRPC status code that says why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Persistence(Protocol):
+    def load(self) -> list[Instance]: ...
+    def save(self, instance: Instance) -> None: ...
+    def delete(self, key: tuple[str, str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Registration:
+    instance: Instance
+    lease: Lease | None
+    revision: int
+
+
+def _invalid(err: ValueError) -> RegistryError:
+    return RegistryError(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+
+
+def validate_instance(instance: Instance) -> None:
+    """Raise RegistryError(INVALID_ARGUMENT) naming the first bad field."""
+    try:
+        names.check_service(instance.service, "instance.service")
+        names.check_instance_id(instance.instance_id, "instance.instance_id")
+        names.check_address(instance.address, "instance.address")
+        if len(instance.proto_services) > MAX_PROTO_SERVICES:
+            raise ValueError(f"instance.proto_services has {len(instance.proto_services)} "
+                             f"entries: at most {MAX_PROTO_SERVICES} are allowed")
+        for proto in instance.proto_services:
+            names.check_proto_service(proto, "instance.proto_services")
+        if len(instance.labels) > MAX_LABELS:
+            raise ValueError(f"instance.labels has {len(instance.labels)} entries: "
+                             f"at most {MAX_LABELS} are allowed")
+        for key, value in instance.labels:
+            names.check_label(key, value, "instance.labels")
+        if len(instance.owner) > 256:
+            raise ValueError("instance.owner is longer than 256 characters")
+    except ValueError as err:
+        raise _invalid(err) from None
+
+
+class RegistryStore:
+    def __init__(self, clock: Clock, rng: random.Random | None = None,
+                 persistence: Persistence | None = None) -> None:
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._persistence = persistence
+        self._instances: dict[tuple[str, str], Instance] = {}
+        self._leases: dict[int, Lease] = {}
+        self._listeners: list[Listener] = []
+        self.revision = 0
+        if persistence is not None:
+            for inst in persistence.load():
+                self._instances[inst.key] = replace(inst, health=Health.UNKNOWN, lease_id=0)
+            self.revision = 1 if self._instances else 0
+
+    # -- observation --------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call listener(event, previous) after every change; returns an unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def instances(self) -> list[Instance]:
+        return sorted(self._instances.values(), key=lambda i: i.key)
+
+    def get(self, service: str, instance_id: str) -> Instance | None:
+        return self._instances.get((service, instance_id))
+
+    def snapshot(self) -> Event:
+        return Event(EventType.SNAPSHOT, self.revision, tuple(self.instances()))
+
+    def resolve(self, service: str = "", proto_service: str = "") -> list[Instance]:
+        if bool(service) == bool(proto_service):
+            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
+                                "give exactly one of service or proto_service")
+        try:
+            if service:
+                names.check_service(service, "service")
+            else:
+                names.check_proto_service(proto_service, "proto_service")
+        except ValueError as err:
+            raise _invalid(err) from None
+        found = [i for i in self.instances()
+                 if (i.service == service if service else proto_service in i.proto_services)]
+        if not found:
+            what = f"service {service!r}" if service else f"proto service {proto_service!r}"
+            raise RegistryError(grpc.StatusCode.NOT_FOUND, f"no instance of {what} is registered")
+        return found
+
+    def list_services(self) -> list[ServiceSummary]:
+        groups: dict[str, list[Instance]] = {}
+        for inst in self.instances():
+            groups.setdefault(inst.service, []).append(inst)
+        return [
+            ServiceSummary(
+                service=name,
+                proto_services=tuple(sorted({p for i in insts for p in i.proto_services})),
+                instances=len(insts),
+                serving=sum(1 for i in insts if i.health == Health.SERVING),
+            )
+            for name, insts in sorted(groups.items())
+        ]
+
+    def checked_instances(self) -> list[Instance]:
+        """Instances without a lease, whose health the registry itself checks."""
+        return [i for i in self.instances() if i.checked_by_registry]
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def register(self, instance: Instance, ttl_seconds: float) -> Registration:
+        instance = replace(instance, owner=instance.owner or instance.address, lease_id=0,
+                           proto_services=tuple(sorted(set(instance.proto_services))),
+                           labels=tuple(sorted(instance.labels)))
+        validate_instance(instance)
+        if not 0 <= ttl_seconds <= MAX_TTL_SECONDS:
+            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"ttl_seconds {ttl_seconds} is out of range: expected 0 "
+                                f"(registry-checked) to {MAX_TTL_SECONDS}")
+        previous = self._instances.get(instance.key)
+        if previous is not None and previous.owner != instance.owner:
+            raise RegistryError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"instance_id {instance.instance_id!r} of service {instance.service!r} is "
+                f"already registered by owner {previous.owner!r} (address {previous.address}); "
+                f"deregister it first or choose another instance id",
+            )
+        if previous is not None and previous.lease_id:
+            self._leases.pop(previous.lease_id, None)
+        lease = None
+        if ttl_seconds > 0:
+            lease = Lease(self._new_lease_id(), float(ttl_seconds),
+                          self._clock.now() + ttl_seconds, instance.key)
+            self._leases[lease.lease_id] = lease
+            instance = replace(instance, lease_id=lease.lease_id)
+        self._instances[instance.key] = instance
+        if self._persistence is not None:
+            if instance.checked_by_registry:
+                self._persistence.save(instance)
+            elif previous is not None and previous.checked_by_registry:
+                self._persistence.delete(instance.key)
+        revision = self._emit(EventType.UPSERT, instance, previous, "registered")
+        return Registration(instance, lease, revision)
+
+    def keep_alive(self, lease_id: int) -> Lease:
+        lease = self._live_lease(lease_id)
+        lease.expires_at = self._clock.now() + lease.ttl
+        return lease
+
+    def set_health(self, lease_id: int, health: Health) -> int:
+        lease = self._live_lease(lease_id)
+        return self._set_health(lease.key, health)
+
+    def set_checked_health(self, key: tuple[str, str], health: Health) -> int:
+        """The registry's own health checker reporting on a registry-checked instance."""
+        inst = self._instances.get(key)
+        if inst is None or not inst.checked_by_registry:
+            return self.revision
+        return self._set_health(key, health)
+
+    def deregister(self, service: str, instance_id: str, owner: str = "") -> int:
+        try:
+            names.check_service(service, "service")
+            names.check_instance_id(instance_id, "instance_id")
+        except ValueError as err:
+            raise _invalid(err) from None
+        inst = self._instances.get((service, instance_id))
+        if inst is None:
+            raise RegistryError(grpc.StatusCode.NOT_FOUND,
+                                f"instance_id {instance_id!r} of service {service!r} is not "
+                                "registered")
+        if owner and owner != inst.owner:
+            raise RegistryError(grpc.StatusCode.PERMISSION_DENIED,
+                                f"instance_id {instance_id!r} of service {service!r} is owned by "
+                                f"{inst.owner!r}, not {owner!r}")
+        return self._remove(inst, "deregistered")
+
+    def expire(self) -> int:
+        """Remove every instance whose lease has run out; returns how many were removed."""
+        now = self._clock.now()
+        expired = [lease for lease in self._leases.values() if lease.expires_at <= now]
+        for lease in expired:
+            inst = self._instances.get(lease.key)
+            if inst is not None and inst.lease_id == lease.lease_id:
+                self._remove(inst, f"lease {lease.lease_id} expired")
+            self._leases.pop(lease.lease_id, None)
+        return len(expired)
+
+    def next_expiry(self) -> float | None:
+        return min((lease.expires_at for lease in self._leases.values()), default=None)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _new_lease_id(self) -> int:
+        while True:
+            lease_id = self._rng.getrandbits(62) + 1
+            if lease_id not in self._leases:
+                return lease_id
+
+    def _live_lease(self, lease_id: int) -> Lease:
+        lease = self._leases.get(lease_id)
+        if lease is not None and lease.expires_at <= self._clock.now():
+            self.expire()
+            lease = None
+        if lease is None:
+            raise RegistryError(grpc.StatusCode.NOT_FOUND,
+                                f"lease {lease_id} not found: it expired, was revoked or the "
+                                "registry restarted; register again")
+        return lease
+
+    def _set_health(self, key: tuple[str, str], health: Health) -> int:
+        inst = self._instances[key]
+        if inst.health == health:
+            return self.revision
+        updated = replace(inst, health=health)
+        self._instances[key] = updated
+        return self._emit(EventType.UPSERT, updated, inst, f"health {health.name}")
+
+    def _remove(self, inst: Instance, reason: str) -> int:
+        del self._instances[inst.key]
+        if inst.lease_id:
+            self._leases.pop(inst.lease_id, None)
+        elif self._persistence is not None:
+            self._persistence.delete(inst.key)
+        return self._emit(EventType.DELETE, inst, inst, reason)
+
+    def _emit(self, type_: EventType, inst: Instance, previous: Instance | None,
+              reason: str) -> int:
+        self.revision += 1
+        event = Event(type_, self.revision, (inst,), reason)
+        for listener in list(self._listeners):
+            listener(event, previous)
+        return self.revision
+
+
+def matches(instance: Instance, service: str, proto_service: str) -> bool:
+    """The watch filter: empty filters match everything."""
+    if service and instance.service != service:
+        return False
+    return not proto_service or proto_service in instance.proto_services
+
+
+def filter_event(event: Event, previous: Instance | None, service: str,
+                 proto_service: str) -> Event | None:
+    """The event as a filtered watcher should see it (None: not for this watcher)."""
+    if event.type == EventType.SNAPSHOT:
+        kept: Iterable[Instance] = (i for i in event.instances
+                                    if matches(i, service, proto_service))
+        return replace(event, instances=tuple(kept))
+    inst = event.instances[0]
+    if matches(inst, service, proto_service):
+        return event
+    if event.type == EventType.UPSERT and previous is not None and matches(
+            previous, service, proto_service):
+        return replace(event, type=EventType.DELETE, instances=(previous,),
+                       reason="no longer matches the watch filter")
+    return None

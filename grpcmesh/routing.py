@@ -1,0 +1,139 @@
+"""From a call's method path to the endpoints that may serve it. Pure: no sockets.
+
+A call to /pkg.Service/Method goes to the mesh services whose instances serve pkg.Service
+(usually one; if several do, their endpoints form one target). A client can instead name a mesh
+service explicitly with the `grpcmesh-service` request header (grpcio servers cannot see
+:authority, grpc/grpc#38906). Services stay known after their last instance goes, so a call
+during a full restart gets UNAVAILABLE (retryable), not UNIMPLEMENTED.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.balance.picker import Picker, RoundRobin
+from grpcmesh.balance.pool import Pool
+from grpcmesh.registry.model import Event, EventType, Instance
+
+SERVICE_HEADER = "grpcmesh-service"
+
+
+class RouteError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Target:
+    """Where a call may go: the pools of one or more mesh services and their picker."""
+
+    name: str
+    pools: tuple[Pool, ...]
+    picker: Picker = field(default_factory=RoundRobin)
+
+    def ready(self) -> Sequence[Endpoint]:
+        if len(self.pools) == 1:
+            return self.pools[0].ready
+        return [e for pool in self.pools for e in pool.ready]
+
+    def pick(self, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        return self.picker.pick(self.ready(), exclude)
+
+    def describe(self) -> str:
+        return ", ".join(f"{p.service}: {p.describe()}" for p in self.pools)
+
+
+def service_of(method: str) -> str:
+    """'/shop.v1.Orders/Get' -> 'shop.v1.Orders'."""
+    parts = method.split("/")
+    if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
+        raise RouteError(grpc.StatusCode.UNIMPLEMENTED,
+                         f"malformed method path {method!r}: expected /package.Service/Method")
+    return parts[1]
+
+
+class RouteTable:
+    def __init__(self, picker_factory: Callable[[], Picker] = RoundRobin,
+                 on_endpoint_removed: Callable[[Endpoint], None] = lambda e: None) -> None:
+        self.pools: dict[str, Pool] = {}
+        self.synced = False
+        self.revision = 0
+        self._proto_index: dict[str, set[str]] = {}
+        self._targets: dict[tuple[str, str], Target] = {}
+        self._picker_factory = picker_factory
+        self._on_endpoint_removed = on_endpoint_removed
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        if event.type == EventType.SNAPSHOT:
+            by_service: dict[str, list[Instance]] = {name: [] for name in self.pools}
+            for inst in event.instances:
+                by_service.setdefault(inst.service, []).append(inst)
+                self._index(inst)
+            for name, insts in by_service.items():
+                self._pool(name).reset(insts)
+            self.synced = True
+        elif event.type == EventType.UPSERT:
+            inst = event.instances[0]
+            self._index(inst)
+            self._pool(inst.service).upsert(inst)
+        elif event.type == EventType.DELETE:
+            inst = event.instances[0]
+            pool = self.pools.get(inst.service)
+            if pool is not None:
+                pool.remove(inst.instance_id)
+        self.revision = event.revision
+
+    def _pool(self, service: str) -> Pool:
+        pool = self.pools.get(service)
+        if pool is None:
+            pool = self.pools[service] = Pool(service, self._on_endpoint_removed)
+        return pool
+
+    def _index(self, inst: Instance) -> None:
+        for proto in inst.proto_services:
+            services = self._proto_index.setdefault(proto, set())
+            if inst.service not in services:
+                services.add(inst.service)
+                self._targets.pop(("proto", proto), None)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def route(self, method: str, service_override: str | None = None) -> Target:
+        if service_override:
+            key = ("service", service_override)
+            target = self._targets.get(key)
+            if target is None:
+                self._require_sync(f"service {service_override!r}")
+                pool = self.pools.get(service_override)
+                if pool is None:
+                    raise RouteError(grpc.StatusCode.UNIMPLEMENTED,
+                                     f"no route to mesh service {service_override!r} (named by "
+                                     f"the {SERVICE_HEADER} header): it has never registered")
+                target = self._targets[key] = Target(service_override, (pool,),
+                                                     self._picker_factory())
+            return target
+        proto = service_of(method)
+        key = ("proto", proto)
+        target = self._targets.get(key)
+        if target is None:
+            self._require_sync(proto)
+            services = self._proto_index.get(proto)
+            if not services:
+                raise RouteError(grpc.StatusCode.UNIMPLEMENTED,
+                                 f"no route for {proto}: no mesh service serves it "
+                                 f"(method {method})")
+            pools = tuple(self.pools[name] for name in sorted(services))
+            target = self._targets[key] = Target(proto, pools, self._picker_factory())
+        return target
+
+    def _require_sync(self, what: str) -> None:
+        if not self.synced:
+            raise RouteError(grpc.StatusCode.UNAVAILABLE,
+                             f"no route for {what} yet: the registry has not answered")

@@ -1,0 +1,240 @@
+"""The sidecar: registers its app, follows the registry, and proxies the app's calls.
+
+Start-up: outbound listener -> registry watch -> (with an app) learn its proto services,
+watch its health, register under a lease, inbound listener. Shutdown (SIGTERM): report
+NOT_SERVING, deregister, wait drain_delay so peers stop sending, then stop the listeners,
+letting calls in flight finish within the grace period.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from grpcmesh import reflection
+from grpcmesh.admin import AdminServer
+from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.balance.pool import Pool
+from grpcmesh.health import HealthWatcher
+from grpcmesh.proxy.channels import Channels
+from grpcmesh.proxy.forward import Forwarder, ForwardSettings, proxy_server
+from grpcmesh.registry.client import Backoff, Registrar, RegistryClient, watch_forever
+from grpcmesh.registry.model import Health, Instance
+from grpcmesh.routing import RouteTable, Target
+from grpcmesh.server_util import bind, with_port
+
+log = logging.getLogger(__name__)
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    service: str
+    registry: tuple[str, ...]
+    app: str | None = None
+    outbound: str = "127.0.0.1:15001"
+    inbound: str | None = None
+    admin: str = "127.0.0.1:15000"
+    proto_services: tuple[str, ...] = ()
+    instance_id: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    ttl_seconds: int = 10
+    grace_seconds: float = 10.0
+    drain_delay: float = 1.0
+    forward: ForwardSettings = field(default_factory=ForwardSettings)
+
+
+class _Collect:
+    """Captures the generic handler a generated add_*_to_server function registers."""
+
+    def __init__(self) -> None:
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.handlers.extend(handlers)
+
+    def add_registered_method_handlers(self, *args: Any) -> None:
+        pass
+
+
+class Sidecar:
+    def __init__(self, settings: SidecarSettings) -> None:
+        self.settings = settings
+        self.client = RegistryClient(list(settings.registry))
+        self.routes = RouteTable(on_endpoint_removed=self._endpoint_removed)
+        self.channels = Channels(settings.forward.max_message_bytes)
+        self.health = health.aio.HealthServicer()
+        collect = _Collect()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, collect)
+        self.outbound = Forwarder(self._route, self.channels, collect.handlers[0],
+                                  (HEALTH_PREFIX,), settings.forward)
+        self.outbound_server = proxy_server(self.outbound, settings.forward)
+        self.inbound_server: grpc.aio.Server | None = None
+        self.registrar: Registrar | None = None
+        self.app_health = Health.UNKNOWN
+        self.registry_up = False
+        self.outbound_address = ""
+        self.inbound_address = ""
+        self.admin = AdminServer(settings.admin, {"/live": lambda: (200, {"live": True}),
+                                                  "/ready": self._ready,
+                                                  "/endpoints": self._endpoints})
+        self._inbound_channels: Channels | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.failure: BaseException | None = None
+        self.stopped = asyncio.Event()
+
+    # -- start --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.outbound_address = with_port(s.outbound, bind(self.outbound_server, s.outbound,
+                                                           "outbound"))
+        await self.outbound_server.start()
+        await self._set_own_health(False)
+        self._spawn(watch_forever(self.client, self._on_event, on_state=self._registry_state),
+                    "registry-watch")
+        if s.app is not None:
+            if s.inbound is not None:
+                self.inbound_server = self._inbound_server(s.app)
+                self.inbound_address = with_port(s.inbound, bind(self.inbound_server, s.inbound,
+                                                                 "inbound"))
+                await self.inbound_server.start()
+            self._spawn(self._serve_app(s.app), "app")
+        await self.admin.start()
+        log.info("sidecar for %s: outbound %s, inbound %s, admin %s, app %s", s.service,
+                 self.outbound_address, self.inbound_address or "-", self.admin.address,
+                 s.app or "none (client only)")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sidecar %s failed: %s", task.get_name(), task.exception())
+            self.failure = task.exception()
+            self.stopped.set()
+
+    def _inbound_server(self, app: str) -> grpc.aio.Server:
+        pool = Pool("local app")
+        pool.upsert(Instance(self.settings.service, "app", app, health=Health.SERVING))
+        target = Target(f"the local app at {app}", (pool,))
+        self._inbound_channels = Channels(self.settings.forward.max_message_bytes)
+        forwarder = Forwarder(lambda method, override: target, self._inbound_channels,
+                              settings=self.settings.forward)
+        return proxy_server(forwarder, self.settings.forward)
+
+    async def _serve_app(self, app: str) -> None:
+        s = self.settings
+        protos = list(s.proto_services) or await self._learn_services(app)
+        instance = Instance(
+            service=s.service, address=self.inbound_address or app,
+            instance_id=s.instance_id or self.inbound_address or app,
+            proto_services=tuple(protos), labels=s.labels)
+        self.registrar = Registrar(self.client, instance, s.ttl_seconds)
+        first = asyncio.Event()
+
+        def on_health(status: Health, why: str) -> None:
+            log.info("app %s is %s (%s)", app, status.name, why)
+            self.app_health = status
+            assert self.registrar is not None
+            self.registrar.set_health(status)
+            first.set()
+
+        self._spawn(HealthWatcher(app, on_health).run(), "app-health")
+        await first.wait()
+        await self.registrar.run()
+
+    async def _learn_services(self, app: str) -> list[str]:
+        backoff = Backoff(maximum=2.0)
+        async with grpc.aio.insecure_channel(app) as channel:
+            while True:
+                try:
+                    services = reflection.application_services(
+                        await reflection.list_services(channel))
+                except grpc.aio.AioRpcError as err:
+                    if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        raise RuntimeError(
+                            f"cannot learn which proto services the app at {app} serves: it "
+                            "does not serve gRPC reflection; pass --proto-service NAME") from None
+                    log.info("waiting for the app at %s (%s)", app, err.code().name)
+                    await asyncio.sleep(backoff.next())
+                    continue
+                if not services:
+                    raise RuntimeError(f"the app at {app} reports no services through "
+                                       "reflection; pass --proto-service NAME")
+                log.info("app %s serves %s", app, ", ".join(services))
+                return services
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    def _on_event(self, event: Any) -> None:
+        self.routes.apply(event)
+
+    def _registry_state(self, up: bool) -> None:
+        if up != self.registry_up:
+            self.registry_up = up
+            if up:
+                asyncio.get_running_loop().create_task(self._set_own_health(True))
+
+    def _route(self, method: str, override: str | None) -> Target:
+        return self.routes.route(method, override)
+
+    def _endpoint_removed(self, endpoint: Endpoint) -> None:
+        still_used = any(e.address == endpoint.address
+                         for pool in self.routes.pools.values() for e in pool.endpoints.values()
+                         if e is not endpoint)
+        if not still_used:
+            self.channels.discard(endpoint.address)
+
+    async def _set_own_health(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("", status)
+
+    # -- admin --------------------------------------------------------------------------------
+
+    def _ready(self) -> tuple[int, Any]:
+        registered = self.registrar is None or self.registrar.lease_id != 0
+        ready = self.routes.synced and (self.settings.app is None or registered)
+        return (200 if ready else 503), {"ready": ready, "routes_synced": self.routes.synced,
+                                         "registered": registered,
+                                         "app_health": self.app_health.name}
+
+    def _endpoints(self) -> tuple[int, Any]:
+        services = {}
+        for name, pool in sorted(self.routes.pools.items()):
+            services[name] = [
+                {"instance_id": e.instance.instance_id, "address": e.address,
+                 "health": e.instance.health.name, "in_flight": e.in_flight,
+                 "calls": e.calls, "failures": e.failures}
+                for _, e in sorted(pool.endpoints.items())]
+        return 200, {"revision": self.routes.revision, "registry_up": self.registry_up,
+                     "services": services}
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Deregister first, let peers notice, then finish calls in flight and stop."""
+        s = self.settings
+        await self._set_own_health(False)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.registrar is not None and self.registrar.lease_id:
+            await self.registrar.deregister()
+            await asyncio.sleep(s.drain_delay)
+        servers = [self.outbound_server] + ([self.inbound_server] if self.inbound_server else [])
+        await asyncio.gather(*(srv.stop(s.grace_seconds) for srv in servers))
+        await self.admin.stop()
+        await self.channels.close()
+        if self._inbound_channels is not None:
+            await self._inbound_channels.close()
+        await self.client.close()
+        self.stopped.set()

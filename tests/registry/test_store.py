@@ -1,0 +1,499 @@
+"""RegistryStore on a fake clock and a seeded RNG: no sockets, no sleeps."""
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from grpcmesh.clock import FakeClock
+from grpcmesh.registry.model import Event, EventType, Health, Instance, ServiceSummary
+from grpcmesh.registry.sqlite_store import SqlitePersistence
+from grpcmesh.registry.store import (
+    MAX_TTL_SECONDS,
+    Persistence,
+    RegistryError,
+    RegistryStore,
+    filter_event,
+)
+
+SEED = 7
+START = 1000.0
+
+
+class Harness:
+    def __init__(self, persistence: Persistence | None = None) -> None:
+        self.clock = FakeClock(START)
+        self.store = RegistryStore(self.clock, random.Random(SEED), persistence)
+        self.events: list[tuple[Event, Instance | None]] = []
+        self.unsubscribe = self.store.subscribe(lambda e, prev: self.events.append((e, prev)))
+
+
+def inst(instance_id: str = "a1", service: str = "orders", address: str = "10.0.0.1:8080",
+         protos: tuple[str, ...] = ("shop.v1.Orders",),
+         labels: tuple[tuple[str, str], ...] = (), owner: str = "") -> Instance:
+    return Instance(service=service, instance_id=instance_id, address=address,
+                    proto_services=protos, labels=labels, owner=owner)
+
+
+def expected_lease_ids(n: int) -> list[int]:
+    rng = random.Random(SEED)
+    return [rng.getrandbits(62) + 1 for _ in range(n)]
+
+
+@contextmanager
+def raises(code: grpc.StatusCode) -> Iterator[pytest.ExceptionInfo[RegistryError]]:
+    with pytest.raises(RegistryError) as info:
+        yield info
+    assert info.value.code == code, info.value.message
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+# -- register and resolve --------------------------------------------------------------------
+
+
+def test_register_normalizes_and_resolves_by_service_and_proto_service(h: Harness) -> None:
+    reg = h.store.register(
+        inst("a2", protos=("shop.v1.Orders", "grpc.health.v1.Health", "shop.v1.Orders"),
+             labels=(("zone", "b"), ("version", "v2"))), 0)
+    h.store.register(inst("a1", address="10.0.0.2:8080"), 0)
+    h.store.register(inst("p1", service="payments", address="10.0.0.3:9090",
+                          protos=("shop.v1.Payments",)), 0)
+
+    assert reg.instance.proto_services == ("grpc.health.v1.Health", "shop.v1.Orders")
+    assert reg.instance.labels == (("version", "v2"), ("zone", "b"))
+    assert [i.instance_id for i in h.store.resolve(service="orders")] == ["a1", "a2"]
+    assert [i.instance_id for i in h.store.resolve(proto_service="shop.v1.Orders")] == [
+        "a1", "a2"]
+    assert [i.address for i in h.store.resolve(proto_service="shop.v1.Payments")] == [
+        "10.0.0.3:9090"]
+    assert [i.instance_id for i in h.store.resolve(proto_service="grpc.health.v1.Health")] == [
+        "a2"]
+    assert h.store.get("orders", "a2") == reg.instance
+
+
+def test_resolve_errors(h: Harness) -> None:
+    h.store.register(inst(), 0)
+    with raises(grpc.StatusCode.NOT_FOUND) as err:
+        h.store.resolve(service="billing")
+    assert err.value.message == "no instance of service 'billing' is registered"
+    with raises(grpc.StatusCode.NOT_FOUND) as err:
+        h.store.resolve(proto_service="shop.v1.Billing")
+    assert err.value.message == "no instance of proto service 'shop.v1.Billing' is registered"
+    with raises(grpc.StatusCode.INVALID_ARGUMENT):
+        h.store.resolve()
+    with raises(grpc.StatusCode.INVALID_ARGUMENT):
+        h.store.resolve(service="orders", proto_service="shop.v1.Orders")
+    with raises(grpc.StatusCode.INVALID_ARGUMENT) as err:
+        h.store.resolve(service="Orders")
+    assert "service 'Orders'" in err.value.message
+
+
+def test_revision_increments_on_every_change(h: Harness) -> None:
+    assert h.store.revision == 0
+    first = h.store.register(inst("a1"), 10)
+    second = h.store.register(inst("a2", address="10.0.0.2:8080"), 0)
+    assert (first.revision, second.revision) == (1, 2)
+    assert h.store.set_health(first.instance.lease_id, Health.SERVING) == 3
+    assert h.store.deregister("orders", "a2") == 4
+    assert h.store.revision == 4
+    snap = h.store.snapshot()
+    assert snap.type == EventType.SNAPSHOT
+    assert snap.revision == 4
+    assert [i.instance_id for i in snap.instances] == ["a1"]
+    assert [e.revision for e, _ in h.events] == [1, 2, 3, 4]
+
+
+def test_listeners_get_upsert_and_delete_with_previous(h: Harness) -> None:
+    first = h.store.register(inst(owner="pod-a"), 0).instance
+    second = h.store.register(inst(address="10.0.0.9:8080", owner="pod-a"), 0).instance
+    h.store.deregister("orders", "a1", owner="pod-a")
+
+    assert [(e.type, e.instances, e.reason, prev) for e, prev in h.events] == [
+        (EventType.UPSERT, (first,), "registered", None),
+        (EventType.UPSERT, (second,), "registered", first),
+        (EventType.DELETE, (second,), "deregistered", second),
+    ]
+    h.unsubscribe()
+    h.store.register(inst(), 0)
+    assert len(h.events) == 3
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def test_lease_ids_come_from_the_injected_rng(h: Harness) -> None:
+    a = h.store.register(inst("a1"), 10)
+    b = h.store.register(inst("a2"), 10)
+    assert a.lease is not None and b.lease is not None
+    assert [a.lease.lease_id, b.lease.lease_id] == expected_lease_ids(2)
+    assert a.instance.lease_id == a.lease.lease_id
+
+
+def test_keep_alive_extends_the_lease(h: Harness) -> None:
+    lease = h.store.register(inst(), 10).lease
+    assert lease is not None
+    assert lease.expires_at == START + 10
+    h.clock.advance(8)
+    assert h.store.keep_alive(lease.lease_id).expires_at == START + 18
+    assert h.store.next_expiry() == START + 18
+    h.clock.advance(8)  # past the original expiry, before the extended one
+    assert h.store.expire() == 0
+    assert h.store.get("orders", "a1") is not None
+    h.clock.advance(2)
+    assert h.store.expire() == 1
+    assert h.store.get("orders", "a1") is None
+
+
+def test_lease_expiry_removes_the_instance_and_says_why(h: Harness) -> None:
+    reg = h.store.register(inst(), 5)
+    assert reg.lease is not None
+    h.clock.advance(4.999)
+    assert h.store.expire() == 0
+    h.clock.advance(0.001)
+    assert h.store.expire() == 1
+    assert h.store.instances() == []
+    assert h.store.next_expiry() is None
+    event, previous = h.events[-1]
+    assert event.type == EventType.DELETE
+    assert event.instances == (reg.instance,)
+    assert previous == reg.instance
+    assert event.reason == f"lease {reg.lease.lease_id} expired"
+    assert event.revision == 2
+
+
+@pytest.mark.parametrize("call", ["keep_alive", "set_health"])
+def test_expired_lease_is_not_found_and_named(h: Harness, call: str) -> None:
+    reg = h.store.register(inst(), 5)
+    assert reg.lease is not None
+    lease_id = reg.lease.lease_id
+    h.clock.advance(6)  # no expire() call: the refused request notices the expiry itself
+    with raises(grpc.StatusCode.NOT_FOUND) as err:
+        if call == "keep_alive":
+            h.store.keep_alive(lease_id)
+        else:
+            h.store.set_health(lease_id, Health.SERVING)
+    assert f"lease {lease_id} not found" in err.value.message
+    assert h.store.get("orders", "a1") is None
+    assert h.events[-1][0].type == EventType.DELETE
+    assert h.events[-1][0].reason == f"lease {lease_id} expired"
+
+
+@pytest.mark.parametrize("call", ["keep_alive", "set_health"])
+def test_unknown_lease_is_not_found_and_named(h: Harness, call: str) -> None:
+    h.store.register(inst(), 0)
+    with raises(grpc.StatusCode.NOT_FOUND) as err:
+        if call == "keep_alive":
+            h.store.keep_alive(12345)
+        else:
+            h.store.set_health(12345, Health.SERVING)
+    assert err.value.message.startswith("lease 12345 not found")
+    with raises(grpc.StatusCode.NOT_FOUND):
+        h.store.keep_alive(0)  # registry-checked instances have no lease to keep alive
+
+
+def test_registry_checked_instances_never_expire(h: Harness) -> None:
+    reg = h.store.register(inst(), 0)
+    assert reg.lease is None
+    assert reg.instance.lease_id == 0
+    assert reg.instance.checked_by_registry
+    assert h.store.next_expiry() is None
+    h.clock.advance(10 * MAX_TTL_SECONDS)
+    assert h.store.expire() == 0
+    assert h.store.instances() == [reg.instance]
+    assert h.store.checked_instances() == [reg.instance]
+
+
+# -- ownership -------------------------------------------------------------------------------
+
+
+def test_owner_defaults_to_address(h: Harness) -> None:
+    reg = h.store.register(inst(address="10.0.0.5:7000"), 0)
+    assert reg.instance.owner == "10.0.0.5:7000"
+    explicit = h.store.register(inst("a2", owner="pod-b"), 0)
+    assert explicit.instance.owner == "pod-b"
+
+
+def test_duplicate_instance_id_with_another_owner_is_refused(h: Harness) -> None:
+    original = h.store.register(inst(address="10.0.0.1:8080"), 10).instance
+    with raises(grpc.StatusCode.ALREADY_EXISTS) as err:
+        h.store.register(inst(address="10.0.0.2:8080"), 10)
+    message = err.value.message
+    assert "instance_id 'a1'" in message
+    assert "service 'orders'" in message
+    assert "owner '10.0.0.1:8080'" in message
+    assert h.store.instances() == [original]
+    assert len(h.events) == 1
+    assert h.store.revision == 1
+
+
+def test_same_owner_reregister_replaces_and_revokes_old_lease(h: Harness) -> None:
+    old = h.store.register(inst(owner="pod-a"), 10)
+    h.clock.advance(5)
+    new = h.store.register(inst(address="10.0.0.7:8080", owner="pod-a"), 10)
+    assert old.lease is not None and new.lease is not None
+    assert old.lease.lease_id != new.lease.lease_id
+    assert h.store.instances() == [new.instance]
+    assert new.instance.address == "10.0.0.7:8080"
+    with raises(grpc.StatusCode.NOT_FOUND) as err:
+        h.store.keep_alive(old.lease.lease_id)
+    assert f"lease {old.lease.lease_id} not found" in err.value.message
+    h.clock.advance(5)  # the old lease's expiry time no longer removes anything
+    assert h.store.expire() == 0
+    assert h.store.keep_alive(new.lease.lease_id).expires_at == START + 20
+
+
+def test_leased_reregister_as_registry_checked_drops_the_lease(h: Harness) -> None:
+    old = h.store.register(inst(), 10)
+    assert old.lease is not None
+    new = h.store.register(inst(), 0)
+    assert new.instance.lease_id == 0
+    assert h.store.next_expiry() is None
+    with raises(grpc.StatusCode.NOT_FOUND):
+        h.store.keep_alive(old.lease.lease_id)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("change", "ttl", "expected"), [
+    ({"service": ""}, 0, "instance.service ''"),
+    ({"service": "Orders"}, 0, "instance.service 'Orders'"),
+    ({"instance_id": ""}, 0, "instance.instance_id ''"),
+    ({"address": "localhost"}, 0, "instance.address 'localhost' is not HOST:PORT"),
+    ({"address": "host:0"}, 0, "instance.address 'host:0' has port '0'"),
+    ({"address": "host:99999"}, 0, "instance.address 'host:99999' has port '99999'"),
+    ({"proto_services": ("shop..Orders",)}, 0, "instance.proto_services 'shop..Orders'"),
+    ({"labels": (("-bad", "x"),)}, 0, "instance.labels key '-bad' is invalid"),
+    ({"labels": (("ok", "a\nb"),)}, 0, "instance.labels[ok] value 'a\\nb'"),
+    ({"owner": "x" * 257}, 0, "instance.owner is longer than 256 characters"),
+    ({}, -1, "ttl_seconds -1 is out of range"),
+    ({}, MAX_TTL_SECONDS + 1, f"ttl_seconds {MAX_TTL_SECONDS + 1} is out of range"),
+    ({}, float("nan"), "ttl_seconds nan is out of range"),
+])
+def test_invalid_registration_names_field_and_value(
+        h: Harness, change: dict[str, object], ttl: float, expected: str) -> None:
+    with raises(grpc.StatusCode.INVALID_ARGUMENT) as err:
+        h.store.register(replace(inst(), **change), ttl)  # type: ignore[arg-type]
+    assert expected in err.value.message
+    assert h.store.instances() == []
+    assert h.events == []
+    assert h.store.revision == 0
+
+
+def test_max_ttl_is_accepted(h: Harness) -> None:
+    lease = h.store.register(inst(), MAX_TTL_SECONDS).lease
+    assert lease is not None
+    assert lease.expires_at == START + MAX_TTL_SECONDS
+
+
+def test_deregister_unknown_and_wrong_owner(h: Harness) -> None:
+    h.store.register(inst(owner="pod-a"), 0)
+    with raises(grpc.StatusCode.NOT_FOUND) as err:
+        h.store.deregister("orders", "zz")
+    assert err.value.message == "instance_id 'zz' of service 'orders' is not registered"
+    with raises(grpc.StatusCode.PERMISSION_DENIED) as err:
+        h.store.deregister("orders", "a1", owner="pod-b")
+    assert "owned by 'pod-a', not 'pod-b'" in err.value.message
+    with raises(grpc.StatusCode.INVALID_ARGUMENT) as err:
+        h.store.deregister("", "a1")
+    assert "service ''" in err.value.message
+    assert [i.instance_id for i in h.store.instances()] == ["a1"]
+    assert h.store.revision == 1
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+def test_list_services_counts_serving(h: Harness) -> None:
+    a1 = h.store.register(inst("a1", address="10.0.0.1:1"), 10)
+    a2 = h.store.register(inst("a2", address="10.0.0.2:1",
+                               protos=("shop.v1.Orders", "shop.v1.Admin")), 10)
+    h.store.register(inst("a3", address="10.0.0.3:1"), 0)
+    h.store.register(inst("p1", service="payments", address="10.0.0.4:1",
+                          protos=("shop.v1.Payments",)), 0)
+    h.store.set_health(a1.instance.lease_id, Health.SERVING)
+    h.store.set_health(a2.instance.lease_id, Health.NOT_SERVING)
+    h.store.set_checked_health(("orders", "a3"), Health.SERVING)
+
+    assert h.store.list_services() == [
+        ServiceSummary("orders", ("shop.v1.Admin", "shop.v1.Orders"), instances=3, serving=2),
+        ServiceSummary("payments", ("shop.v1.Payments",), instances=1, serving=0),
+    ]
+
+
+def test_set_health_emits_only_on_change(h: Harness) -> None:
+    reg = h.store.register(inst(), 10)
+    lease_id = reg.instance.lease_id
+    assert h.store.set_health(lease_id, Health.SERVING) == 2
+    assert h.store.set_health(lease_id, Health.SERVING) == 2
+    assert h.store.set_health(lease_id, Health.NOT_SERVING) == 3
+    assert [(e.reason, e.instances[0].health, prev.health if prev else None)
+            for e, prev in h.events[1:]] == [
+        ("health SERVING", Health.SERVING, Health.UNKNOWN),
+        ("health NOT_SERVING", Health.NOT_SERVING, Health.SERVING),
+    ]
+    assert h.store.get("orders", "a1") == replace(reg.instance, health=Health.NOT_SERVING)
+
+
+def test_set_checked_health_ignores_leased_and_unknown_instances(h: Harness) -> None:
+    h.store.register(inst(), 10)
+    assert h.store.set_checked_health(("orders", "a1"), Health.SERVING) == 1
+    assert h.store.set_checked_health(("orders", "nope"), Health.SERVING) == 1
+    assert h.store.get("orders", "a1").health == Health.UNKNOWN  # type: ignore[union-attr]
+    assert len(h.events) == 1
+
+
+# -- watch filtering -------------------------------------------------------------------------
+
+
+def test_filter_event_snapshot_keeps_only_matches(h: Harness) -> None:
+    h.store.register(inst("a1"), 0)
+    h.store.register(inst("p1", service="payments", protos=("shop.v1.Payments",)), 0)
+    h.store.register(inst("p2", service="payments", protos=("shop.v1.Payments", "x.Admin")), 0)
+    snap = h.store.snapshot()
+
+    def ids(event: Event | None) -> list[str]:
+        assert event is not None
+        assert event.type == EventType.SNAPSHOT
+        assert event.revision == 3
+        return [i.instance_id for i in event.instances]
+
+    assert ids(filter_event(snap, None, "", "")) == ["a1", "p1", "p2"]
+    assert ids(filter_event(snap, None, "payments", "")) == ["p1", "p2"]
+    assert ids(filter_event(snap, None, "", "x.Admin")) == ["p2"]
+    assert ids(filter_event(snap, None, "orders", "x.Admin")) == []
+
+
+def test_filter_event_upsert_and_delete(h: Harness) -> None:
+    first = h.store.register(inst(owner="pod-a"), 0).instance
+    h.store.register(inst(owner="pod-a", protos=("shop.v1.Other",)), 0)
+    h.store.deregister("orders", "a1")
+    (added, none), (moved, prev), (deleted, gone) = h.events
+
+    assert filter_event(added, none, "orders", "shop.v1.Orders") is added
+    assert filter_event(added, none, "payments", "") is None
+    # The re-registration drops shop.v1.Orders: that watcher sees the old instance leave.
+    left = filter_event(moved, prev, "", "shop.v1.Orders")
+    assert left == Event(EventType.DELETE, 2, (first,), "no longer matches the watch filter")
+    assert filter_event(moved, prev, "", "shop.v1.Other") is moved
+    assert filter_event(moved, prev, "payments", "") is None
+    assert filter_event(deleted, gone, "", "shop.v1.Other") is deleted
+    assert filter_event(deleted, gone, "", "shop.v1.Orders") is None
+
+
+# -- persistence -----------------------------------------------------------------------------
+
+
+class MemoryPersistence:
+    def __init__(self, *instances: Instance) -> None:
+        self.rows = {i.key: i for i in instances}
+
+    def load(self) -> list[Instance]:
+        return list(self.rows.values())
+
+    def save(self, instance: Instance) -> None:
+        self.rows[instance.key] = instance
+
+    def delete(self, key: tuple[str, str]) -> None:
+        del self.rows[key]
+
+
+def test_loaded_instances_start_unknown_and_registry_checked() -> None:
+    stale = replace(inst(owner="ops"), health=Health.SERVING, lease_id=99)
+    h = Harness(MemoryPersistence(stale))
+    assert h.store.instances() == [replace(stale, health=Health.UNKNOWN, lease_id=0)]
+    assert h.store.next_expiry() is None
+    assert h.store.revision == 1
+    assert h.events == []
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[tuple[str, list[SqlitePersistence]]]:
+    opened: list[SqlitePersistence] = []
+    yield str(tmp_path / "registry.db"), opened
+    for p in opened:
+        p.close()
+
+
+def _open(db: tuple[str, list[SqlitePersistence]]) -> SqlitePersistence:
+    path, opened = db
+    p = SqlitePersistence(path)
+    opened.append(p)
+    return p
+
+
+def test_checked_instances_survive_a_restart_leased_ones_do_not(
+        db: tuple[str, list[SqlitePersistence]]) -> None:
+    before = Harness(_open(db))
+    checked = before.store.register(
+        inst("a1", protos=("shop.v1.Orders", "grpc.health.v1.Health"),
+             labels=(("version", "v2"), ("zone", "eu-1")), owner="ops"), 0).instance
+    before.store.set_checked_health(checked.key, Health.SERVING)
+    before.store.register(inst("b1", address="10.0.0.2:8080"), 30)
+
+    after = Harness(_open(db))
+    assert after.store.instances() == [checked]
+    assert after.store.instances()[0].health == Health.UNKNOWN
+    assert after.store.instances()[0].owner == "ops"
+    assert after.store.revision == 1
+
+
+def test_deregister_and_lease_takeover_remove_from_file(
+        db: tuple[str, list[SqlitePersistence]]) -> None:
+    h = Harness(_open(db))
+    h.store.register(inst("a1"), 0)
+    h.store.register(inst("a2"), 0)
+    h.store.register(inst("a3"), 0)
+    h.store.deregister("orders", "a1")
+    h.store.register(inst("a2"), 10)  # now leased: no longer the registry's to remember
+    assert [i.instance_id for i in _open(db).load()] == ["a3"]
+    assert Harness(_open(db)).store.revision == 1
+
+
+def test_empty_database_starts_at_revision_zero(
+        db: tuple[str, list[SqlitePersistence]]) -> None:
+    assert _open(db).load() == []
+    assert Harness(_open(db)).store.revision == 0
+
+
+def test_sqlite_missing_directory_is_a_value_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "missing" / "registry.db")
+    with pytest.raises(ValueError, match="cannot open") as err:
+        SqlitePersistence(path)
+    assert str(err.value).startswith(f"--store sqlite:{path}: ")
+
+
+def test_sqlite_directory_as_path_is_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as err:
+        SqlitePersistence(str(tmp_path))
+    assert str(err.value).startswith(f"--store sqlite:{tmp_path}: ")
+
+
+def test_sqlite_non_database_file_is_a_value_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("this is not a sqlite database\n" * 20)
+    with pytest.raises(ValueError) as err:
+        SqlitePersistence(str(path))
+    assert str(err.value) == (f"--store sqlite:{path}: cannot use it as the registry database: "
+                              "file is not a database")
+
+
+def test_sqlite_foreign_table_is_a_value_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE instances (id INTEGER)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ValueError, match="cannot use it as the registry database") as err:
+        SqlitePersistence(str(path))
+    assert str(path) in str(err.value)
