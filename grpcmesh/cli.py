@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="memory", metavar="memory|sqlite:PATH",
                    help="where registry-checked instances are kept (default memory); leased "
                         "instances are re-registered by their sidecars after a restart")
+    p.add_argument("--warmup", type=_positive_float, default=10.0, metavar="SECONDS",
+                   help="after a start, how long watchers keep instances this registry has "
+                        "not heard from yet (sidecars re-register within their TTL; default 10)")
 
     p = sub.add_parser("sidecar", help="run a sidecar proxy beside an app",
                        description="Run a sidecar: outbound proxy for the app's calls, "
@@ -201,7 +204,7 @@ async def cmd_registry(args: argparse.Namespace) -> int:
         persistence = open_persistence(args.store)
     except ValueError as err:
         raise CliError(str(err)) from None
-    server = RegistryServer(args.listen, persistence)
+    server = RegistryServer(args.listen, persistence, warmup=args.warmup)
     announce(registry=await server.start())
     await run_until_signal(server.stop)
     return 0
@@ -225,7 +228,11 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         labels=tuple(args.label), ttl_seconds=args.ttl, grace_seconds=args.grace_period,
         drain_delay=args.drain_delay,
         forward=ForwardSettings(max_message_bytes=args.max_message_bytes)))
-    await sidecar.start()
+    try:
+        await sidecar.start()
+    except BaseException:
+        await sidecar.shutdown()  # a listener may already run: stop it before reporting
+        raise
     announce(outbound=sidecar.outbound_address, inbound=sidecar.inbound_address,
              admin=sidecar.admin.address)
     await run_until_signal(sidecar.shutdown, sidecar.stopped)

@@ -77,7 +77,11 @@ class RouteTable:
                 by_service.setdefault(inst.service, []).append(inst)
                 self._index(inst)
             for name, insts in by_service.items():
-                self._pool(name).reset(insts)
+                if event.partial:  # a registry warming up: add what it has, remove nothing
+                    for inst in insts:
+                        self._pool(name).upsert(inst)
+                else:
+                    self._pool(name).reset(insts)
             self.synced = True
         elif event.type == EventType.UPSERT:
             inst = event.instances[0]

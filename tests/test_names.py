@@ -116,7 +116,7 @@ def test_check_proto_service(value: str, ok: bool) -> None:
 @pytest.mark.parametrize(("value", "ok"), [
     ("a1", True), ("10.0.0.1:8080", True), ("pod@node", True), ("v6-[::1]:80", True),
     ("x" * 128, True), ("", False), ("-a", False), ("a b", False), ("x" * 129, False),
-    ("[::1]:80", False),  # must start with a letter or digit, so not a bare IPv6 address
+    ("[::1]:80", True),  # a bare IPv6 address: the default instance id is the address
 ])
 def test_check_instance_id(value: str, ok: bool) -> None:
     if ok:

@@ -28,6 +28,7 @@ class HealthChecker:
 
     async def stop(self) -> None:
         self._unsubscribe()
+        self._unsubscribe = lambda: None
         tasks = [task for _, task in self._tasks.values()]
         self._tasks.clear()
         for task in tasks:

@@ -103,18 +103,26 @@ async def watch_forever(client: RegistryClient, on_event: Callable[[Event], None
     which replaces what was known. While the registry is away, nothing is forgotten."""
     backoff = Backoff()
     request = request or pb.WatchRequest()
+    up = False
     while True:
         try:
             async for msg in client.stub().Watch(request):
-                backoff.reset()
-                on_state(True)
+                if not up:
+                    up = True
+                    backoff.reset()
+                    on_state(True)
+                    log.info("watching registry %s", client.address)
                 on_event(Event.from_proto(msg))
             log.warning("registry %s ended the watch; reconnecting", client.address)
         except grpc.aio.AioRpcError as err:
-            log.warning("registry %s watch failed: %s %s; keeping the last known endpoints",
-                        client.address, err.code().name, err.details())
-            on_state(False)
+            # Logged once per outage; retries stay quiet until the registry answers again.
+            log.log(logging.WARNING if up else logging.DEBUG,
+                    "registry %s watch failed: %s %s; keeping the last known endpoints",
+                    client.address, err.code().name, err.details())
             client.rotate()
+        if up:
+            up = False
+            on_state(False)
         await asyncio.sleep(backoff.next())
 
 

@@ -63,15 +63,18 @@ class Event:
     revision: int
     instances: tuple[Instance, ...] = ()
     reason: str = ""
+    partial: bool = False  # SNAPSHOT only: the registry is still warming up
 
     def to_proto(self) -> pb.WatchEvent:
         return pb.WatchEvent(type=int(self.type), revision=self.revision,
-                             instances=[i.to_proto() for i in self.instances], reason=self.reason)
+                             instances=[i.to_proto() for i in self.instances],
+                             reason=self.reason, partial=self.partial)
 
     @classmethod
     def from_proto(cls, msg: pb.WatchEvent) -> Event:
         return cls(EventType(msg.type), msg.revision,
-                   tuple(Instance.from_proto(i) for i in msg.instances), msg.reason)
+                   tuple(Instance.from_proto(i) for i in msg.instances), msg.reason,
+                   msg.partial)
 
 
 @dataclass(frozen=True)

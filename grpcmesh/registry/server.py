@@ -34,14 +34,15 @@ def open_persistence(spec: str) -> Persistence | None:
 
 class RegistryServer:
     def __init__(self, listen: str = "127.0.0.1:7700", persistence: Persistence | None = None,
-                 *, check_interval: float = 1.0) -> None:
+                 *, check_interval: float = 1.0, warmup: float = 10.0) -> None:
         self.listen = listen
-        self.store = RegistryStore(MonotonicClock(), random.Random(), persistence)
+        self.store = RegistryStore(MonotonicClock(), random.Random(), persistence, warmup)
         self._persistence = persistence
         self._checker = HealthChecker(self.store, poll_interval=check_interval)
         self._server = grpc.aio.server(options=server_options())
         self._expiry: asyncio.Task[None] | None = None
         self.address = ""
+        self._stopped = False
 
     async def start(self) -> str:
         registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store), self._server)
@@ -63,11 +64,16 @@ class RegistryServer:
         clock = MonotonicClock()
         while True:
             self.store.expire()
+            if self.store.finish_warmup():
+                log.info("warm-up over: watchers now get the complete state")
             due = self.store.next_expiry()
             wait = 1.0 if due is None else min(1.0, max(0.01, due - clock.now()))
             await asyncio.sleep(wait)
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         if self._expiry is not None:
             self._expiry.cancel()
         await self._checker.stop()

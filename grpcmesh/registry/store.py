@@ -1,5 +1,10 @@
 """The registry's state: instances, leases and revisions. Pure: no sockets, no asyncio.
 
+A store that just started holds only part of the mesh: leased instances re-register when their
+owners notice (their next keep-alive, within their TTL). For `warmup` seconds its snapshots are
+marked partial, so watchers keep the instances it lacks; finish_warmup() then sends every
+listener a complete SNAPSHOT.
+
 Time comes from an injected Clock and lease ids from an injected Random, so tests drive lease
 expiry with a fake clock. Every change bumps the revision and is handed to the listeners (the
 gRPC service fans it out to watchers). Registry-checked instances (no lease) are written to the
@@ -76,8 +81,9 @@ def validate_instance(instance: Instance) -> None:
 
 class RegistryStore:
     def __init__(self, clock: Clock, rng: random.Random | None = None,
-                 persistence: Persistence | None = None) -> None:
+                 persistence: Persistence | None = None, warmup: float = 0.0) -> None:
         self._clock = clock
+        self.warm_until: float | None = clock.now() + warmup if warmup > 0 else None
         self._rng = rng or random.Random()
         self._persistence = persistence
         self._instances: dict[tuple[str, str], Instance] = {}
@@ -103,7 +109,18 @@ class RegistryStore:
         return self._instances.get((service, instance_id))
 
     def snapshot(self) -> Event:
-        return Event(EventType.SNAPSHOT, self.revision, tuple(self.instances()))
+        return Event(EventType.SNAPSHOT, self.revision, tuple(self.instances()),
+                     partial=self.warm_until is not None)
+
+    def finish_warmup(self) -> bool:
+        """End the warm-up once it is due; listeners then get a complete SNAPSHOT."""
+        if self.warm_until is None or self._clock.now() < self.warm_until:
+            return False
+        self.warm_until = None
+        event = self.snapshot()
+        for listener in list(self._listeners):
+            listener(event, None)
+        return True
 
     def resolve(self, service: str = "", proto_service: str = "") -> list[Instance]:
         if bool(service) == bool(proto_service):
@@ -160,6 +177,11 @@ class RegistryStore:
                 f"already registered by owner {previous.owner!r} (address {previous.address}); "
                 f"deregister it first or choose another instance id",
             )
+        if (ttl_seconds == 0 and previous is not None and previous.checked_by_registry
+                and previous.address == instance.address):
+            # The checker keeps following this address and reports only changes: keep the
+            # health it last reported rather than the registrant's initial guess.
+            instance = replace(instance, health=previous.health)
         if previous is not None and previous.lease_id:
             self._leases.pop(previous.lease_id, None)
         lease = None
@@ -222,7 +244,11 @@ class RegistryStore:
         return len(expired)
 
     def next_expiry(self) -> float | None:
-        return min((lease.expires_at for lease in self._leases.values()), default=None)
+        """When expire() or finish_warmup() next has work to do."""
+        due = [lease.expires_at for lease in self._leases.values()]
+        if self.warm_until is not None:
+            due.append(self.warm_until)
+        return min(due, default=None)
 
     # -- internals ----------------------------------------------------------------------------
 

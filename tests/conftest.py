@@ -1,0 +1,84 @@
+"""Fixtures that start real gRPC servers on 127.0.0.1, port 0, and stop them afterwards."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest_asyncio
+
+from grpcmesh.example.server import EchoBehaviour, EchoServer
+from grpcmesh.registry.server import RegistryServer
+from grpcmesh.sidecar import Sidecar, SidecarSettings
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0,
+                   what: str = "condition") -> Any:
+    """Poll predicate until it returns something truthy; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Mesh:
+    """A registry plus whatever apps and sidecars a test starts; all stopped at the end."""
+
+    def __init__(self, registry: RegistryServer) -> None:
+        self.registry = registry
+        self.apps: list[EchoServer] = []
+        self.sidecars: list[Sidecar] = []
+
+    async def app(self, name: str, delay_ms: float = 0.0, fail_code: int = 0) -> EchoServer:
+        app = EchoServer("127.0.0.1:0", EchoBehaviour(name, delay_ms, fail_code))
+        await app.start()
+        self.apps.append(app)
+        return app
+
+    async def sidecar(self, service: str, app: Any = None, *,
+                      inbound: bool = True, **settings: Any) -> Sidecar:
+        base = SidecarSettings(
+            service=service, registry=(self.registry.address,),
+            app=app.address if app else None, outbound="127.0.0.1:0",  # app: anything with .address
+            inbound="127.0.0.1:0" if (app and inbound) else None, admin="127.0.0.1:0",
+            ttl_seconds=5, grace_seconds=2.0, drain_delay=0.2)
+        sidecar = Sidecar(replace(base, **settings))
+        await sidecar.start()
+        self.sidecars.append(sidecar)
+        return sidecar
+
+    async def serving(self, sidecar: Sidecar, service: str, count: int,
+                      timeout: float = 5.0) -> None:
+        """Wait until sidecar routes to count serving instances of service."""
+        def ready() -> bool:
+            pool = sidecar.routes.pools.get(service)
+            return pool is not None and len(pool.ready) == count
+        await wait_for(ready, timeout, f"{count} serving instances of {service}")
+
+    async def close(self) -> None:
+        for sidecar in reversed(self.sidecars):
+            if not sidecar.stopped.is_set():
+                await sidecar.shutdown()
+        for app in reversed(self.apps):
+            await app.stop(0)
+
+
+@pytest_asyncio.fixture
+async def registry() -> AsyncIterator[RegistryServer]:
+    server = RegistryServer("127.0.0.1:0", check_interval=0.1)
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest_asyncio.fixture
+async def mesh(registry: RegistryServer) -> AsyncIterator[Mesh]:
+    m = Mesh(registry)
+    yield m
+    await m.close()
