@@ -29,6 +29,14 @@ DEFAULT_REGISTRY = "127.0.0.1:7700"
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code  # the registry's answer, when the registry refused a request
+
+
+class UsageError(CliError):
+    """Flags that parse but do not make sense together: exit status 2, like argparse."""
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -62,6 +70,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _store_spec(text: str) -> str:
+    if text != "memory" and not (text.startswith("sqlite:") and len(text) > len("sqlite:")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'memory' or 'sqlite:PATH'")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="grpcmesh", description="A gRPC-native service mesh.")
     parser.add_argument("--log-level", default="INFO",
@@ -74,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "grpc.health.v1 and reflection on one port.")
     p.add_argument("--listen", type=LISTEN, default=DEFAULT_REGISTRY, metavar="HOST:PORT",
                    help=f"address to serve on (default {DEFAULT_REGISTRY})")
-    p.add_argument("--store", default="memory", metavar="memory|sqlite:PATH",
+    p.add_argument("--store", type=_store_spec, default="memory", metavar="memory|sqlite:PATH",
                    help="where registry-checked instances are kept (default memory); leased "
                         "instances are re-registered by their sidecars after a restart")
     p.add_argument("--warmup", type=_positive_float, default=10.0, metavar="SECONDS",
@@ -169,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(handler(args))
     except CliError as err:
         print(f"grpcmesh {args.command}: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, UsageError) else 1
     except OSError as err:
         print(f"grpcmesh {args.command}: {err}", file=sys.stderr)
         return 1
@@ -214,11 +228,11 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
     from grpcmesh.sidecar import Sidecar, SidecarSettings
 
     if args.max_message_bytes <= 0:
-        raise CliError(f"--max-message-bytes {args.max_message_bytes} must be positive")
+        raise UsageError(f"--max-message-bytes {args.max_message_bytes} must be positive")
     if args.ttl < 1:
-        raise CliError(f"--ttl {args.ttl} must be at least 1 second")
+        raise UsageError(f"--ttl {args.ttl} must be at least 1 second")
     if args.app is None and (args.inbound or args.proto_service):
-        raise CliError("--inbound and --proto-service need --app (the app to register)")
+        raise UsageError("--inbound and --proto-service need --app (the app to register)")
     if args.instance_id:
         _check(names.check_instance_id, args.instance_id, "--instance-id")
     sidecar = Sidecar(SidecarSettings(
@@ -245,7 +259,7 @@ def _check(fn: Callable[[str, str], Any], value: str, flag: str) -> None:
     try:
         fn(value, flag)
     except ValueError as err:
-        raise CliError(str(err)) from None
+        raise UsageError(str(err)) from None
 
 
 async def _registry_call(args: argparse.Namespace, method: str, request: Any) -> Any:
@@ -256,7 +270,7 @@ async def _registry_call(args: argparse.Namespace, method: str, request: Any) ->
         if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise CliError(f"cannot reach the registry at {','.join(args.registry)} "
                            f"({err.code().name}: {err.details()})") from None
-        raise CliError(f"{err.code().name}: {err.details()}") from None
+        raise CliError(f"{err.code().name}: {err.details()}", err.code()) from None
     finally:
         await client.close()
 
@@ -288,7 +302,7 @@ async def cmd_register(args: argparse.Namespace) -> int:
 async def cmd_deregister(args: argparse.Namespace) -> int:
     instance_id = args.instance_id or args.address
     if not instance_id:
-        raise CliError("give --instance-id or --address")
+        raise UsageError("give --instance-id or --address")
     await _registry_call(args, "Deregister", pb.DeregisterRequest(
         service=args.service, instance_id=instance_id, owner=args.owner))
     print(f"deregistered {args.service}/{instance_id}")
@@ -309,16 +323,24 @@ async def cmd_resolve(args: argparse.Namespace) -> int:
     name = args.name
     is_service = _valid(names.check_service, name)
     if not is_service and not _valid(names.check_proto_service, name):
-        raise CliError(f"{name!r} is neither a mesh service name (e.g. orders) nor a proto "
+        raise UsageError(f"{name!r} is neither a mesh service name (e.g. orders) nor a proto "
                        "service name (e.g. shop.v1.Orders)")
     try:
         request = pb.ResolveRequest(service=name) if is_service else pb.ResolveRequest(
             proto_service=name)
         resp = await _registry_call(args, "Resolve", request)
-    except CliError:
-        if not (is_service and _valid(names.check_proto_service, name)):
+    except CliError as err:
+        # 'echo' is both a valid mesh service and proto service name: try the other reading,
+        # but report the first answer if that finds nothing either.
+        if err.code != grpc.StatusCode.NOT_FOUND or not (
+                is_service and _valid(names.check_proto_service, name)):
             raise
-        resp = await _registry_call(args, "Resolve", pb.ResolveRequest(proto_service=name))
+        try:
+            resp = await _registry_call(args, "Resolve", pb.ResolveRequest(proto_service=name))
+        except CliError as second:
+            if second.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            raise err from None
     print_instances(resp, args.json)
     return 0
 
@@ -343,7 +365,10 @@ async def cmd_example_server(args: argparse.Namespace) -> int:
 async def cmd_demo(args: argparse.Namespace) -> int:
     from grpcmesh.demo import run_demo
 
-    return await run_demo(args.duration, args.concurrency)
+    try:
+        return await run_demo(args.duration, args.concurrency)
+    except RuntimeError as err:  # a daemon did not start: its log tail is in the message
+        raise CliError(f"the demo could not start: {err}") from None
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {

@@ -73,6 +73,19 @@ async def _wait_serving(registry: str, service: str, count: int, timeout: float)
         await client.close()
 
 
+async def _start_all(daemons: list[procs.Daemon], specs: list[tuple[str, ...]]
+                     ) -> list[procs.Daemon]:
+    """Start daemons in parallel; every one that started is in daemons, even if another failed."""
+    results = await asyncio.gather(*(procs.start(name, *args) for name, *args in specs),
+                                   return_exceptions=True)
+    started = [r for r in results if isinstance(r, procs.Daemon)]
+    daemons += started
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return started
+
+
 async def run_demo(duration: float, concurrency: int) -> int:
     daemons: list[procs.Daemon] = []
     stop = asyncio.Event()
@@ -85,18 +98,15 @@ async def run_demo(duration: float, concurrency: int) -> int:
         registry = await procs.start("registry", "registry", "--listen", "127.0.0.1:0")
         daemons.append(registry)
         reg = registry.addresses["registry"]
-        apps = await asyncio.gather(*(
-            procs.start(f"echo-{n}", "example-server", "--listen", "127.0.0.1:0",
-                        "--name", f"echo-{n}", "--delay-ms", str(delay))
-            for n, delay in enumerate(INSTANCE_DELAYS_MS, 1)))
-        daemons += apps
-        sidecars = await asyncio.gather(*(
-            procs.start(f"sidecar-{app.name}", "sidecar", "--service", "echo",
-                        "--app", app.addresses["app"], "--registry", reg,
-                        "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0",
-                        "--admin", "127.0.0.1:0")
-            for app in apps))
-        daemons += sidecars
+        apps = await _start_all(daemons, [
+            (f"echo-{n}", "example-server", "--listen", "127.0.0.1:0", "--name", f"echo-{n}",
+             "--delay-ms", str(delay))
+            for n, delay in enumerate(INSTANCE_DELAYS_MS, 1)])
+        await _start_all(daemons, [
+            (f"sidecar-{app.name}", "sidecar", "--service", "echo", "--app",
+             app.addresses["app"], "--registry", reg, "--inbound", "127.0.0.1:0",
+             "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0")
+            for app in apps])
         client_sidecar = await procs.start(
             "client-sidecar", "sidecar", "--service", "demo-client", "--registry", reg,
             "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0")

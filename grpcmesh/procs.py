@@ -29,7 +29,7 @@ class Daemon:
             return ""
 
     async def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM, then SIGKILL if it has not exited within timeout."""
+        """SIGTERM, then SIGKILL if it has not exited within timeout; then delete the log."""
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -38,7 +38,14 @@ class Daemon:
                 self.proc.kill()
                 await self.proc.wait()
         assert self.proc.returncode is not None
+        self.remove_log()
         return self.proc.returncode
+
+    def remove_log(self) -> None:
+        try:
+            os.unlink(self.log_path)
+        except FileNotFoundError:
+            pass
 
     def kill(self) -> None:
         if self.proc.returncode is None:
@@ -62,7 +69,9 @@ async def start(name: str, *args: str, timeout: float = 20.0,
     if not line:
         daemon.kill()
         await proc.wait()
-        raise RuntimeError(f"{name} did not start (exit {proc.returncode}):\n{daemon.log_tail()}")
+        tail = daemon.log_tail()
+        daemon.remove_log()
+        raise RuntimeError(f"{name} did not start (exit {proc.returncode}):\n{tail}")
     daemon.addresses = json.loads(line)
     return daemon
 

@@ -36,6 +36,8 @@ class HealthChecker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _on_event(self, event: Event, previous: Instance | None) -> None:
+        if event.type == EventType.SNAPSHOT:
+            return  # the end of the warm-up re-sends the state: nothing changed
         inst = event.instances[0]
         if event.type == EventType.DELETE or not inst.checked_by_registry:
             self._cancel(inst.key)

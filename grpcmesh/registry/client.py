@@ -43,7 +43,8 @@ class Backoff:
 
     def next(self) -> float:
         ceiling = min(self._maximum, self._initial * 2 ** self._attempt)
-        self._attempt += 1
+        if ceiling < self._maximum:  # stop counting at the cap: 2**attempt must not overflow
+            self._attempt += 1
         return self._rng.uniform(ceiling / 2, ceiling)
 
     def reset(self) -> None:

@@ -63,9 +63,12 @@ class RegistryServer:
     async def _expire_leases(self) -> None:
         clock = MonotonicClock()
         while True:
-            self.store.expire()
-            if self.store.finish_warmup():
-                log.info("warm-up over: watchers now get the complete state")
+            try:
+                self.store.expire()
+                if self.store.finish_warmup():
+                    log.info("warm-up over: watchers now get the complete state")
+            except Exception:  # a bug in one listener must not stop lease expiry for good
+                log.exception("lease expiry failed; trying again")
             due = self.store.next_expiry()
             wait = 1.0 if due is None else min(1.0, max(0.01, due - clock.now()))
             await asyncio.sleep(wait)

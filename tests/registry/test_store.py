@@ -497,3 +497,29 @@ def test_sqlite_foreign_table_is_a_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot use it as the registry database") as err:
         SqlitePersistence(str(path))
     assert str(path) in str(err.value)
+
+
+def test_warmup_marks_snapshots_partial_then_sends_a_complete_one() -> None:
+    clock = FakeClock(START)
+    store = RegistryStore(clock, random.Random(SEED), warmup=10.0)
+    events: list[Event] = []
+    store.subscribe(lambda e, prev: events.append(e))
+    store.register(inst("a1"), ttl_seconds=30)
+    assert store.snapshot().partial is True
+    assert store.next_expiry() == START + 10.0  # the warm-up ends before the lease
+    clock.advance(9.9)
+    assert store.finish_warmup() is False
+    clock.advance(0.1)
+    assert store.finish_warmup() is True
+    assert store.finish_warmup() is False  # only once
+    final = events[-1]
+    assert final.type == EventType.SNAPSHOT and final.partial is False
+    assert [i.instance_id for i in final.instances] == ["a1"]
+    assert store.snapshot().partial is False
+    assert store.next_expiry() == START + 30.0
+
+
+def test_no_warmup_means_complete_snapshots_from_the_start(h: Harness) -> None:
+    assert h.store.snapshot().partial is False
+    assert h.store.finish_warmup() is False
+    assert h.events == []

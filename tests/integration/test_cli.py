@@ -1,0 +1,399 @@
+"""The `grpcmesh` command as users run it: real subprocesses, real registry, real sidecars.
+
+Every subprocess runs with a timeout and is stopped by the end of its test (or module, for the
+shared registry and example app).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+from grpcmesh import procs
+from grpcmesh.registry.client import RegistryClient
+
+ECHO = "grpcmesh.example.v1.Echo"
+GRPCMESH = (sys.executable, "-m", "grpcmesh")
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.out}--- stderr\n{self.err}"
+
+
+def run(*args: str, timeout: float = 15.0) -> Result:
+    done = subprocess.run([*GRPCMESH, *args], capture_output=True, text=True, timeout=timeout)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+async def arun(*args: str, timeout: float = 15.0) -> Result:
+    """Like run(), without blocking the event loop the daemons' pipes live on."""
+    proc = await asyncio.create_subprocess_exec(*GRPCMESH, *args, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.communicate()
+        raise AssertionError(f"grpcmesh {' '.join(args)} did not finish in {timeout}s") from None
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.code != 0, str(result)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, str(result)
+    assert "Traceback" not in result.err, str(result)
+    for fragment in fragments:
+        assert fragment in lines[0], str(result)
+
+
+async def stop(daemons: list[procs.Daemon]) -> None:
+    await procs.stop_all(daemons, timeout=10)
+    for daemon in daemons:
+        assert not os.path.exists(daemon.log_path), "Daemon.stop leaves its log behind"
+
+
+# -- help and bad input: no daemons -------------------------------------------------------------
+
+HELP = {
+    "registry": "Run the registry",
+    "sidecar": "Run a sidecar",
+    "register": "Register an instance the registry health-checks itself",
+    "deregister": "Remove a registered instance",
+    "services": "List services",
+    "resolve": "List the instances of a mesh service",
+    "example-server": f"Run {ECHO}",
+    "demo": "Start a registry, three Echo instances",
+}
+
+
+def test_top_level_help_lists_every_command() -> None:
+    result = run("--help")
+    assert result.code == 0, str(result)
+    assert result.out.startswith("usage: grpcmesh")
+    assert "A gRPC-native service mesh." in result.out
+    for command in HELP:
+        assert command in result.out
+
+
+@pytest.mark.parametrize("command", sorted(HELP))
+def test_subcommand_help_explains_it(command: str) -> None:
+    result = run(command, "--help")
+    assert result.code == 0, str(result)
+    assert result.out.startswith(f"usage: grpcmesh {command}")
+    assert HELP[command] in " ".join(result.out.split())
+    assert result.err == ""
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    ((), ["required: COMMAND"]),
+    (("frobnicate",), ["invalid choice: 'frobnicate'"]),
+    (("sidecar", "--registry", "127.0.0.1:7700"), ["--service"]),
+    (("sidecar", "--service", "echo"), ["--registry"]),
+    (("sidecar", "--service", "echo", "--registry", "nonsense"),
+     ["--registry", "'nonsense' is not HOST:PORT"]),
+    (("sidecar", "--service", "echo", "--registry", "127.0.0.1:7700",
+      "--outbound", "127.0.0.1:99999"), ["--outbound", "'99999'"]),
+    (("sidecar", "--service", "Echo!", "--registry", "127.0.0.1:7700"),
+     ["'Echo!' is not a valid mesh service name"]),
+    (("sidecar", "--service", "echo", "--registry", "127.0.0.1:7700",
+      "--grace-period", "-1"), ["--grace-period", "must not be negative"]),
+    (("sidecar", "--service", "echo", "--registry", "127.0.0.1:7700",
+      "--inbound", "127.0.0.1:0"), ["need --app"]),
+    (("sidecar", "--service", "echo", "--registry", "127.0.0.1:7700", "--ttl", "0"),
+     ["--ttl 0"]),
+    (("sidecar", "--service", "echo", "--registry", "127.0.0.1:7700",
+      "--instance-id", "bad id"), ["--instance-id", "'bad id'"]),
+    (("resolve", "Bad Name!"), ["'Bad Name!' is neither a mesh service name"]),
+    (("register", "--service", "echo"), ["--address"]),
+    (("register", "--service", "echo", "--address", "127.0.0.1:1", "--label", "novalue"),
+     ["--label", "'novalue' is not KEY=VALUE"]),
+    (("deregister", "--service", "echo"), ["give --instance-id or --address"]),
+    (("registry", "--listen", "localhost"), ["--listen", "'localhost' is not HOST:PORT"]),
+    (("registry", "--store", "bogus"), ["--store", "'bogus' is not 'memory' or 'sqlite:PATH'"]),
+    (("--log-level", "LOUD", "services"), ["--log-level", "'LOUD'"]),
+])
+def test_bad_input_is_one_line_naming_the_problem(args: tuple[str, ...],
+                                                   fragments: list[str]) -> None:
+    result = run(*args)
+    assert_one_line_error(result, *fragments)
+    assert result.code == 2, str(result)  # every usage error, as the README says
+    if args and args[0] in HELP:
+        assert result.err.startswith(f"grpcmesh {args[0]}")
+
+
+def test_unreachable_registry_fails_fast_with_one_line() -> None:
+    started = time.monotonic()
+    result = run("services", "--registry", "127.0.0.1:1", timeout=15)
+    elapsed = time.monotonic() - started
+    assert result.code == 1, str(result)
+    assert_one_line_error(result, "grpcmesh services: cannot reach the registry at 127.0.0.1:1")
+    assert elapsed < 10, f"took {elapsed:.1f}s"
+
+
+def test_registry_store_in_missing_directory_names_the_path() -> None:
+    result = run("registry", "--listen", "127.0.0.1:0", "--store", "sqlite:/nonexistent/dir/x.db")
+    assert result.code == 1, str(result)
+    assert_one_line_error(result, "/nonexistent/dir/x.db")
+
+
+# -- a registry and an example app, shared by the module ----------------------------------------
+
+
+@dataclass
+class Shared:
+    registry: str
+    app: str
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared() -> AsyncIterator[Shared]:
+    started = await asyncio.gather(
+        procs.start("registry", "registry", "--listen", "127.0.0.1:0"),
+        procs.start("app", "example-server", "--listen", "127.0.0.1:0", "--name", "app-1"),
+        return_exceptions=True)
+    daemons = [d for d in started if isinstance(d, procs.Daemon)]
+    try:
+        for item in started:
+            if isinstance(item, BaseException):
+                raise item
+        registry, app = daemons
+        yield Shared(registry.addresses["registry"], app.addresses["app"])
+    finally:
+        await stop(daemons)
+
+
+async def poll(args: tuple[str, ...], check: Any, timeout: float = 10.0) -> Any:
+    """Run a --json query until check(parsed output) is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await arun(*args)
+        assert result.code == 0, str(result)
+        parsed = json.loads(result.out)
+        if check(parsed):
+            return parsed
+        if time.monotonic() > deadline:
+            raise AssertionError(f"grpcmesh {' '.join(args)} never satisfied the check:\n"
+                                 f"{result.out}")
+        await asyncio.sleep(0.1)
+
+
+@module_loop
+async def test_register_resolve_services_deregister(shared: Shared) -> None:
+    reg = ("--registry", shared.registry)
+    result = await arun("register", "--service", "echo", "--address", shared.app, *reg)
+    assert result.code == 0, str(result)
+    assert f"registered echo/{shared.app} at {shared.app} serving {ECHO}" in result.out
+
+    def serving(resp: dict[str, Any]) -> bool:
+        return [i["health"] for i in resp["instances"]] == ["SERVING"]
+
+    resolved = await poll(("resolve", "echo", "--json", *reg), serving)
+    [instance] = resolved["instances"]
+    assert instance["service"] == "echo"
+    assert instance["address"] == instance["instanceId"] == shared.app
+    assert instance["protoServices"] == [ECHO]
+    assert instance["leaseId"] == "0"  # registry-checked (int64 is a JSON string)
+
+    by_proto = await arun("resolve", ECHO, "--json", *reg)
+    assert by_proto.code == 0, str(by_proto)
+    assert json.loads(by_proto.out)["instances"] == resolved["instances"]
+
+    services = await arun("services", "--json", *reg)
+    assert services.code == 0, str(services)
+    assert json.loads(services.out)["services"] == [
+        {"service": "echo", "protoServices": [ECHO], "instances": 1, "serving": 1}]
+
+    table = await arun("services", *reg)
+    assert table.code == 0, str(table)
+    header, row = table.out.strip().splitlines()
+    assert header.split() == ["SERVICE", "INSTANCES", "SERVING", "PROTO", "SERVICES"]
+    assert row.split() == ["echo", "1", "1", ECHO]
+    table = await arun("resolve", "echo", *reg)
+    assert table.code == 0, str(table)
+    assert "registry-checked" in table.out and "SERVING" in table.out
+
+    result = await arun("deregister", "--service", "echo", "--address", shared.app, *reg)
+    assert result.code == 0, str(result)
+    assert f"deregistered echo/{shared.app}" in result.out
+    gone = await arun("resolve", "echo", "--json", *reg)
+    assert gone.code == 1, str(gone)
+    assert_one_line_error(gone, "NOT_FOUND: no instance of service 'echo' is registered")
+    services = await arun("services", *reg)
+    assert services.out.strip() == "no services registered"
+
+
+@module_loop
+async def test_register_an_unreachable_address_says_to_pass_proto_service(
+        shared: Shared) -> None:
+    result = await arun("register", "--service", "ghost", "--address", "127.0.0.1:1",
+                        "--registry", shared.registry)
+    assert_one_line_error(result, "cannot ask 127.0.0.1:1", "--proto-service")
+
+
+@module_loop
+async def test_resolve_unknown_names_is_one_line(shared: Shared) -> None:
+    result = await arun("resolve", "ghost", "--registry", shared.registry)
+    assert_one_line_error(result, "grpcmesh resolve: NOT_FOUND:",
+                          "no instance of service 'ghost' is registered")
+    result = await arun("resolve", "shop.v1.Ghost", "--registry", shared.registry)
+    assert_one_line_error(result, "no instance of proto service 'shop.v1.Ghost' is registered")
+
+
+@module_loop
+async def test_deregister_unknown_instance_is_one_line(shared: Shared) -> None:
+    result = await arun("deregister", "--service", "ghost", "--instance-id", "nope",
+                        "--registry", shared.registry)
+    assert result.code == 1, str(result)
+    assert_one_line_error(result, "grpcmesh deregister:", "NOT_FOUND")
+
+
+# -- a sidecar drains on SIGTERM ----------------------------------------------------------------
+
+
+async def instances(client: RegistryClient, service: str) -> list[Any]:
+    try:
+        resp = await client.call("Resolve", pb.ResolveRequest(service=service))
+    except grpc.aio.AioRpcError as err:
+        if err.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return []
+    return list(resp.instances)
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def admin_get(address: str, path: str) -> Any:
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+@module_loop
+async def test_sidecar_deregisters_then_finishes_calls_in_flight_on_sigterm(
+        shared: Shared) -> None:
+    daemons: list[procs.Daemon] = []
+    client = None
+    try:
+        registry = await procs.start("registry-2", "registry", "--listen", "127.0.0.1:0")
+        daemons.append(registry)
+        reg = registry.addresses["registry"]
+        app_sidecar, client_sidecar = await asyncio.gather(
+            procs.start("app-sidecar", "sidecar", "--service", "echo", "--app", shared.app,
+                        "--registry", reg, "--inbound", "127.0.0.1:0",
+                        "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+                        "--grace-period", "5"),
+            procs.start("client-sidecar", "sidecar", "--service", "client", "--registry", reg,
+                        "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"))
+        daemons += [app_sidecar, client_sidecar]
+        client = RegistryClient([reg])
+
+        async def registered() -> bool:
+            return [i.health for i in await instances(client, "echo")] == [pb.SERVING]
+
+        await wait_for(registered, 10, "the app's sidecar to register it as SERVING")
+        [instance] = await instances(client, "echo")
+        assert instance.address == app_sidecar.addresses["inbound"]
+        assert instance.lease_id != 0
+
+        async def routed() -> bool:
+            body = await admin_get(client_sidecar.addresses["admin"], "/endpoints")
+            return [e["health"] for e in body["services"].get("echo", [])] == ["SERVING"]
+
+        await wait_for(routed, 10, "the client sidecar to route to echo")
+
+        async with grpc.aio.insecure_channel(client_sidecar.addresses["outbound"]) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            quick = await stub.Unary(echo_pb2.EchoRequest(message="warm"), timeout=5)
+            assert quick.instance == "app-1"
+            slow = asyncio.ensure_future(
+                stub.Unary(echo_pb2.EchoRequest(message="slow", delay_ms=1500), timeout=15))
+
+            async def in_flight() -> bool:
+                body = await admin_get(client_sidecar.addresses["admin"], "/endpoints")
+                return body["services"]["echo"][0]["in_flight"] == 1
+
+            await wait_for(in_flight, 5, "the slow call to be in flight")
+            await asyncio.sleep(0.2)  # through the app's sidecar to the app
+            sent = time.monotonic()
+            app_sidecar.proc.send_signal(signal.SIGTERM)
+
+            async def deregistered() -> bool:
+                return await instances(client, "echo") == []
+
+            await wait_for(deregistered, 2, "the instance to leave the registry")
+            assert time.monotonic() - sent < 1.0
+            assert app_sidecar.proc.returncode is None, "exited before the call finished"
+            assert not slow.done()
+
+            resp = await asyncio.wait_for(slow, 10)
+            assert (resp.message, resp.instance) == ("slow", "app-1")
+        code = await asyncio.wait_for(app_sidecar.proc.wait(), 10)
+        assert code == 0, app_sidecar.log_tail()
+        assert "Traceback" not in app_sidecar.log_tail(200)
+    finally:
+        if client is not None:
+            await client.close()
+        await stop(daemons)
+
+
+# -- the demo -----------------------------------------------------------------------------------
+
+
+def test_demo_runs_and_prints_a_table_of_the_three_instances() -> None:
+    proc = subprocess.Popen([*GRPCMESH, "demo", "--duration", "3"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the demo stops its daemons on SIGTERM
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        raise AssertionError(f"demo did not finish in 40s\n{out}\n{err}") from None
+    assert proc.returncode == 0, f"{out}\n{err}"
+    assert "INSTANCE  CALLS  SHARE  P50 MS  P99 MS" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith("echo-")}
+    assert sorted(rows) == ["echo-1", "echo-2", "echo-3"]
+    assert all(int(row[1]) > 0 for row in rows.values()), out
+    assert " 0 errors" in out
