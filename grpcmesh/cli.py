@@ -43,7 +43,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _typed(check: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+def _typed(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a names.* check (its ValueError message becomes the error)."""
     def convert(text: str) -> Any:
         try:
             return check(text)
@@ -52,12 +53,12 @@ def _typed(check: Callable[[str], Any], what: str) -> Callable[[str], Any]:
     return convert
 
 
-ADDRESS = _typed(names.check_address, "address")
-LISTEN = _typed(names.check_listen_address, "listen address")
-SERVICE = _typed(names.check_service, "service")
-PROTO = _typed(names.check_proto_service, "proto service")
-LABEL = _typed(names.parse_label, "label")
-REGISTRY = _typed(parse_registry_addresses, "registry")
+ADDRESS = _typed(names.check_address)
+LISTEN = _typed(names.check_listen_address)
+SERVICE = _typed(names.check_service)
+PROTO = _typed(names.check_proto_service)
+LABEL = _typed(names.parse_label)
+REGISTRY = _typed(parse_registry_addresses)
 
 
 def _positive_float(text: str) -> float:
