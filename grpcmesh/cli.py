@@ -18,6 +18,8 @@ import grpc
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import names
+from grpcmesh.balance.endpoint import LoadSettings
+from grpcmesh.balance.picker import PICKER_KINDS, BalancerSettings
 from grpcmesh.proxy.forward import DEFAULT_MAX_MESSAGE_BYTES, ForwardSettings
 from grpcmesh.registry.client import RegistryClient, parse_registry_addresses
 from grpcmesh.registry.model import Instance
@@ -69,6 +71,20 @@ def _positive_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return value
+
+
+def _balancer(text: str) -> tuple[str, str]:
+    """[SERVICE=]KIND; an empty service means the default for every service."""
+    service, sep, kind = text.rpartition("=")
+    if kind not in PICKER_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: balancer {kind!r} is unknown: expected one of {', '.join(PICKER_KINDS)}")
+    if sep:
+        try:
+            names.check_service(service, "--balancer service")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return service, kind
 
 
 def _store_spec(text: str) -> str:
@@ -125,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "calls, so peers stop sending first (default 1)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                    help="largest message forwarded either way (default 4 MiB)")
+    p.add_argument("--balancer", type=_balancer, action="append", default=[],
+                   metavar="[SERVICE=]KIND",
+                   help=f"picker: {', '.join(PICKER_KINDS)} (default peak_ewma); "
+                        "SERVICE=KIND sets it for one service (repeatable)")
+    p.add_argument("--ewma-decay", type=_positive_float, default=10.0, metavar="SECONDS",
+                   help="peak-EWMA decay time (default 10)")
+    p.add_argument("--ewma-default-rtt-ms", type=_positive_float, default=30.0, metavar="MS",
+                   help="estimate for an endpoint that has not answered yet (default 30)")
+    p.add_argument("--failure-penalty", type=_positive_float, default=5.0, metavar="SECONDS",
+                   help="latency recorded for a call that fails with UNAVAILABLE, "
+                        "RESOURCE_EXHAUSTED, INTERNAL or UNKNOWN, or the server's "
+                        "grpc-retry-pushback-ms if longer; 0 turns it off (default 5)")
 
     for name, text in (("register", "register an instance the registry health-checks itself"),
                        ("deregister", "remove a registered instance")):
@@ -152,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "that serve a proto service (e.g. shop.v1.Orders).")
     _registry_flag(p)
     p.add_argument("name", help="mesh service name or fully-qualified proto service name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("endpoints", help="show a sidecar's endpoints and why they are picked",
+                       description="Show, per service, each endpoint's health, latency "
+                                   "estimate, calls in flight, cost, calls and failures, as a "
+                                   "sidecar's admin port reports them.")
+    p.add_argument("service", nargs="?", help="only this mesh service")
+    p.add_argument("--admin", type=ADDRESS, default="127.0.0.1:15000", metavar="HOST:PORT",
+                   help="the sidecar's admin address (default 127.0.0.1:15000)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("example-server", help="run the example Echo service",
@@ -236,13 +273,21 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         raise UsageError("--inbound and --proto-service need --app (the app to register)")
     if args.instance_id:
         _check(names.check_instance_id, args.instance_id, "--instance-id")
+    if args.ewma_decay <= 0 or args.ewma_default_rtt_ms <= 0:
+        raise UsageError("--ewma-decay and --ewma-default-rtt-ms must be positive")
+    defaults = [kind for service, kind in args.balancer if not service]
+    balancer = BalancerSettings(
+        default=defaults[-1] if defaults else "peak_ewma",
+        per_service=tuple((service, kind) for service, kind in args.balancer if service),
+        load=LoadSettings(decay=args.ewma_decay, default_rtt=args.ewma_default_rtt_ms / 1000,
+                          failure_penalty=args.failure_penalty))
     sidecar = Sidecar(SidecarSettings(
         service=args.service, registry=tuple(args.registry), app=args.app,
         outbound=args.outbound, inbound=args.inbound, admin=args.admin,
         proto_services=tuple(args.proto_service), instance_id=args.instance_id,
         labels=tuple(args.label), ttl_seconds=args.ttl, grace_seconds=args.grace_period,
         drain_delay=args.drain_delay,
-        forward=ForwardSettings(max_message_bytes=args.max_message_bytes)))
+        forward=ForwardSettings(max_message_bytes=args.max_message_bytes), balancer=balancer))
     try:
         await sidecar.start()
     except BaseException:
@@ -354,6 +399,37 @@ def _valid(fn: Callable[[str], Any], value: str) -> bool:
     return True
 
 
+async def cmd_endpoints(args: argparse.Namespace) -> int:
+    from grpcmesh.output import print_endpoints
+
+    try:
+        body = await admin_get(args.admin, "/endpoints")
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot read the sidecar admin port at {args.admin}: {err}") from None
+    if args.service and args.service not in body["services"]:
+        known = ", ".join(sorted(body["services"])) or "none"
+        raise CliError(f"the sidecar knows no service {args.service!r} (known: {known})")
+    print_endpoints(body, args.service, args.json)
+    return 0
+
+
+async def admin_get(address: str, path: str, timeout: float = 5.0) -> Any:
+    """GET a sidecar admin path and decode its JSON body."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ValueError(head.split(b"\r\n")[0].decode(errors="replace") or "no answer")
+    return json.loads(body)
+
+
 async def cmd_example_server(args: argparse.Namespace) -> int:
     from grpcmesh.example.server import EchoBehaviour, EchoServer
 
@@ -375,5 +451,5 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "registry": cmd_registry, "sidecar": cmd_sidecar, "register": cmd_register,
     "deregister": cmd_deregister, "services": cmd_services, "resolve": cmd_resolve,
-    "example-server": cmd_example_server, "demo": cmd_demo,
+    "endpoints": cmd_endpoints, "example-server": cmd_example_server, "demo": cmd_demo,
 }

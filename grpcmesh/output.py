@@ -43,3 +43,23 @@ def print_instances(resp: pb.ResolveResponse, as_json: bool) -> None:
                   i.lease_id or "registry-checked",
                   ",".join(f"{k}={v}" for k, v in sorted(i.labels.items())) or "-"]
                  for i in resp.instances]))
+
+
+def print_endpoints(body: dict[str, Any], service: str | None, as_json: bool) -> None:
+    services = body["services"]
+    if service:
+        services = {service: services[service]}
+    if as_json:
+        print(json.dumps({**body, "services": services}, indent=2))
+        return
+    rows = []
+    for name, info in sorted(services.items()):
+        for e in info["endpoints"]:
+            estimate = "-" if e["estimate_ms"] is None else f"{e['estimate_ms']:.2f}"
+            rows.append([name, info["balancer"], e["address"], e["health"], estimate,
+                         e["in_flight"], f"{e['cost_ms']:.2f}", e["calls"], e["failures"]])
+    if not rows:
+        print("no endpoints known yet")
+        return
+    print(table(["SERVICE", "BALANCER", "ADDRESS", "HEALTH", "ESTIMATE MS", "IN FLIGHT",
+                 "COST MS", "CALLS", "FAILURES"], rows))

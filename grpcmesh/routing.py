@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.balance.endpoint import Endpoint, LoadSettings
 from grpcmesh.balance.picker import Picker, RoundRobin
 from grpcmesh.balance.pool import Pool
 from grpcmesh.registry.model import Event, EventType, Instance
@@ -58,8 +58,11 @@ def service_of(method: str) -> str:
 
 
 class RouteTable:
-    def __init__(self, picker_factory: Callable[[], Picker] = RoundRobin,
-                 on_endpoint_removed: Callable[[Endpoint], None] = lambda e: None) -> None:
+    def __init__(self, picker_factory: Callable[[str], Picker] = lambda service: RoundRobin(),
+                 on_endpoint_removed: Callable[[Endpoint], None] = lambda e: None,
+                 load: LoadSettings = LoadSettings()) -> None:
+        """picker_factory(service) makes the picker for a target; a target that spans several
+        services uses the first service's (in name order)."""
         self.pools: dict[str, Pool] = {}
         self.synced = False
         self.revision = 0
@@ -67,6 +70,7 @@ class RouteTable:
         self._targets: dict[tuple[str, str], Target] = {}
         self._picker_factory = picker_factory
         self._on_endpoint_removed = on_endpoint_removed
+        self._load = load
 
     # -- discovery ----------------------------------------------------------------------------
 
@@ -97,7 +101,7 @@ class RouteTable:
     def _pool(self, service: str) -> Pool:
         pool = self.pools.get(service)
         if pool is None:
-            pool = self.pools[service] = Pool(service, self._on_endpoint_removed)
+            pool = self.pools[service] = Pool(service, self._on_endpoint_removed, self._load)
         return pool
 
     def _index(self, inst: Instance) -> None:
@@ -121,7 +125,7 @@ class RouteTable:
                                      f"no route to mesh service {service_override!r} (named by "
                                      f"the {SERVICE_HEADER} header): it has never registered")
                 target = self._targets[key] = Target(service_override, (pool,),
-                                                     self._picker_factory())
+                                                     self._picker_factory(service_override))
             return target
         proto = service_of(method)
         key = ("proto", proto)
@@ -134,7 +138,8 @@ class RouteTable:
                                  f"no route for {proto}: no mesh service serves it "
                                  f"(method {method})")
             pools = tuple(self.pools[name] for name in sorted(services))
-            target = self._targets[key] = Target(proto, pools, self._picker_factory())
+            target = self._targets[key] = Target(proto, pools,
+                                                 self._picker_factory(pools[0].service))
         return target
 
     def _require_sync(self, what: str) -> None:

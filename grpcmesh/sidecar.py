@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpcmesh import reflection
 from grpcmesh.admin import AdminServer
 from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
+from grpcmesh.clock import MonotonicClock
 from grpcmesh.health import HealthWatcher
 from grpcmesh.proxy.channels import Channels
 from grpcmesh.proxy.forward import Forwarder, ForwardSettings, proxy_server
@@ -47,6 +50,7 @@ class SidecarSettings:
     grace_seconds: float = 10.0
     drain_delay: float = 1.0
     forward: ForwardSettings = field(default_factory=ForwardSettings)
+    balancer: BalancerSettings = field(default_factory=BalancerSettings)
 
 
 class _Collect:
@@ -66,13 +70,16 @@ class Sidecar:
     def __init__(self, settings: SidecarSettings) -> None:
         self.settings = settings
         self.client = RegistryClient(list(settings.registry))
-        self.routes = RouteTable(on_endpoint_removed=self._endpoint_removed)
+        self.clock = MonotonicClock()
+        self._rng = random.Random()
+        self.routes = RouteTable(self._picker_for, self._endpoint_removed,
+                                 settings.balancer.load)
         self.channels = Channels(settings.forward.max_message_bytes)
         self.health = health.aio.HealthServicer()
         collect = _Collect()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, collect)
         self.outbound = Forwarder(self._route, self.channels, collect.handlers[0],
-                                  (HEALTH_PREFIX,), settings.forward)
+                                  (HEALTH_PREFIX,), settings.forward, self.clock)
         self.outbound_server = proxy_server(self.outbound, settings.forward)
         self.inbound_server: grpc.aio.Server | None = None
         self.registrar: Registrar | None = None
@@ -183,6 +190,9 @@ class Sidecar:
             if up:
                 asyncio.get_running_loop().create_task(self._set_own_health(True))
 
+    def _picker_for(self, service: str) -> Picker:
+        return make_picker(self.settings.balancer.kind_for(service), self._rng, self.clock)
+
     def _route(self, method: str, override: str | None) -> Target:
         return self.routes.route(method, override)
 
@@ -208,13 +218,21 @@ class Sidecar:
                                          "app_health": self.app_health.name}
 
     def _endpoints(self) -> tuple[int, Any]:
+        """Why an endpoint gets picked: its estimate, calls in flight and cost, per service."""
+        now = self.clock.now()
         services = {}
         for name, pool in sorted(self.routes.pools.items()):
-            services[name] = [
-                {"instance_id": e.instance.instance_id, "address": e.address,
-                 "health": e.instance.health.name, "in_flight": e.in_flight,
-                 "calls": e.calls, "failures": e.failures}
-                for _, e in sorted(pool.endpoints.items())]
+            endpoints = []
+            for _, e in sorted(pool.endpoints.items()):
+                estimate = e.rtt.get(now)
+                endpoints.append({
+                    "instance_id": e.instance.instance_id, "address": e.address,
+                    "health": e.instance.health.name,
+                    "estimate_ms": None if estimate is None else round(estimate * 1000, 3),
+                    "in_flight": e.in_flight, "cost_ms": round(e.cost(now) * 1000, 3),
+                    "calls": e.calls, "failures": e.failures})
+            services[name] = {"balancer": self.settings.balancer.kind_for(name),
+                              "endpoints": endpoints}
         return 200, {"revision": self.routes.revision, "registry_up": self.registry_up,
                      "services": services}
 

@@ -236,17 +236,18 @@ def test_service_missing_from_a_later_snapshot_stays_routable() -> None:
 
 
 def test_route_table_uses_the_picker_factory_per_target() -> None:
-    made: list[RoundRobin] = []
+    made: list[tuple[str, RoundRobin]] = []
 
-    def factory() -> RoundRobin:
-        made.append(RoundRobin())
-        return made[-1]
+    def factory(service: str) -> RoundRobin:
+        made.append((service, RoundRobin()))
+        return made[-1][1]
 
     table = RouteTable(picker_factory=factory)
     table.apply(snapshot(inst("a1")))
-    assert table.route(GET).picker is made[0]
-    assert table.route(GET, "orders").picker is made[1]
-    assert len(made) == 2
+    assert table.route(GET).picker is made[0][1]
+    assert table.route(GET, "orders").picker is made[1][1]
+    assert table.route(GET).picker is made[0][1]  # cached per target
+    assert [service for service, _ in made] == ["orders", "orders"]
 
 
 # -- Pool ---------------------------------------------------------------------------------------

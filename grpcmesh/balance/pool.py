@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.balance.endpoint import Endpoint, LoadSettings
 from grpcmesh.registry.model import Instance
 
 
 class Pool:
     def __init__(self, service: str,
-                 on_removed: Callable[[Endpoint], None] = lambda e: None) -> None:
+                 on_removed: Callable[[Endpoint], None] = lambda e: None,
+                 load: LoadSettings = LoadSettings()) -> None:
         self.service = service
+        self.load = load
         self.endpoints: dict[str, Endpoint] = {}
         self.ready: tuple[Endpoint, ...] = ()
         self._on_removed = on_removed
@@ -26,7 +28,7 @@ class Pool:
         else:
             if current is not None:
                 self._on_removed(current)
-            self.endpoints[instance.instance_id] = Endpoint(instance)
+            self.endpoints[instance.instance_id] = Endpoint(instance, self.load)
         self._refresh()
 
     def remove(self, instance_id: str) -> None:

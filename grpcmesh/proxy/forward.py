@@ -4,7 +4,8 @@ A call passes, outermost first: accept (this handler) -> deadline check -> route
 grpcmesh-service header to a Target) -> pick an endpoint whose connection is up (a refused
 connection means the call never left, so the next endpoint is tried) -> forward (request
 messages, response headers, messages, trailers, status and details, unchanged) -> record the
-outcome on the endpoint. Messages are never deserialized. Every call uses the streaming handler,
+latency to the first response and the outcome on the endpoint (its completion handle), which
+is what the balancer learns from. Messages are never deserialized. Every call uses the streaming handler,
 which carries all four call kinds on the wire (a unary handler registered for a streaming method
 would hang); a unary fast path is a later optimisation.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import grpc
 
 from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.proxy.channels import Channels, connected
 from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
 
@@ -30,6 +32,7 @@ Router = Callable[[str, str | None], Target]
 # Request metadata that grpcio sets itself on the upstream call, or that only means something to
 # this proxy.
 _DROP_REQUEST = frozenset({"user-agent", SERVICE_HEADER})
+PUSHBACK = "grpc-retry-pushback-ms"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -45,8 +48,10 @@ class Forwarder(grpc.GenericRpcHandler):
     def __init__(self, router: Router, channels: Channels,
                  local: grpc.GenericRpcHandler | None = None,
                  local_prefixes: tuple[str, ...] = (),
-                 settings: ForwardSettings = ForwardSettings()) -> None:
+                 settings: ForwardSettings = ForwardSettings(),
+                 clock: Clock = MonotonicClock()) -> None:
         self._router = router
+        self._clock = clock
         self._channels = channels
         self._local = local
         self._local_prefixes = local_prefixes
@@ -84,29 +89,35 @@ class Forwarder(grpc.GenericRpcHandler):
         endpoint = await self._pick(target, method, timeout, context)
         upstream = self._channels.get(endpoint.address).stream_stream(method)
         request_metadata = [(k, v) for k, v in metadata if k not in _DROP_REQUEST]
+        clock = self._clock
+        handle = endpoint.start(clock.now())
         call = upstream(requests, timeout=context.time_remaining(), metadata=request_metadata)
-        endpoint.in_flight += 1
         self.in_flight += 1
-        ok = False
+        ended = False
         try:
             headers = await call.initial_metadata()
             if headers:
                 await context.send_initial_metadata(headers)
             async for message in call:
+                handle.first_response(clock.now())
                 yield message
-            ok = True
+            ended = True
         except grpc.aio.AioRpcError:
-            pass  # the status, details and trailers are read from the call below
+            ended = True  # the status, details and trailers are read from the call below
         finally:
-            endpoint.in_flight -= 1
             self.in_flight -= 1
-            if not ok and not call.done():
-                call.cancel()  # our caller went away or gave up: so does the upstream call
-        endpoint.calls += 1
+            if not ended:
+                # Our caller went away or its deadline passed: so does the upstream call. A
+                # cancellation is not the endpoint's fault; an expired deadline means it was slow.
+                call.cancel()
+                left = context.time_remaining()
+                expired = left is not None and left <= 0
+                handle.finish(clock.now(), grpc.StatusCode.DEADLINE_EXCEEDED if expired else None)
         code = await call.code()
-        if code != grpc.StatusCode.OK:
-            endpoint.failures += 1
-        context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
+        trailers = tuple(await call.trailing_metadata() or ())
+        handle.finish(clock.now(), code, _pushback_ms(trailers) if code != grpc.StatusCode.OK
+                      else None)
+        context.set_trailing_metadata(trailers)
         context.set_code(code)
         context.set_details(await call.details())
 
@@ -134,6 +145,16 @@ class Forwarder(grpc.GenericRpcHandler):
             message = f"no healthy instance of {target.name} ({target.describe()})"
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"{message} for {method}")
         raise AssertionError("unreachable")
+
+
+def _pushback_ms(trailers: Metadata) -> int | None:
+    for key, value in trailers:
+        if key == PUSHBACK:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 def proxy_server(forwarder: Forwarder, settings: ForwardSettings, **extra: Any) -> grpc.aio.Server:

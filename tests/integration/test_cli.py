@@ -23,6 +23,7 @@ import pytest_asyncio
 from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import procs
+from grpcmesh.cli import admin_get
 from grpcmesh.registry.client import RegistryClient
 
 ECHO = "grpcmesh.example.v1.Echo"
@@ -293,19 +294,6 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> Any:
         await asyncio.sleep(0.02)
 
 
-async def admin_get(address: str, path: str) -> Any:
-    host, _, port = address.rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
-        await writer.drain()
-        response = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    return json.loads(response.split(b"\r\n\r\n", 1)[1])
-
-
 @module_loop
 async def test_sidecar_deregisters_then_finishes_calls_in_flight_on_sigterm(
         shared: Shared) -> None:
@@ -335,7 +323,8 @@ async def test_sidecar_deregisters_then_finishes_calls_in_flight_on_sigterm(
 
         async def routed() -> bool:
             body = await admin_get(client_sidecar.addresses["admin"], "/endpoints")
-            return [e["health"] for e in body["services"].get("echo", [])] == ["SERVING"]
+            echo = body["services"].get("echo", {"endpoints": []})
+            return [e["health"] for e in echo["endpoints"]] == ["SERVING"]
 
         await wait_for(routed, 10, "the client sidecar to route to echo")
 
@@ -348,7 +337,7 @@ async def test_sidecar_deregisters_then_finishes_calls_in_flight_on_sigterm(
 
             async def in_flight() -> bool:
                 body = await admin_get(client_sidecar.addresses["admin"], "/endpoints")
-                return body["services"]["echo"][0]["in_flight"] == 1
+                return body["services"]["echo"]["endpoints"][0]["in_flight"] == 1
 
             await wait_for(in_flight, 5, "the slow call to be in flight")
             await asyncio.sleep(0.2)  # through the app's sidecar to the app

@@ -103,7 +103,8 @@ async def test_deadline_is_propagated_and_expiry_cancels_upstream(
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 2
     remaining = probe.time_remaining[0]
-    assert remaining is not None and 0 < remaining < 0.5  # only what was left went upstream
+    # Only what was left went upstream (grpc-timeout rounds up, hence the 10 ms allowance).
+    assert remaining is not None and 0 < remaining < 0.51
     await asyncio.wait_for(probe.cancelled.wait(), 2)
 
 
