@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="echo", help="instance name put in every response")
     p.add_argument("--delay-ms", type=_positive_float, default=0.0, help="delay per call")
     p.add_argument("--fail-code", type=int, default=0, help="fail every call with this code")
+    p.add_argument("--recovered-delay-ms", type=_positive_float, default=0.0,
+                   help="on SIGUSR1, stop failing and use this delay per call (default 0)")
 
     p = sub.add_parser("demo", help="run a demo mesh on this machine",
                        description="Start a registry, three Echo instances with sidecars and a "
@@ -433,8 +435,10 @@ async def admin_get(address: str, path: str, timeout: float = 5.0) -> Any:
 async def cmd_example_server(args: argparse.Namespace) -> int:
     from grpcmesh.example.server import EchoBehaviour, EchoServer
 
-    server = EchoServer(args.listen, EchoBehaviour(args.name, args.delay_ms, args.fail_code))
+    behaviour = EchoBehaviour(args.name, args.delay_ms, args.fail_code, args.recovered_delay_ms)
+    server = EchoServer(args.listen, behaviour)
     announce(app=await server.start())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, behaviour.recover)
     await run_until_signal(server.stop)
     return 0
 

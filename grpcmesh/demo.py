@@ -115,9 +115,11 @@ async def run_demo(duration: float, concurrency: int) -> int:
         outbound = client_sidecar.addresses["outbound"]
         print(f"registry {reg}; client calls grpcmesh.example.v1.Echo/Unary through its "
               f"sidecar at {outbound} with {concurrency} calls in flight")
-        print(f"instances answer with extra delays of {INSTANCE_DELAYS_MS} ms; try "
-              f"`grpcmesh services --registry {reg}` in another terminal. Ctrl-C stops.\n",
-              flush=True)
+        print(f"instances answer with extra delays of {INSTANCE_DELAYS_MS} ms: the peak-EWMA "
+              "balancer sends most calls to the fastest. In another terminal try\n"
+              f"  grpcmesh services --registry {reg}\n"
+              f"  grpcmesh endpoints --admin {client_sidecar.addresses['admin']}\n"
+              "Ctrl-C stops.\n", flush=True)
         stats = Stats()
         started = time.monotonic()
         clients = [loop.create_task(_client(outbound, stats, stop)) for _ in range(concurrency)]

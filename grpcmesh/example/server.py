@@ -1,7 +1,8 @@
 """An Echo server with all four call kinds, grpc.health.v1 and reflection.
 
 Knobs for demos and benchmarks: a fixed extra delay per call and a status code to fail with,
-both per server (flags) and per request (EchoRequest.delay_ms / fail_code).
+both per server (flags) and per request (EchoRequest.delay_ms / fail_code); recover() (SIGUSR1
+from the command line) drops the failure and switches to the recovered delay.
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ class EchoBehaviour:
     name: str
     delay_ms: float = 0.0
     fail_code: int = 0
+    recovered_delay_ms: float = 0.0
+
+    def recover(self) -> None:
+        self.delay_ms = self.recovered_delay_ms
+        self.fail_code = 0
 
 
 class EchoService(echo_pb2_grpc.EchoServicer):
