@@ -29,7 +29,7 @@ class AdminServer:
         try:
             self._server = await asyncio.start_server(self._handle, host, int(port))
         except OSError as err:
-            raise OSError(f"admin: cannot listen on {self.listen}: {err.strerror}") from None
+            raise OSError(f"cannot listen on {self.listen} for admin: {err.strerror}") from None
         bound = self._server.sockets[0].getsockname()[1]
         self.address = f"{host}:{bound}"
         return self.address

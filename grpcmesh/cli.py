@@ -87,6 +87,18 @@ def _balancer(text: str) -> tuple[str, str]:
     return service, kind
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _status_code(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 16:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a gRPC status code (0-16)")
+    return int(text)
+
+
 def _store_spec(text: str) -> str:
     if text != "memory" and not (text.startswith("sqlite:") and len(text) > len("sqlite:")):
         raise argparse.ArgumentTypeError(f"{text!r} is not 'memory' or 'sqlite:PATH'")
@@ -196,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", type=LISTEN, default="127.0.0.1:50051", metavar="HOST:PORT")
     p.add_argument("--name", default="echo", help="instance name put in every response")
     p.add_argument("--delay-ms", type=_positive_float, default=0.0, help="delay per call")
-    p.add_argument("--fail-code", type=int, default=0, help="fail every call with this code")
+    p.add_argument("--fail-code", type=_status_code, default=0,
+                   help="fail every call with this gRPC status code (1-16)")
     p.add_argument("--recovered-delay-ms", type=_positive_float, default=0.0,
                    help="on SIGUSR1, stop failing and use this delay per call (default 0)")
 
@@ -205,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "client calling through its own sidecar; print what happens.")
     p.add_argument("--duration", type=_positive_float, default=0.0,
                    help="stop after this many seconds (default: run until Ctrl-C)")
-    p.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
+    p.add_argument("--concurrency", type=_positive_int, default=4,
+                   help="calls in flight (default 4)")
     return parser
 
 
@@ -269,8 +283,8 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
 
     if args.max_message_bytes <= 0:
         raise UsageError(f"--max-message-bytes {args.max_message_bytes} must be positive")
-    if args.ttl < 1:
-        raise UsageError(f"--ttl {args.ttl} must be at least 1 second")
+    if not 1 <= args.ttl <= 3600:
+        raise UsageError(f"--ttl {args.ttl} is out of range: expected 1-3600 seconds")
     if args.app is None and (args.inbound or args.proto_service):
         raise UsageError("--inbound and --proto-service need --app (the app to register)")
     if args.instance_id:

@@ -2,7 +2,7 @@
 
 A registry, three Echo instances (with different artificial delays) each behind a sidecar, and a
 client-only sidecar; an in-process client sends calls to that sidecar's outbound port, exactly as
-an unmodified gRPC app would, and prints calls per instance, latency and errors every second.
+an unmodified gRPC app would, and prints calls per instance, latency and errors every 5 seconds.
 """
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ async def run_demo(duration: float, concurrency: int) -> int:
         outbound = client_sidecar.addresses["outbound"]
         print(f"registry {reg}; client calls grpcmesh.example.v1.Echo/Unary through its "
               f"sidecar at {outbound} with {concurrency} calls in flight")
-        print(f"instances answer with extra delays of {INSTANCE_DELAYS_MS} ms: the peak-EWMA "
+        delays = ", ".join(f"{d:g}" for d in INSTANCE_DELAYS_MS)
+        print(f"instances answer with extra delays of {delays} ms: the peak-EWMA "
               "balancer sends most calls to the fastest. In another terminal try\n"
               f"  grpcmesh services --registry {reg}\n"
               f"  grpcmesh endpoints --admin {client_sidecar.addresses['admin']}\n"

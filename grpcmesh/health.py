@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpcmesh.registry.model import Health
+from grpcmesh.server_util import reconnect_options
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class HealthWatcher:
 
     async def run(self) -> None:
         """Follow the app's health until cancelled."""
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with grpc.aio.insecure_channel(self.address, reconnect_options()) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service=self.service)
             while True:

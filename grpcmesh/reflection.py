@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import grpc
+from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+from grpcmesh.registry.model import Method
 
 _V1 = "grpc.reflection.v1.ServerReflection"
 _V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
@@ -32,8 +35,9 @@ def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> 
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(_V1, {_METHOD: handler})])
 
 
-async def list_services(channel: grpc.aio.Channel, timeout: float = 5.0) -> list[str]:
-    """The services an app serves, as reported by its reflection service (v1, then v1alpha)."""
+async def _ask(channel: grpc.aio.Channel, requests: list[rpb.ServerReflectionRequest],
+               timeout: float) -> list[rpb.ServerReflectionResponse]:
+    """Send requests on one reflection stream (v1, then v1alpha) and return the answers."""
     last: grpc.aio.AioRpcError | None = None
     for service in REFLECTION_SERVICES:
         call = channel.stream_stream(
@@ -42,17 +46,43 @@ async def list_services(channel: grpc.aio.Channel, timeout: float = 5.0) -> list
             response_deserializer=rpb.ServerReflectionResponse.FromString,
         )
         try:
-            async for resp in call(iter([rpb.ServerReflectionRequest(list_services="")]),
-                                   timeout=timeout):
-                if resp.HasField("error_response"):
-                    raise RuntimeError(f"reflection error: {resp.error_response.error_message}")
-                return sorted(s.name for s in resp.list_services_response.service)
+            return [resp async for resp in call(iter(requests), timeout=timeout)]
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
             last = err
     assert last is not None
     raise last
+
+
+async def list_services(channel: grpc.aio.Channel, timeout: float = 5.0) -> list[str]:
+    """The services an app serves, as reported by its reflection service."""
+    (resp,) = await _ask(channel, [rpb.ServerReflectionRequest(list_services="")], timeout)
+    if resp.HasField("error_response"):
+        raise RuntimeError(f"reflection error: {resp.error_response.error_message}")
+    return sorted(s.name for s in resp.list_services_response.service)
+
+
+async def describe_methods(channel: grpc.aio.Channel, services: Iterable[str],
+                           timeout: float = 5.0) -> tuple[Method, ...]:
+    """The methods of services with their call kinds, from the app's file descriptors.
+
+    Services the app cannot describe are left out: their methods take the generic path."""
+    wanted = sorted(set(services))
+    answers = await _ask(channel, [rpb.ServerReflectionRequest(file_containing_symbol=name)
+                                   for name in wanted], timeout)
+    methods: dict[str, Method] = {}
+    for resp in answers:
+        for raw in resp.file_descriptor_response.file_descriptor_proto:
+            file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            prefix = f"{file.package}." if file.package else ""
+            for service in file.service:
+                full = prefix + service.name
+                if full in wanted:
+                    for m in service.method:
+                        path = f"/{full}/{m.name}"
+                        methods[path] = Method(path, m.client_streaming, m.server_streaming)
+    return tuple(methods[p] for p in sorted(methods))
 
 
 def application_services(services: Iterable[str]) -> list[str]:

@@ -30,16 +30,26 @@ class RouteError(Exception):
 
 @dataclass
 class Target:
-    """Where a call may go: the pools of one or more mesh services and their picker."""
+    """Where a call may go: the pools of one or more mesh services and their picker.
+
+    A target for a proto service keeps only the instances that serve it: during a rolling
+    upgrade in which v2 adds a proto service, its calls must not reach v1 instances."""
 
     name: str
     pools: tuple[Pool, ...]
     picker: Picker = field(default_factory=RoundRobin)
+    proto: str | None = None
+    _ready: Sequence[Endpoint] = ()
+    _versions: tuple[int, ...] = ()
 
     def ready(self) -> Sequence[Endpoint]:
-        if len(self.pools) == 1:
-            return self.pools[0].ready
-        return [e for pool in self.pools for e in pool.ready]
+        versions = tuple(pool.version for pool in self.pools)
+        if versions != self._versions:  # recomputed only after discovery changed a pool
+            ready = [e for pool in self.pools for e in pool.ready]
+            if self.proto is not None:
+                ready = [e for e in ready if self.proto in e.instance.proto_services]
+            self._ready, self._versions = ready, versions
+        return self._ready
 
     def pick(self, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         return self.picker.pick(self.ready(), exclude)
@@ -67,6 +77,7 @@ class RouteTable:
         self.synced = False
         self.revision = 0
         self._proto_index: dict[str, set[str]] = {}
+        self._kinds: dict[str, tuple[bool, bool]] = {}
         self._targets: dict[tuple[str, str], Target] = {}
         self._picker_factory = picker_factory
         self._on_endpoint_removed = on_endpoint_removed
@@ -105,6 +116,8 @@ class RouteTable:
         return pool
 
     def _index(self, inst: Instance) -> None:
+        for method in inst.methods:
+            self._kinds[method.path] = method.kind
         for proto in inst.proto_services:
             services = self._proto_index.setdefault(proto, set())
             if inst.service not in services:
@@ -112,6 +125,10 @@ class RouteTable:
                 self._targets.pop(("proto", proto), None)
 
     # -- routing ------------------------------------------------------------------------------
+
+    def kind_of(self, method: str) -> tuple[bool, bool] | None:
+        """(client streaming, server streaming) as some instance described it, or None."""
+        return self._kinds.get(method)
 
     def route(self, method: str, service_override: str | None = None) -> Target:
         if service_override:
@@ -139,7 +156,7 @@ class RouteTable:
                                  f"(method {method})")
             pools = tuple(self.pools[name] for name in sorted(services))
             target = self._targets[key] = Target(proto, pools,
-                                                 self._picker_factory(pools[0].service))
+                                                 self._picker_factory(pools[0].service), proto)
         return target
 
     def _require_sync(self, what: str) -> None:

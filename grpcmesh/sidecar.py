@@ -26,9 +26,9 @@ from grpcmesh.health import HealthWatcher
 from grpcmesh.proxy.channels import Channels
 from grpcmesh.proxy.forward import Forwarder, ForwardSettings, proxy_server
 from grpcmesh.registry.client import Backoff, Registrar, RegistryClient, watch_forever
-from grpcmesh.registry.model import Health, Instance
+from grpcmesh.registry.model import Health, Instance, Method
 from grpcmesh.routing import RouteTable, Target
-from grpcmesh.server_util import bind, with_port
+from grpcmesh.server_util import bind, reconnect_options, with_port
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,10 @@ class _Collect:
 class Sidecar:
     def __init__(self, settings: SidecarSettings) -> None:
         self.settings = settings
+        # One client each for the watch and the registrar: rotating to the next registry
+        # address closes a client's channel, which must not cancel the other's calls.
         self.client = RegistryClient(list(settings.registry))
+        self._registrar_client = RegistryClient(list(settings.registry))
         self.clock = MonotonicClock()
         self._rng = random.Random()
         self.routes = RouteTable(self._picker_for, self._endpoint_removed,
@@ -78,8 +81,10 @@ class Sidecar:
         self.health = health.aio.HealthServicer()
         collect = _Collect()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, collect)
-        self.outbound = Forwarder(self._route, self.channels, collect.handlers[0],
-                                  (HEALTH_PREFIX,), settings.forward, self.clock)
+        self.outbound = Forwarder(self._route, self.channels, kinds=self.routes.kind_of,
+                                  local=collect.handlers[0], local_prefixes=(HEALTH_PREFIX,),
+                                  settings=settings.forward, clock=self.clock)
+        self.app_methods: dict[str, tuple[bool, bool]] = {}
         self.outbound_server = proxy_server(self.outbound, settings.forward)
         self.inbound_server: grpc.aio.Server | None = None
         self.registrar: Registrar | None = None
@@ -123,10 +128,13 @@ class Sidecar:
         self._tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("sidecar %s failed: %s", task.get_name(), task.exception())
-            self.failure = task.exception()
-            self.stopped.set()
+        if task.cancelled() or task.exception() is None:
+            return
+        err = task.exception()
+        if isinstance(err, grpc.aio.AioRpcError):  # e.g. the registry refused the registration
+            err = RuntimeError(f"the registry refused: {err.code().name}: {err.details()}")
+        self.failure = err
+        self.stopped.set()
 
     def _inbound_server(self, app: str) -> grpc.aio.Server:
         pool = Pool("local app")
@@ -134,17 +142,19 @@ class Sidecar:
         target = Target(f"the local app at {app}", (pool,))
         self._inbound_channels = Channels(self.settings.forward.max_message_bytes)
         forwarder = Forwarder(lambda method, override: target, self._inbound_channels,
-                              settings=self.settings.forward)
+                              kinds=self.app_methods.get, settings=self.settings.forward,
+                              clock=self.clock)
         return proxy_server(forwarder, self.settings.forward)
 
     async def _serve_app(self, app: str) -> None:
         s = self.settings
-        protos = list(s.proto_services) or await self._learn_services(app)
+        protos, methods = await self._learn_services(app)
+        self.app_methods.update((m.path, m.kind) for m in methods)
         instance = Instance(
             service=s.service, address=self.inbound_address or app,
             instance_id=s.instance_id or self.inbound_address or app,
-            proto_services=tuple(protos), labels=s.labels)
-        self.registrar = Registrar(self.client, instance, s.ttl_seconds)
+            proto_services=tuple(protos), labels=s.labels, methods=methods)
+        self.registrar = Registrar(self._registrar_client, instance, s.ttl_seconds)
         first = asyncio.Event()
 
         def on_health(status: Health, why: str) -> None:
@@ -158,26 +168,38 @@ class Sidecar:
         await first.wait()
         await self.registrar.run()
 
-    async def _learn_services(self, app: str) -> list[str]:
+    async def _learn_services(self, app: str) -> tuple[list[str], tuple[Method, ...]]:
+        """The proto services the app serves (--proto-service, or its reflection) and their
+        methods' kinds (from reflection; unknown without it)."""
+        given = list(self.settings.proto_services)
         backoff = Backoff(maximum=2.0)
-        async with grpc.aio.insecure_channel(app) as channel:
+        waited = False
+        async with grpc.aio.insecure_channel(app, options=reconnect_options()) as channel:
             while True:
                 try:
-                    services = reflection.application_services(
+                    services = given or reflection.application_services(
                         await reflection.list_services(channel))
+                    methods = await reflection.describe_methods(channel, services)
                 except grpc.aio.AioRpcError as err:
                     if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        if given:
+                            log.info("the app at %s serves no reflection: method kinds are "
+                                     "unknown, calls take the generic streaming path", app)
+                            return given, ()
                         raise RuntimeError(
                             f"cannot learn which proto services the app at {app} serves: it "
                             "does not serve gRPC reflection; pass --proto-service NAME") from None
-                    log.info("waiting for the app at %s (%s)", app, err.code().name)
+                    log.log(logging.DEBUG if waited else logging.INFO,
+                            "waiting for the app at %s (%s)", app, err.code().name)
+                    waited = True
                     await asyncio.sleep(backoff.next())
                     continue
                 if not services:
                     raise RuntimeError(f"the app at {app} reports no services through "
                                        "reflection; pass --proto-service NAME")
-                log.info("app %s serves %s", app, ", ".join(services))
-                return services
+                log.info("app %s serves %s (%d methods described)", app, ", ".join(services),
+                         len(methods))
+                return services, methods
 
     # -- discovery ----------------------------------------------------------------------------
 
@@ -211,11 +233,17 @@ class Sidecar:
     # -- admin --------------------------------------------------------------------------------
 
     def _ready(self) -> tuple[int, Any]:
-        registered = self.registrar is None or self.registrar.lease_id != 0
-        ready = self.routes.synced and (self.settings.app is None or registered)
-        return (200 if ready else 503), {"ready": ready, "routes_synced": self.routes.synced,
-                                         "registered": registered,
-                                         "app_health": self.app_health.name}
+        """Ready once routes are known and (with an app) the instance has been registered;
+        a registry outage later does not make the sidecar unready: it keeps routing."""
+        body: dict[str, Any] = {"routes_synced": self.routes.synced,
+                                "registry_up": self.registry_up}
+        ready = self.routes.synced
+        if self.settings.app is not None:
+            registered = self.registrar is not None and self.registrar.registered.is_set()
+            ready = ready and registered
+            body.update(registered=registered, app_health=self.app_health.name)
+        body["ready"] = ready
+        return (200 if ready else 503), body
 
     def _endpoints(self) -> tuple[int, Any]:
         """Why an endpoint gets picked: its estimate, calls in flight and cost, per service."""
@@ -255,4 +283,5 @@ class Sidecar:
         if self._inbound_channels is not None:
             await self._inbound_channels.close()
         await self.client.close()
+        await self._registrar_client.close()
         self.stopped.set()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -433,3 +434,20 @@ def test_parse_registry_addresses_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_registry_addresses(text)
     assert message in str(info.value)
+
+
+def test_proto_target_keeps_only_instances_that_serve_the_proto() -> None:
+    """A rolling upgrade: v2 adds shop.v1.Refunds, v1 does not serve it."""
+    table = RouteTable()
+    v1 = inst("v1", protos=("shop.v1.Orders",))
+    v2 = inst("v2", address="10.0.0.2:80", protos=("shop.v1.Orders", "shop.v1.Refunds"))
+    table.apply(snapshot(v1, v2))
+    refunds = table.route("/shop.v1.Refunds/Create")
+    assert [e.instance.instance_id for e in refunds.ready()] == ["v2"]
+    assert [e.instance.instance_id for e in table.route(GET).ready()] == ["v1", "v2"]
+    # ... and follows changes: v1 upgraded to serve Refunds too.
+    table.apply(Event(EventType.UPSERT, 2, (replace(v1, proto_services=(
+        "shop.v1.Orders", "shop.v1.Refunds")),)))
+    assert [e.instance.instance_id for e in refunds.ready()] == ["v1", "v2"]
+    # Naming the mesh service still reaches every instance of it.
+    assert len(table.route("/shop.v1.Refunds/Create", "orders").ready()) == 2

@@ -19,6 +19,7 @@ class Pool:
         self.load = load
         self.endpoints: dict[str, Endpoint] = {}
         self.ready: tuple[Endpoint, ...] = ()
+        self.version = 0  # bumped whenever ready may have changed
         self._on_removed = on_removed
 
     def upsert(self, instance: Instance) -> None:
@@ -47,6 +48,7 @@ class Pool:
 
     def _refresh(self) -> None:
         self.ready = tuple(e for _, e in sorted(self.endpoints.items()) if e.healthy)
+        self.version += 1
 
     def describe(self) -> str:
         total = len(self.endpoints)

@@ -6,6 +6,8 @@ from typing import Any
 
 import grpc
 
+from grpcmesh.server_util import reconnect_options
+
 _READY = grpc.ChannelConnectivity.READY
 _FAILED = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 
@@ -15,11 +17,8 @@ class Channels:
         self._options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            # Reconnect soon after an instance comes back, not after grpc's 120 s maximum.
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.enable_retries", 0),
+            *reconnect_options(),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._close_grace = close_grace

@@ -5,13 +5,18 @@ grpcmesh-service header to a Target) -> pick an endpoint whose connection is up 
 connection means the call never left, so the next endpoint is tried) -> forward (request
 messages, response headers, messages, trailers, status and details, unchanged) -> record the
 latency to the first response and the outcome on the endpoint (its completion handle), which
-is what the balancer learns from. Messages are never deserialized. Every call uses the streaming handler,
-which carries all four call kinds on the wire (a unary handler registered for a streaming method
-would hang); a unary fast path is a later optimisation.
+is what the balancer learns from. Messages are never deserialized.
+
+A method whose kind is known (from the apps' reflection, published in the registry) is forwarded
+with a handler and an upstream call of that kind. Only unknown methods take the generic
+stream-stream path, which carries all four kinds on the wire (a unary handler registered for a
+streaming method would hang). Known kinds matter for correctness, not only speed: grpcio's
+streaming client call can replace the status an upstream sent with INTERNAL "Internal error from
+Core" when it writes a request after the upstream already answered (grpc/grpc#36066), which a
+fast rejection of a unary call would otherwise hit a few percent of the time.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +33,16 @@ log = logging.getLogger(__name__)
 
 Metadata = Sequence[tuple[str, str | bytes]]
 Router = Callable[[str, str | None], Target]
+Kind = tuple[bool, bool]  # (client streaming, server streaming)
+KindOf = Callable[[str], "Kind | None"]
+STREAMING: Kind = (True, True)  # for methods of unknown kind
+
+_HANDLERS = {(False, False): grpc.unary_unary_rpc_method_handler,
+             (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler,
+             (True, True): grpc.stream_stream_rpc_method_handler}
+_CALLS = {(False, False): "unary_unary", (False, True): "unary_stream",
+          (True, False): "stream_unary", (True, True): "stream_stream"}
 
 # Request metadata that grpcio sets itself on the upstream call, or that only means something to
 # this proxy.
@@ -45,12 +60,14 @@ class ForwardSettings:
 class Forwarder(grpc.GenericRpcHandler):
     """Catch-all handler: route each call and forward it upstream."""
 
-    def __init__(self, router: Router, channels: Channels,
+    def __init__(self, router: Router, channels: Channels, *,
+                 kinds: KindOf = lambda method: None,
                  local: grpc.GenericRpcHandler | None = None,
                  local_prefixes: tuple[str, ...] = (),
                  settings: ForwardSettings = ForwardSettings(),
                  clock: Clock = MonotonicClock()) -> None:
         self._router = router
+        self._kinds = kinds
         self._clock = clock
         self._channels = channels
         self._local = local
@@ -68,16 +85,26 @@ class Forwarder(grpc.GenericRpcHandler):
         if self._local is not None and override is None and method.startswith(self._local_prefixes):
             return self._local.service(details)
 
-        async def handle(requests: AsyncIterator[bytes],
-                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            async for message in self._forward(method, metadata, override, requests, context):
-                yield message
+        kind = self._kinds(method) or STREAMING
+        forward = self._forward
 
-        return grpc.stream_stream_rpc_method_handler(handle)
+        if kind[1]:
+            async def handle(request: Any, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[bytes]:
+                async for message in forward(method, metadata, override, kind, request, context):
+                    yield message
+            return _HANDLERS[kind](handle)
 
-    async def _forward(self, method: str, metadata: Metadata, override: str | None,
-                       requests: AsyncIterator[bytes],
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async def handle_unary(request: Any, context: grpc.aio.ServicerContext) -> bytes | None:
+            response = None  # stays None when the upstream answered with an error status
+            async for message in forward(method, metadata, override, kind, request, context):
+                response = message
+            return response
+        return _HANDLERS[kind](handle_unary)
+
+    async def _forward(self, method: str, metadata: Metadata, override: str | None, kind: Kind,
+                       request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Forward one call; request is one message or, for client streaming, an iterator."""
         timeout = context.time_remaining()
         if timeout is not None and timeout <= 0:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -87,18 +114,23 @@ class Forwarder(grpc.GenericRpcHandler):
         except RouteError as err:
             await context.abort(err.code, err.message)
         endpoint = await self._pick(target, method, timeout, context)
-        upstream = self._channels.get(endpoint.address).stream_stream(method)
+        upstream = getattr(self._channels.get(endpoint.address), _CALLS[kind])(method)
         request_metadata = [(k, v) for k, v in metadata if k not in _DROP_REQUEST]
         clock = self._clock
         handle = endpoint.start(clock.now())
-        call = upstream(requests, timeout=context.time_remaining(), metadata=request_metadata)
+        call = upstream(request, timeout=context.time_remaining(), metadata=request_metadata)
         self.in_flight += 1
         ended = False
         try:
             headers = await call.initial_metadata()
             if headers:
                 await context.send_initial_metadata(headers)
-            async for message in call:
+            if kind[1]:
+                async for message in call:
+                    handle.first_response(clock.now())
+                    yield message
+            else:
+                message = await call
                 handle.first_response(clock.now())
                 yield message
             ended = True

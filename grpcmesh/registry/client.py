@@ -105,21 +105,23 @@ async def watch_forever(client: RegistryClient, on_event: Callable[[Event], None
     backoff = Backoff()
     request = request or pb.WatchRequest()
     up = False
+    warned = False
     while True:
         try:
             async for msg in client.stub().Watch(request):
                 if not up:
-                    up = True
+                    up, warned = True, False
                     backoff.reset()
                     on_state(True)
                     log.info("watching registry %s", client.address)
                 on_event(Event.from_proto(msg))
             log.warning("registry %s ended the watch; reconnecting", client.address)
         except grpc.aio.AioRpcError as err:
-            # Logged once per outage; retries stay quiet until the registry answers again.
-            log.log(logging.WARNING if up else logging.DEBUG,
-                    "registry %s watch failed: %s %s; keeping the last known endpoints",
-                    client.address, err.code().name, err.details())
+            # Logged once per outage (and once if it never answered); retries stay quiet.
+            log.log(logging.DEBUG if warned and not up else logging.WARNING,
+                    "registry %s watch failed: %s %s; keeping the last known endpoints and "
+                    "retrying", client.address, err.code().name, err.details())
+            warned = True
             client.rotate()
         if up:
             up = False
@@ -147,10 +149,12 @@ class Registrar:
 
     async def run(self) -> None:
         backoff = Backoff()
+        warned = False
         while True:
             try:
                 await self._register()
                 backoff.reset()
+                warned = False
                 await self._keep_alive()
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
@@ -161,8 +165,10 @@ class Registrar:
                 if err.code() in (grpc.StatusCode.INVALID_ARGUMENT,
                                   grpc.StatusCode.ALREADY_EXISTS):
                     raise  # retrying cannot help: the caller reports it
-                log.warning("registry %s: %s %s; retrying", self._client.address,
-                            err.code().name, err.details())
+                log.log(logging.DEBUG if warned else logging.WARNING,
+                        "registry %s: %s %s; registering again when it answers",
+                        self._client.address, err.code().name, err.details())
+                warned = True
                 self.lease_id = 0
                 await asyncio.sleep(backoff.next())
 

@@ -14,6 +14,19 @@ class Health(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class Method:
+    """A proto method and its call kind: which sides stream."""
+
+    path: str  # "/shop.v1.Orders/Get"
+    client_streaming: bool = False
+    server_streaming: bool = False
+
+    @property
+    def kind(self) -> tuple[bool, bool]:
+        return (self.client_streaming, self.server_streaming)
+
+
+@dataclass(frozen=True)
 class Instance:
     service: str
     instance_id: str
@@ -23,6 +36,7 @@ class Instance:
     health: Health = Health.UNKNOWN
     owner: str = ""
     lease_id: int = 0
+    methods: tuple[Method, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -37,6 +51,8 @@ class Instance:
             service=self.service, instance_id=self.instance_id, address=self.address,
             proto_services=list(self.proto_services), labels=dict(self.labels),
             health=int(self.health), owner=self.owner, lease_id=self.lease_id,
+            methods=[pb.Method(path=m.path, client_streaming=m.client_streaming,
+                               server_streaming=m.server_streaming) for m in self.methods],
         )
 
     @classmethod
@@ -46,6 +62,8 @@ class Instance:
             proto_services=tuple(msg.proto_services), labels=tuple(sorted(msg.labels.items())),
             health=Health(msg.health) if msg.health in Health._value2member_map_ else Health.UNKNOWN,
             owner=msg.owner, lease_id=msg.lease_id,
+            methods=tuple(Method(m.path, m.client_streaming, m.server_streaming)
+                          for m in msg.methods),
         )
 
 

@@ -27,6 +27,7 @@ from grpcmesh.registry.model import Event, EventType, Health, Instance, Lease, S
 MAX_TTL_SECONDS = 3600
 MAX_PROTO_SERVICES = 256
 MAX_LABELS = 64
+MAX_METHODS = 4096
 
 Listener = Callable[[Event, "Instance | None"], None]
 
@@ -73,6 +74,15 @@ def validate_instance(instance: Instance) -> None:
                              f"at most {MAX_LABELS} are allowed")
         for key, value in instance.labels:
             names.check_label(key, value, "instance.labels")
+        if len(instance.methods) > MAX_METHODS:
+            raise ValueError(f"instance.methods has {len(instance.methods)} entries: at most "
+                             f"{MAX_METHODS} are allowed")
+        for method in instance.methods:
+            _, service, name = (method.path.split("/") + ["", "", ""])[:3]
+            if method.path.count("/") != 2 or method.path[0] != "/" or \
+                    service not in instance.proto_services or not name.isidentifier():
+                raise ValueError(f"instance.methods path {method.path!r} is not "
+                                 "/Service/Method for one of instance.proto_services")
         if len(instance.owner) > 256:
             raise ValueError("instance.owner is longer than 256 characters")
     except ValueError as err:
@@ -182,6 +192,12 @@ class RegistryStore:
             # The checker keeps following this address and reports only changes: keep the
             # health it last reported rather than the registrant's initial guess.
             instance = replace(instance, health=previous.health)
+        if previous is not None and previous.lease_id and ttl_seconds == 0:
+            raise RegistryError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"instance_id {instance.instance_id!r} of service {instance.service!r} is "
+                f"registered by its sidecar under lease {previous.lease_id}; a registry-checked "
+                "registration cannot replace it (deregister it first)")
         if previous is not None and previous.lease_id:
             self._leases.pop(previous.lease_id, None)
         lease = None

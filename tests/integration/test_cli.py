@@ -123,7 +123,7 @@ def test_subcommand_help_explains_it(command: str) -> None:
     (("sidecar", "--service", "echo", "--registry", "127.0.0.1:7700",
       "--inbound", "127.0.0.1:0"), ["need --app"]),
     (("sidecar", "--service", "echo", "--registry", "127.0.0.1:7700", "--ttl", "0"),
-     ["--ttl 0"]),
+     ["--ttl 0 is out of range: expected 1-3600 seconds"]),
     (("sidecar", "--service", "echo", "--registry", "127.0.0.1:7700",
       "--instance-id", "bad id"), ["--instance-id", "'bad id'"]),
     (("resolve", "Bad Name!"), ["'Bad Name!' is neither a mesh service name"]),

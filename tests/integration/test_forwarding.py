@@ -233,3 +233,43 @@ async def test_service_header_names_the_mesh_service(mesh: Mesh) -> None:
         await _echo(client, metadata=(("grpcmesh-service", "nope"),))
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "'nope'" in info.value.details()
+
+
+class _HideUnary(grpc.aio.ServerInterceptor):
+    """Rejects Echo/Unary before reading its request (as an auth or feature-flag interceptor
+    might), although reflection describes it."""
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        if details.method.endswith("/Unary"):
+            return None  # grpcio answers UNIMPLEMENTED at once
+        return await continuation(details)
+
+
+@pytest.mark.asyncio
+async def test_early_rejections_keep_their_status_through_known_method_kinds(
+        mesh: Mesh) -> None:
+    """A status that arrives before the request was written can turn into INTERNAL inside
+    grpcio's streaming client call (grpc/grpc#36066); methods of known kind are forwarded with
+    calls of their own kind, which do not have that problem."""
+    from grpcmesh.example.server import EchoBehaviour, EchoServer
+
+    app = EchoServer("127.0.0.1:0", EchoBehaviour("a"))
+    app.server = grpc.aio.server(interceptors=[_HideUnary()])
+    await app.start()
+    mesh.apps.append(app)
+    await mesh.sidecar("echo", app)
+    client = await mesh.sidecar("client")
+    await mesh.serving(client, "echo", 1)
+    assert client.routes.kind_of("/grpcmesh.example.v1.Echo/Unary") == (False, False)
+    assert client.routes.kind_of("/grpcmesh.example.v1.Echo/ServerStream") == (False, True)
+    assert client.routes.kind_of("/grpcmesh.example.v1.Echo/BidiStream") == (True, True)
+    codes: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(client.outbound_address) as ch:
+        stub = echo_pb2_grpc.EchoStub(ch)
+        for _ in range(300):
+            try:
+                await stub.Unary(echo_pb2.EchoRequest(message="x"), timeout=5)
+                codes["OK"] = codes.get("OK", 0) + 1
+            except grpc.aio.AioRpcError as err:
+                codes[err.code().name] = codes.get(err.code().name, 0) + 1
+    assert codes == {"UNIMPLEMENTED": 300}

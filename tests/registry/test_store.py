@@ -252,14 +252,18 @@ def test_same_owner_reregister_replaces_and_revokes_old_lease(h: Harness) -> Non
     assert h.store.keep_alive(new.lease.lease_id).expires_at == START + 20
 
 
-def test_leased_reregister_as_registry_checked_drops_the_lease(h: Harness) -> None:
+def test_registry_checked_registration_cannot_replace_a_live_lease(h: Harness) -> None:
+    """`grpcmesh register` at a sidecar's address would otherwise take its registration over
+    until the sidecar's next keep-alive took it back, and so on."""
     old = h.store.register(inst(), 10)
     assert old.lease is not None
-    new = h.store.register(inst(), 0)
-    assert new.instance.lease_id == 0
-    assert h.store.next_expiry() is None
-    with raises(grpc.StatusCode.NOT_FOUND):
-        h.store.keep_alive(old.lease.lease_id)
+    with raises(grpc.StatusCode.ALREADY_EXISTS) as info:
+        h.store.register(inst(), 0)
+    assert f"under lease {old.lease.lease_id}" in info.value.message
+    assert h.store.keep_alive(old.lease.lease_id).lease_id == old.lease.lease_id
+    h.clock.advance(11)
+    h.store.expire()
+    assert h.store.register(inst(), 0).instance.lease_id == 0  # once the lease is gone
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ SERVING: HealthStatus
 NOT_SERVING: HealthStatus
 
 class Instance(_message.Message):
-    __slots__ = ("service", "instance_id", "address", "proto_services", "labels", "health", "owner", "lease_id")
+    __slots__ = ("service", "instance_id", "address", "proto_services", "labels", "health", "owner", "lease_id", "methods")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class Instance(_message.Message):
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
     service: str
     instance_id: str
     address: str
@@ -41,7 +42,18 @@ class Instance(_message.Message):
     health: HealthStatus
     owner: str
     lease_id: int
-    def __init__(self, service: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., proto_services: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., health: _Optional[_Union[HealthStatus, str]] = ..., owner: _Optional[str] = ..., lease_id: _Optional[int] = ...) -> None: ...
+    methods: _containers.RepeatedCompositeFieldContainer[Method]
+    def __init__(self, service: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., proto_services: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., health: _Optional[_Union[HealthStatus, str]] = ..., owner: _Optional[str] = ..., lease_id: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[Method, _Mapping]]] = ...) -> None: ...
+
+class Method(_message.Message):
+    __slots__ = ("path", "client_streaming", "server_streaming")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_STREAMING_FIELD_NUMBER: _ClassVar[int]
+    SERVER_STREAMING_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    client_streaming: bool
+    server_streaming: bool
+    def __init__(self, path: _Optional[str] = ..., client_streaming: _Optional[bool] = ..., server_streaming: _Optional[bool] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("instance", "ttl_seconds")
