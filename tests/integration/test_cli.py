@@ -84,6 +84,7 @@ HELP = {
     "deregister": "Remove a registered instance",
     "services": "List services",
     "resolve": "List the instances of a mesh service",
+    "endpoints": "Show, per service, each endpoint's health",
     "example-server": f"Run {ECHO}",
     "demo": "Start a registry, three Echo instances",
 }
