@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "calls, so peers stop sending first (default 1)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                    help="largest message forwarded either way (default 4 MiB)")
+    p.add_argument("--max-metadata-bytes", type=_positive_int, default=16 * 1024,
+                   help="largest request metadata accepted, counted as HPACK does "
+                        "(default 16384)")
     p.add_argument("--balancer", type=_balancer, action="append", default=[],
                    metavar="[SERVICE=]KIND",
                    help=f"picker: {', '.join(PICKER_KINDS)} (default peak_ewma); "
@@ -303,7 +306,9 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         proto_services=tuple(args.proto_service), instance_id=args.instance_id,
         labels=tuple(args.label), ttl_seconds=args.ttl, grace_seconds=args.grace_period,
         drain_delay=args.drain_delay,
-        forward=ForwardSettings(max_message_bytes=args.max_message_bytes), balancer=balancer))
+        forward=ForwardSettings(max_message_bytes=args.max_message_bytes,
+                                max_metadata_bytes=args.max_metadata_bytes),
+        balancer=balancer))
     try:
         await sidecar.start()
     except BaseException:

@@ -97,6 +97,7 @@ class Sidecar:
                                                   "/endpoints": self._endpoints})
         self._inbound_channels: Channels | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None
         self.stopped = asyncio.Event()
 
@@ -210,7 +211,9 @@ class Sidecar:
         if up != self.registry_up:
             self.registry_up = up
             if up:
-                asyncio.get_running_loop().create_task(self._set_own_health(True))
+                task = asyncio.get_running_loop().create_task(self._set_own_health(True))
+                self._background.add(task)  # keep a reference until it is done
+                task.add_done_callback(self._background.discard)
 
     def _picker_for(self, service: str) -> Picker:
         return make_picker(self.settings.balancer.kind_for(service), self._rng, self.clock)

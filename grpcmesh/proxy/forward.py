@@ -54,6 +54,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 @dataclass(frozen=True)
 class ForwardSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # grpcio enforces its own metadata limit only after the client acknowledged SETTINGS; HEADERS
+    # sent earlier got through with 300 KB. The proxy checks every call itself (HPACK accounting:
+    # name + value + 32 bytes per entry), at grpcio's hard limit.
+    max_metadata_bytes: int = 16 * 1024
     connect_timeout: float = 1.0  # how long a call waits for a new upstream connection
 
 
@@ -79,13 +83,20 @@ class Forwarder(grpc.GenericRpcHandler):
         method: str = details.method  # type: ignore[attr-defined]
         metadata: Metadata = details.invocation_metadata  # type: ignore[attr-defined]
         override = None
+        size = 0
         for key, value in metadata:
+            size += len(key) + len(value) + 32
             if key == SERVICE_HEADER:
                 override = value if isinstance(value, str) else value.decode()
         if self._local is not None and override is None and method.startswith(self._local_prefixes):
             return self._local.service(details)
 
         kind = self._kinds(method) or STREAMING
+        if size > self._settings.max_metadata_bytes:
+            limit = self._settings.max_metadata_bytes
+            return _HANDLERS[kind](_rejection(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request metadata of {method} is {size} bytes; the proxy's limit is {limit}"))
         forward = self._forward
 
         if kind[1]:
@@ -177,6 +188,12 @@ class Forwarder(grpc.GenericRpcHandler):
             message = f"no healthy instance of {target.name} ({target.describe()})"
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"{message} for {method}")
         raise AssertionError("unreachable")
+
+
+def _rejection(code: grpc.StatusCode, message: str) -> Callable[..., Any]:
+    async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+    return reject
 
 
 def _pushback_ms(trailers: Metadata) -> int | None:

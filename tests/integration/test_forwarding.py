@@ -273,3 +273,25 @@ async def test_early_rejections_keep_their_status_through_known_method_kinds(
             except grpc.aio.AioRpcError as err:
                 codes[err.code().name] = codes.get(err.code().name, 0) + 1
     assert codes == {"UNIMPLEMENTED": 300}
+
+
+@pytest.mark.asyncio
+async def test_oversized_request_metadata_is_refused_by_the_proxy(
+        mesh: Mesh, probe: Probe) -> None:
+    """The proxy checks metadata size itself (grpcio's own check can be bypassed by HEADERS
+    sent before SETTINGS are acknowledged); a lower limit shows the proxy's check at work."""
+    from grpcmesh.proxy.forward import ForwardSettings
+
+    await mesh.sidecar("probe", probe, proto_services=(SERVICE,))
+    client = await mesh.sidecar("client", forward=ForwardSettings(max_metadata_bytes=4096))
+    await mesh.serving(client, "probe", 1)
+    big = tuple((f"x-big-{i}", "v" * 1000) for i in range(5))  # ~5.2 KB
+    async with grpc.aio.insecure_channel(client.outbound_address) as ch:
+        unary = ch.unary_unary(f"/{SERVICE}/Unary")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await unary(b"x", metadata=big, timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"request metadata of /{SERVICE}/Unary is" in info.value.details()
+        assert "the proxy's limit is 4096" in info.value.details()
+        assert probe.metadata == []  # it never reached the app
+        assert await unary(b"x", metadata=big[:3], timeout=5) == b"echo:x"
