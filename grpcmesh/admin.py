@@ -45,6 +45,7 @@ class AdminServer:
             while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request_line.decode("latin-1").split()
+            body: Any
             if len(parts) < 2 or parts[0] != "GET":
                 status, body = 405, {"error": "only GET is supported"}
             else:

@@ -11,7 +11,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -471,7 +471,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         raise CliError(f"the demo could not start: {err}") from None
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "registry": cmd_registry, "sidecar": cmd_sidecar, "register": cmd_register,
     "deregister": cmd_deregister, "services": cmd_services, "resolve": cmd_resolve,
     "endpoints": cmd_endpoints, "example-server": cmd_example_server, "demo": cmd_demo,

@@ -11,9 +11,8 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import descriptor_pb2
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
-from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 from grpcmesh.registry.model import Method
 

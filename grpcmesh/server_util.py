@@ -41,7 +41,7 @@ def bind(server: grpc.aio.Server, address: str, what: str) -> int:
     """Listen on address and return the bound port, or fail with a message naming both."""
     check_bindable(address, what)
     try:
-        port = server.add_insecure_port(address)
+        port: int = server.add_insecure_port(address)
     except RuntimeError as err:
         raise OSError(f"cannot listen on {address} for {what}: {err}") from None
     if port == 0:

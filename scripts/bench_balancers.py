@@ -33,13 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import grpc  # noqa: E402
+import grpc
 
-from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc  # noqa: E402
-from generated.grpcmesh.registry.v1 import registry_pb2 as pb  # noqa: E402
-from grpcmesh import procs  # noqa: E402
-from grpcmesh.cli import admin_get  # noqa: E402
-from grpcmesh.registry.client import RegistryClient  # noqa: E402
+from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+from grpcmesh import procs
+from grpcmesh.cli import admin_get
+from grpcmesh.registry.client import RegistryClient
 
 SCENARIOS = ("fleet-fast", "slow", "fail-fast", "recover")
 CONFIGS = ("peak_ewma", "least_request", "round_robin", "random", "grpc_round_robin")

@@ -22,9 +22,8 @@ PROTOS = ROOT / "protos"
 
 
 def generate(out: Path) -> list[Path]:
-    from grpc_tools import protoc  # imported here so --help works without grpcio-tools
-
     import grpc_tools
+    from grpc_tools import protoc  # imported here so --help works without grpcio-tools
 
     protos = sorted(PROTOS.rglob("*.proto"))
     if out.exists():

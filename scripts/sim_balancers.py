@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import grpc  # noqa: E402
+import grpc
 
-from grpcmesh.balance import ewma  # noqa: E402
-from grpcmesh.balance.picker import PICKER_KINDS  # noqa: E402
-from grpcmesh.balance.simulation import Behaviour, Simulation  # noqa: E402
+from grpcmesh.balance import ewma
+from grpcmesh.balance.picker import PICKER_KINDS
+from grpcmesh.balance.simulation import Behaviour, Simulation
 
 FAST, N, DURATION, CHANGE_AT, WARMUP = 0.010, 5, 40.0, 20.0, 2.0
 

@@ -40,7 +40,7 @@ class LoadSettings:
 
 
 class Endpoint:
-    __slots__ = ("instance", "settings", "rtt", "in_flight", "calls", "failures")
+    __slots__ = ("calls", "failures", "in_flight", "instance", "rtt", "settings")
 
     def __init__(self, instance: Instance, settings: LoadSettings = LoadSettings()) -> None:
         self.instance = instance
@@ -77,7 +77,7 @@ class Endpoint:
 
 
 class CallHandle:
-    __slots__ = ("endpoint", "started", "first_response_at", "finished")
+    __slots__ = ("endpoint", "finished", "first_response_at", "started")
 
     def __init__(self, endpoint: Endpoint, now: float) -> None:
         self.endpoint = endpoint

@@ -28,7 +28,7 @@ import math
 
 
 class PeakEwma:
-    __slots__ = ("decay", "_value", "_at")
+    __slots__ = ("_at", "_value", "decay")
 
     def __init__(self, decay: float) -> None:
         if decay <= 0:

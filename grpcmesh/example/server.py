@@ -79,7 +79,7 @@ class EchoService(echo_pb2_grpc.EchoServicer):
 def _code_name(code: int) -> str:
     for status in grpc.StatusCode:
         if status.value[0] == code:
-            return status.name
+            return str(status.name)
     raise ValueError(f"fail code {code} is not a gRPC status code (0-16)")
 
 

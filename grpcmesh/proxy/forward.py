@@ -28,6 +28,7 @@ from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.proxy.channels import Channels, connected
 from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
+from grpcmesh.server_util import server_options
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ class Forwarder(grpc.GenericRpcHandler):
         self.in_flight = 0
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method: str = details.method  # type: ignore[attr-defined]
-        metadata: Metadata = details.invocation_metadata  # type: ignore[attr-defined]
+        method: str = details.method
+        metadata: Metadata = details.invocation_metadata
         override = None
         size = 0
         for key, value in metadata:
@@ -207,8 +208,6 @@ def _pushback_ms(trailers: Metadata) -> int | None:
 
 
 def proxy_server(forwarder: Forwarder, settings: ForwardSettings, **extra: Any) -> grpc.aio.Server:
-    from grpcmesh.server_util import server_options
-
     server = grpc.aio.server(options=server_options(max_message_bytes=settings.max_message_bytes),
                              **extra)
     server.add_generic_rpc_handlers([forwarder])

@@ -8,7 +8,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -193,7 +193,7 @@ class Registrar:
             self._changed.clear()
             health = self.instance.health
             await self._client.call("SetHealth", pb.SetHealthRequest(
-                lease_id=self.lease_id, health=int(health)))
+                lease_id=self.lease_id, health=cast(pb.HealthStatus, int(health))))
             log.info("published health %s", health.name)
 
     async def deregister(self, timeout: float = 2.0) -> None:

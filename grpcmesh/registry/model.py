@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import cast
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 
@@ -50,7 +51,8 @@ class Instance:
         return pb.Instance(
             service=self.service, instance_id=self.instance_id, address=self.address,
             proto_services=list(self.proto_services), labels=dict(self.labels),
-            health=int(self.health), owner=self.owner, lease_id=self.lease_id,
+            health=cast(pb.HealthStatus, int(self.health)), owner=self.owner,
+            lease_id=self.lease_id,
             methods=[pb.Method(path=m.path, client_streaming=m.client_streaming,
                                server_streaming=m.server_streaming) for m in self.methods],
         )
@@ -84,7 +86,7 @@ class Event:
     partial: bool = False  # SNAPSHOT only: the registry is still warming up
 
     def to_proto(self) -> pb.WatchEvent:
-        return pb.WatchEvent(type=int(self.type), revision=self.revision,
+        return pb.WatchEvent(type=cast(pb.WatchEvent.Type, int(self.type)), revision=self.revision,
                              instances=[i.to_proto() for i in self.instances],
                              reason=self.reason, partial=self.partial)
 

@@ -10,8 +10,15 @@ import pytest
 
 from grpcmesh.balance.endpoint import Endpoint, LoadSettings
 from grpcmesh.balance.picker import (
-    PICKER_KINDS, BalancerSettings, PowerOfTwo, RandomPicker, RoundRobin, least_request,
-    make_picker, peak_ewma)
+    PICKER_KINDS,
+    BalancerSettings,
+    PowerOfTwo,
+    RandomPicker,
+    RoundRobin,
+    least_request,
+    make_picker,
+    peak_ewma,
+)
 from grpcmesh.clock import FakeClock
 from tests.balance.support import OK, ScriptedRng, answered, endpoint
 

@@ -42,7 +42,8 @@ class Result:
 
 
 def run(*args: str, timeout: float = 15.0) -> Result:
-    done = subprocess.run([*GRPCMESH, *args], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([*GRPCMESH, *args], check=False, capture_output=True, text=True,
+                          timeout=timeout)
     return Result(done.returncode, done.stdout, done.stderr)
 
 
