@@ -3,6 +3,8 @@
 GET /live      200 while the process runs
 GET /ready     200 once the sidecar routes (registry answered) and its instance is registered
 GET /endpoints JSON: every known service and endpoint with health and call counts
+
+admin_get() is the client side, used by `grpcmesh endpoints`, the benchmarks and the tests.
 """
 from __future__ import annotations
 
@@ -67,3 +69,20 @@ class AdminServer:
             pass
         finally:
             writer.close()
+
+
+async def admin_get(address: str, path: str, timeout: float = 5.0) -> Any:
+    """GET a sidecar admin path and decode its JSON body."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ValueError(head.split(b"\r\n")[0].decode(errors="replace") or "no answer")
+    return json.loads(body)

@@ -38,7 +38,7 @@ import grpc
 from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import procs
-from grpcmesh.cli import admin_get
+from grpcmesh.admin import admin_get
 from grpcmesh.registry.client import RegistryClient
 
 SCENARIOS = ("fleet-fast", "slow", "fail-fast", "recover")

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
-from grpcmesh.cli import admin_get
+from grpcmesh.admin import admin_get
 from grpcmesh.sidecar import Sidecar
 from tests.conftest import Mesh, wait_for
 

@@ -1,0 +1,245 @@
+"""What each `grpcmesh` subcommand does; cli.py parses the flags and calls these."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import grpc
+
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+from grpcmesh import names
+from grpcmesh.admin import admin_get
+from grpcmesh.balance.endpoint import LoadSettings
+from grpcmesh.balance.picker import BalancerSettings
+from grpcmesh.proxy.forward import ForwardSettings
+from grpcmesh.registry.client import RegistryClient
+from grpcmesh.registry.model import Instance
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code  # the registry's answer, when the registry refused a request
+
+
+class UsageError(CliError):
+    """Flags that parse but do not make sense together: exit status 2, like argparse."""
+
+
+def announce(**addresses: str) -> None:
+    print(json.dumps(addresses), flush=True)
+
+
+async def run_until_signal(stop: Callable[[], Awaitable[None]],
+                           done: asyncio.Event | None = None) -> None:
+    """Wait for SIGTERM/SIGINT (or done), then run stop()."""
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signalled.set)
+    waiters = [asyncio.ensure_future(signalled.wait())]
+    if done is not None:
+        waiters.append(asyncio.ensure_future(done.wait()))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    await stop()
+
+
+async def cmd_registry(args: argparse.Namespace) -> int:
+    from grpcmesh.registry.server import RegistryServer, open_persistence
+
+    try:
+        persistence = open_persistence(args.store)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    server = RegistryServer(args.listen, persistence, warmup=args.warmup)
+    announce(registry=await server.start())
+    await run_until_signal(server.stop)
+    return 0
+
+
+async def cmd_sidecar(args: argparse.Namespace) -> int:
+    from grpcmesh.sidecar import Sidecar, SidecarSettings
+
+    if args.max_message_bytes <= 0:
+        raise UsageError(f"--max-message-bytes {args.max_message_bytes} must be positive")
+    if not 1 <= args.ttl <= 3600:
+        raise UsageError(f"--ttl {args.ttl} is out of range: expected 1-3600 seconds")
+    if args.app is None and (args.inbound or args.proto_service):
+        raise UsageError("--inbound and --proto-service need --app (the app to register)")
+    if args.instance_id:
+        _check(names.check_instance_id, args.instance_id, "--instance-id")
+    if args.ewma_decay <= 0 or args.ewma_default_rtt_ms <= 0:
+        raise UsageError("--ewma-decay and --ewma-default-rtt-ms must be positive")
+    defaults = [kind for service, kind in args.balancer if not service]
+    balancer = BalancerSettings(
+        default=defaults[-1] if defaults else "peak_ewma",
+        per_service=tuple((service, kind) for service, kind in args.balancer if service),
+        load=LoadSettings(decay=args.ewma_decay, default_rtt=args.ewma_default_rtt_ms / 1000,
+                          failure_penalty=args.failure_penalty))
+    sidecar = Sidecar(SidecarSettings(
+        service=args.service, registry=tuple(args.registry), app=args.app,
+        outbound=args.outbound, inbound=args.inbound, admin=args.admin,
+        proto_services=tuple(args.proto_service), instance_id=args.instance_id,
+        labels=tuple(args.label), ttl_seconds=args.ttl, grace_seconds=args.grace_period,
+        drain_delay=args.drain_delay,
+        forward=ForwardSettings(max_message_bytes=args.max_message_bytes,
+                                max_metadata_bytes=args.max_metadata_bytes),
+        balancer=balancer))
+    try:
+        await sidecar.start()
+    except BaseException:
+        await sidecar.shutdown()  # a listener may already run: stop it before reporting
+        raise
+    announce(outbound=sidecar.outbound_address, inbound=sidecar.inbound_address,
+             admin=sidecar.admin.address)
+    await run_until_signal(sidecar.shutdown, sidecar.stopped)
+    if sidecar.failure is not None:
+        raise CliError(str(sidecar.failure))
+    return 0
+
+
+def _check(fn: Callable[[str, str], Any], value: str, flag: str) -> None:
+    try:
+        fn(value, flag)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+async def _registry_call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    client = RegistryClient(args.registry, timeout=5.0)
+    try:
+        return await client.call(method, request)
+    except grpc.aio.AioRpcError as err:
+        if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise CliError(f"cannot reach the registry at {','.join(args.registry)} "
+                           f"({err.code().name}: {err.details()})") from None
+        raise CliError(f"{err.code().name}: {err.details()}", err.code()) from None
+    finally:
+        await client.close()
+
+
+async def cmd_register(args: argparse.Namespace) -> int:
+    from grpcmesh import reflection
+
+    protos = args.proto_service
+    if not protos:
+        async with grpc.aio.insecure_channel(args.address) as channel:
+            try:
+                protos = reflection.application_services(
+                    await reflection.list_services(channel, timeout=5.0))
+            except grpc.aio.AioRpcError as err:
+                raise CliError(f"cannot ask {args.address} which services it serves "
+                               f"({err.code().name}: {err.details()}); pass --proto-service"
+                               ) from None
+    instance_id = args.instance_id or args.address
+    _check(names.check_instance_id, instance_id, "--instance-id")
+    instance = Instance(args.service, instance_id, args.address, tuple(protos),
+                        tuple(args.label), owner=args.owner)
+    await _registry_call(args, "Register", pb.RegisterRequest(instance=instance.to_proto(),
+                                                              ttl_seconds=0))
+    print(f"registered {args.service}/{instance_id} at {args.address} serving "
+          f"{', '.join(protos)}; the registry checks its health")
+    return 0
+
+
+async def cmd_deregister(args: argparse.Namespace) -> int:
+    instance_id = args.instance_id or args.address
+    if not instance_id:
+        raise UsageError("give --instance-id or --address")
+    await _registry_call(args, "Deregister", pb.DeregisterRequest(
+        service=args.service, instance_id=instance_id, owner=args.owner))
+    print(f"deregistered {args.service}/{instance_id}")
+    return 0
+
+
+async def cmd_services(args: argparse.Namespace) -> int:
+    from grpcmesh.output import print_services
+
+    resp = await _registry_call(args, "ListServices", pb.ListServicesRequest())
+    print_services(resp, args.json)
+    return 0
+
+
+async def cmd_resolve(args: argparse.Namespace) -> int:
+    from grpcmesh.output import print_instances
+
+    name = args.name
+    is_service = _valid(names.check_service, name)
+    if not is_service and not _valid(names.check_proto_service, name):
+        raise UsageError(f"{name!r} is neither a mesh service name (e.g. orders) nor a proto "
+                       "service name (e.g. shop.v1.Orders)")
+    try:
+        request = pb.ResolveRequest(service=name) if is_service else pb.ResolveRequest(
+            proto_service=name)
+        resp = await _registry_call(args, "Resolve", request)
+    except CliError as err:
+        # 'echo' is both a valid mesh service and proto service name: try the other reading,
+        # but report the first answer if that finds nothing either.
+        if err.code != grpc.StatusCode.NOT_FOUND or not (
+                is_service and _valid(names.check_proto_service, name)):
+            raise
+        try:
+            resp = await _registry_call(args, "Resolve", pb.ResolveRequest(proto_service=name))
+        except CliError as second:
+            if second.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            raise err from None
+    print_instances(resp, args.json)
+    return 0
+
+
+def _valid(fn: Callable[[str], Any], value: str) -> bool:
+    try:
+        fn(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def cmd_endpoints(args: argparse.Namespace) -> int:
+    from grpcmesh.output import print_endpoints
+
+    try:
+        body = await admin_get(args.admin, "/endpoints")
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot read the sidecar admin port at {args.admin}: {err}") from None
+    if args.service and args.service not in body["services"]:
+        known = ", ".join(sorted(body["services"])) or "none"
+        raise CliError(f"the sidecar knows no service {args.service!r} (known: {known})")
+    print_endpoints(body, args.service, args.json)
+    return 0
+
+
+async def cmd_example_server(args: argparse.Namespace) -> int:
+    from grpcmesh.example.server import EchoBehaviour, EchoServer
+
+    behaviour = EchoBehaviour(args.name, args.delay_ms, args.fail_code, args.recovered_delay_ms)
+    server = EchoServer(args.listen, behaviour)
+    announce(app=await server.start())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, behaviour.recover)
+    await run_until_signal(server.stop)
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from grpcmesh.demo import run_demo
+
+    try:
+        return await run_demo(args.duration, args.concurrency)
+    except RuntimeError as err:  # a daemon did not start: its log tail is in the message
+        raise CliError(f"the demo could not start: {err}") from None
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "registry": cmd_registry, "sidecar": cmd_sidecar, "register": cmd_register,
+    "deregister": cmd_deregister, "services": cmd_services, "resolve": cmd_resolve,
+    "endpoints": cmd_endpoints, "example-server": cmd_example_server, "demo": cmd_demo,
+}
