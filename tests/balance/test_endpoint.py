@@ -96,7 +96,7 @@ def test_the_penalised_codes() -> None:
     assert PENALISED == {Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED, Code.INTERNAL, Code.UNKNOWN}
 
 
-@pytest.mark.parametrize("code", sorted(PENALISED, key=lambda c: c.name))
+@pytest.mark.parametrize("code", sorted(PENALISED, key=str))
 @pytest.mark.parametrize(("penalty", "pushback_ms", "recorded"), [
     (5.0, None, 5.0),
     (5.0, 100, 5.0),  # a pushback below the penalty does not lower it
@@ -113,7 +113,7 @@ def test_a_failure_records_a_penalised_sample(code: grpc.StatusCode, penalty: fl
     assert (ep.in_flight, ep.calls, ep.failures) == (0, 1, 1)
 
 
-@pytest.mark.parametrize("code", sorted(PENALISED, key=lambda c: c.name))
+@pytest.mark.parametrize("code", sorted(PENALISED, key=str))
 def test_without_a_penalty_a_failure_records_its_real_latency(code: grpc.StatusCode) -> None:
     ep = endpoint(settings=LoadSettings(failure_penalty=0.0))
     ep.start(10.0).finish(10.001, code, 8000)

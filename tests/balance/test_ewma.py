@@ -50,6 +50,7 @@ def test_a_lower_sample_lands_between_itself_and_the_decayed_estimate() -> None:
         sample = rng.uniform(0.0, 0.6)
         ewma.observe(sample, now)
         after = ewma.get(now)
+        assert after is not None
         if sample > before:
             assert after == sample
         else:
@@ -111,10 +112,12 @@ def test_how_often_it_is_read_does_not_change_what_it_records() -> None:
 def test_steady_samples_converge_to_the_sample() -> None:
     ewma = PeakEwma(10.0)
     ewma.observe(0.500, 0.0)
-    seen = []
+    seen: list[float] = []
     for step in range(1, 1001):  # 0.020 every 100 ms for 100 s
         ewma.observe(0.020, step * 0.1)
-        seen.append(ewma.get(step * 0.1))
+        estimate = ewma.get(step * 0.1)
+        assert estimate is not None
+        seen.append(estimate)
     assert seen == sorted(seen, reverse=True)  # it only comes down
     assert seen[9] > 0.3  # one second in, one slow answer still dominates
     assert ewma.get(100.0) == pytest.approx(0.020, rel=1e-9)
