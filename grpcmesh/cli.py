@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -132,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-delay", type=_positive_float, default=1.0, metavar="SECONDS",
                    help="on SIGTERM, wait this long after deregistering before refusing new "
                         "calls, so peers stop sending first (default 1)")
+    p.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+                   help="processes sharing the listening ports (SO_REUSEPORT), one core each "
+                        f"(default: the number of cores, {os.cpu_count() or 1})")
+    p.add_argument("--secondary", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                    help="largest message forwarded either way (default 4 MiB)")
     p.add_argument("--max-metadata-bytes", type=_positive_int, default=16 * 1024,
@@ -214,6 +219,7 @@ def _registry_flag(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = COMMANDS[args.command]

@@ -18,6 +18,7 @@ from grpcmesh.balance.picker import BalancerSettings
 from grpcmesh.proxy.forward import ForwardSettings
 from grpcmesh.registry.client import RegistryClient
 from grpcmesh.registry.model import Instance
+from grpcmesh.workers import Workers
 
 
 class CliError(Exception):
@@ -84,23 +85,39 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         per_service=tuple((service, kind) for service, kind in args.balancer if service),
         load=LoadSettings(decay=args.ewma_decay, default_rtt=args.ewma_default_rtt_ms / 1000,
                           failure_penalty=args.failure_penalty))
+    sharing = args.workers > 1 or args.secondary
     sidecar = Sidecar(SidecarSettings(
         service=args.service, registry=tuple(args.registry), app=args.app,
-        outbound=args.outbound, inbound=args.inbound, admin=args.admin,
+        outbound=args.outbound, inbound=args.inbound,
+        admin=None if args.secondary else args.admin,
+        reuse_port=sharing, secondary=args.secondary,
         proto_services=tuple(args.proto_service), instance_id=args.instance_id,
         labels=tuple(args.label), ttl_seconds=args.ttl, grace_seconds=args.grace_period,
         drain_delay=args.drain_delay,
         forward=ForwardSettings(max_message_bytes=args.max_message_bytes,
                                 max_metadata_bytes=args.max_metadata_bytes),
         balancer=balancer))
+    workers = Workers(sidecar.fail)
     try:
         await sidecar.start()
+        if args.workers > 1 and not args.secondary:
+            # The workers bind the ports the primary resolved (port 0 becomes a real port).
+            extra = ["--outbound", sidecar.outbound_address, "--workers", "1"]
+            if sidecar.inbound_address:
+                extra += ["--inbound", sidecar.inbound_address]
+            await workers.start(args.workers - 1, [*args.argv, *extra])
     except BaseException:
+        workers.signal_stop()
         await sidecar.shutdown()  # a listener may already run: stop it before reporting
+        await workers.wait(5.0)
         raise
     announce(outbound=sidecar.outbound_address, inbound=sidecar.inbound_address,
-             admin=sidecar.admin.address)
-    await run_until_signal(sidecar.shutdown, sidecar.stopped)
+             admin=sidecar.admin.address if not args.secondary else "")
+
+    async def stop() -> None:
+        await sidecar.shutdown(on_deregistered=workers.signal_stop)
+        await workers.wait(args.drain_delay + args.grace_period + 5.0)
+    await run_until_signal(stop, sidecar.stopped)
     if sidecar.failure is not None:
         raise CliError(str(sidecar.failure))
     return 0

@@ -109,7 +109,8 @@ async def run_demo(duration: float, concurrency: int) -> int:
             for app in apps])
         client_sidecar = await procs.start(
             "client-sidecar", "sidecar", "--service", "demo-client", "--registry", reg,
-            "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0")
+            "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+            "--workers", "1")  # one balancer, so `grpcmesh endpoints` shows every call
         daemons.append(client_sidecar)
         await _wait_serving(reg, "echo", len(apps), timeout=20)
         outbound = client_sidecar.addresses["outbound"]

@@ -20,7 +20,7 @@ def server_options(*, reuse_port: bool = False, max_message_bytes: int | None = 
     return options
 
 
-def check_bindable(address: str, what: str) -> None:
+def check_bindable(address: str, what: str, reuse_port: bool = False) -> None:
     """Fail with the system's reason (in use, not an address of this machine...) before grpcio
     tries, whose own error only says that binding failed."""
     host, port = parse_address(address, what, listen=True)
@@ -30,6 +30,8 @@ def check_bindable(address: str, what: str) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpcio does
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((host, port))
         except OSError as err:
@@ -37,9 +39,9 @@ def check_bindable(address: str, what: str) -> None:
                           f"{err.strerror or err}") from None
 
 
-def bind(server: grpc.aio.Server, address: str, what: str) -> int:
+def bind(server: grpc.aio.Server, address: str, what: str, reuse_port: bool = False) -> int:
     """Listen on address and return the bound port, or fail with a message naming both."""
-    check_bindable(address, what)
+    check_bindable(address, what, reuse_port)
     try:
         port: int = server.add_insecure_port(address)
     except RuntimeError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,13 +43,17 @@ class SidecarSettings:
     app: str | None = None
     outbound: str = "127.0.0.1:15001"
     inbound: str | None = None
-    admin: str = "127.0.0.1:15000"
+    admin: str | None = "127.0.0.1:15000"  # None: no admin port (secondary workers)
     proto_services: tuple[str, ...] = ()
     instance_id: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     ttl_seconds: int = 10
     grace_seconds: float = 10.0
     drain_delay: float = 1.0
+    # --workers: listeners share their ports (SO_REUSEPORT) with other sidecar processes; a
+    # secondary worker proxies only: the primary registers the app and serves the admin port.
+    reuse_port: bool = False
+    secondary: bool = False
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
 
@@ -85,16 +90,17 @@ class Sidecar:
                                   local=collect.handlers[0], local_prefixes=(HEALTH_PREFIX,),
                                   settings=settings.forward, clock=self.clock)
         self.app_methods: dict[str, tuple[bool, bool]] = {}
-        self.outbound_server = proxy_server(self.outbound, settings.forward)
+        self.outbound_server = proxy_server(self.outbound, settings.forward,
+                                            reuse_port=settings.reuse_port)
         self.inbound_server: grpc.aio.Server | None = None
         self.registrar: Registrar | None = None
         self.app_health = Health.UNKNOWN
         self.registry_up = False
         self.outbound_address = ""
         self.inbound_address = ""
-        self.admin = AdminServer(settings.admin, {"/live": lambda: (200, {"live": True}),
-                                                  "/ready": self._ready,
-                                                  "/endpoints": self._endpoints})
+        self.admin = AdminServer(settings.admin or "", {"/live": lambda: (200, {"live": True}),
+                                                        "/ready": self._ready,
+                                                        "/endpoints": self._endpoints})
         self._inbound_channels: Channels | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -106,7 +112,7 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         self.outbound_address = with_port(s.outbound, bind(self.outbound_server, s.outbound,
-                                                           "outbound"))
+                                                           "outbound", s.reuse_port))
         await self.outbound_server.start()
         await self._set_own_health(False)
         self._spawn(watch_forever(self.client, self._on_event, on_state=self._registry_state),
@@ -115,10 +121,12 @@ class Sidecar:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
                 self.inbound_address = with_port(s.inbound, bind(self.inbound_server, s.inbound,
-                                                                 "inbound"))
+                                                                 "inbound", s.reuse_port))
                 await self.inbound_server.start()
-            self._spawn(self._serve_app(s.app), "app")
-        await self.admin.start()
+            if not s.secondary:
+                self._spawn(self._serve_app(s.app), "app")
+        if s.admin is not None:
+            await self.admin.start()
         log.info("sidecar for %s: outbound %s, inbound %s, admin %s, app %s", s.service,
                  self.outbound_address, self.inbound_address or "-", self.admin.address,
                  s.app or "none (client only)")
@@ -142,10 +150,11 @@ class Sidecar:
         pool.upsert(Instance(self.settings.service, "app", app, health=Health.SERVING))
         target = Target(f"the local app at {app}", (pool,))
         self._inbound_channels = Channels(self.settings.forward.max_message_bytes)
+        # A secondary worker learns its app's method kinds from the primary's registration.
         forwarder = Forwarder(lambda method, override: target, self._inbound_channels,
-                              kinds=self.app_methods.get, settings=self.settings.forward,
-                              clock=self.clock)
-        return proxy_server(forwarder, self.settings.forward)
+                              kinds=lambda m: self.app_methods.get(m) or self.routes.kind_of(m),
+                              settings=self.settings.forward, clock=self.clock)
+        return proxy_server(forwarder, self.settings.forward, reuse_port=self.settings.reuse_port)
 
     async def _serve_app(self, app: str) -> None:
         s = self.settings
@@ -269,7 +278,12 @@ class Sidecar:
 
     # -- shutdown -----------------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
+    def fail(self, why: str) -> None:
+        """Stop because something the sidecar depends on (a worker process) failed."""
+        self.failure = RuntimeError(why)
+        self.stopped.set()
+
+    async def shutdown(self, on_deregistered: Callable[[], None] = lambda: None) -> None:
         """Deregister first, let peers notice, then finish calls in flight and stop."""
         s = self.settings
         await self._set_own_health(False)
@@ -278,10 +292,13 @@ class Sidecar:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.registrar is not None and self.registrar.lease_id:
             await self.registrar.deregister()
+        on_deregistered()
+        if s.app is not None:  # peers stop sending once they hear of the deregistration
             await asyncio.sleep(s.drain_delay)
         servers = [self.outbound_server] + ([self.inbound_server] if self.inbound_server else [])
         await asyncio.gather(*(srv.stop(s.grace_seconds) for srv in servers))
-        await self.admin.stop()
+        if s.admin is not None:
+            await self.admin.stop()
         await self.channels.close()
         if self._inbound_channels is not None:
             await self._inbound_channels.close()

@@ -140,7 +140,7 @@ async def one_run(scenario: str, config: str, args: argparse.Namespace) -> dict[
             sidecar = await procs.start("sidecar", "--log-level", "WARNING", "sidecar",
                                         "--service", "bench", "--registry", reg,
                                         "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                                        "--balancer", config)
+                                        "--balancer", config, "--workers", "1")
             daemons.append(sidecar)
             target = sidecar.addresses["outbound"]
             options = []

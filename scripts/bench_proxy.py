@@ -94,25 +94,35 @@ def children(pid: int) -> list[int]:
     return found
 
 
-async def run_load(address: str, w: Workload, duration: float) -> list[float]:
-    """Latencies (s) of every call (unary) or message round trip (bidi) in duration."""
+def process_tree(daemon: procs.Daemon) -> list[int]:
+    """A sidecar and its --workers processes."""
+    return [daemon.proc.pid, *children(daemon.proc.pid)]
+
+
+async def run_load(address: str, w: Workload, duration: float, connections: int = 1
+                   ) -> list[float]:
+    """Latencies (s) of every call (unary) or message round trip (bidi) in duration, over
+    `connections` client connections (the kernel spreads connections, not calls, over
+    --workers processes)."""
     request = echo_pb2.EchoRequest(message="x", payload=b"p" * w.size).SerializeToString()
     latencies: list[float] = []
     options = [("grpc.max_receive_message_length", 8 << 20),
-               ("grpc.max_send_message_length", 8 << 20)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 10)
+               ("grpc.max_send_message_length", 8 << 20), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 10)
         loop = asyncio.get_running_loop()
         end = loop.time() + duration
 
-        async def unary_worker() -> None:
+        async def unary_worker(channel: grpc.aio.Channel) -> None:
             call = channel.unary_unary(f"/{ECHO}/Unary")
             while loop.time() < end:
                 t = time.perf_counter()
                 await call(request, timeout=10)
                 latencies.append(time.perf_counter() - t)
 
-        async def bidi_worker() -> None:
+        async def bidi_worker(channel: grpc.aio.Channel) -> None:
             stream = channel.stream_stream(f"/{ECHO}/BidiStream")(timeout=duration + 10)
             while loop.time() < end:
                 t = time.perf_counter()
@@ -123,7 +133,11 @@ async def run_load(address: str, w: Workload, duration: float) -> list[float]:
             await stream.read()
 
         worker = unary_worker if w.kind == "unary" else bidi_worker
-        await asyncio.gather(*(worker() for _ in range(w.concurrency)))
+        await asyncio.gather(*(worker(channels[i % connections])
+                               for i in range(w.concurrency)))
+    finally:
+        for channel in channels:
+            await channel.close()
     return latencies
 
 
@@ -148,7 +162,8 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
     async def client_sidecar(registry: str) -> procs.Daemon:
         sidecar = await procs.start("sidecar", "--log-level", "WARNING", "sidecar", "--service",
                                     "bench", "--registry", registry, "--outbound",
-                                    "127.0.0.1:0", "--admin", "127.0.0.1:0")
+                                    "127.0.0.1:0", "--admin", "127.0.0.1:0",
+                                    "--workers", str(args.sidecar_workers))
         daemons.append(sidecar)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -177,17 +192,18 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
                 service="echo", instance_id="backend", address=app, proto_services=[ECHO],
                 methods=methods if with_methods else []))
             sidecar = await client_sidecar(registry)
-            targets.append(Target(name, sidecar.addresses["outbound"], [sidecar.proc.pid]))
+            targets.append(Target(name, sidecar.addresses["outbound"], process_tree(sidecar)))
     if "mesh" in wanted:
         registry = await registry_with(None)
         server = await procs.start("server-sidecar", "--log-level", "WARNING", "sidecar",
                                    "--service", "echo", "--app", app, "--registry", registry,
                                    "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0",
-                                   "--admin", "127.0.0.1:0")
+                                   "--admin", "127.0.0.1:0",
+                                   "--workers", str(args.sidecar_workers))
         daemons.append(server)
         sidecar = await client_sidecar(registry)
         targets.append(Target("mesh", sidecar.addresses["outbound"],
-                              [sidecar.proc.pid, server.proc.pid]))
+                              process_tree(sidecar) + process_tree(server)))
     if "nginx" in wanted:
         if shutil.which("nginx") is None:
             print("nginx is not installed: skipped (apt-get install -y nginx-light)",
@@ -206,7 +222,6 @@ http {{
   server {{
     listen 127.0.0.1:{port} http2;
     keepalive_requests 100000000;
-    http2_max_requests 100000000;
     location / {{ grpc_pass grpc://backend; grpc_read_timeout 60s; }}
   }}
 }}""")
@@ -260,7 +275,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     for t in targets:
                         await run_load(t.address, w, 0.5)  # warm the connections
                         before = cpu_seconds(t.pids)
-                        lat = sorted(await run_load(t.address, w, args.duration))
+                        lat = sorted(await run_load(t.address, w, args.duration,
+                                                    args.connections))
                         cpu = cpu_seconds(t.pids) - before
                         samples.setdefault((w.name, t.name), []).append({
                             "calls_per_s": len(lat) / args.duration,
@@ -309,6 +325,11 @@ def main() -> int:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                         default=[100, 64 * 1024])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--sidecar-workers", type=int, default=1,
+                        help="--workers for the grpcmesh sidecars (default 1: one process, "
+                             "comparable with one nginx worker and one HAProxy thread)")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="client connections the load is spread over (default 1)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     parser.add_argument("--json", type=Path, default=Path("bench-results/proxy.json"))
     args = parser.parse_args()

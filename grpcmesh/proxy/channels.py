@@ -21,6 +21,7 @@ class Channels:
             *reconnect_options(),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._calls: dict[tuple[str, str, str], Any] = {}
         self._close_grace = close_grace
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -30,8 +31,20 @@ class Channels:
             channel = self._channels[address] = grpc.aio.insecure_channel(address, self._options)
         return channel
 
+    def call(self, address: str, method: str, kind: str) -> Any:
+        """The multicallable for method on address, made once (kind: "unary_unary", ...)."""
+        key = (address, method, kind)
+        multicallable = self._calls.get(key)
+        if multicallable is None:
+            multicallable = getattr(self.get(address), kind)(method)
+            if len(self._calls) < 100_000:  # method names come from clients
+                self._calls[key] = multicallable
+        return multicallable
+
     def discard(self, address: str) -> None:
         """Stop using address; calls in flight on it get close_grace seconds to finish."""
+        for key in [k for k in self._calls if k[0] == address]:
+            del self._calls[key]
         channel = self._channels.pop(address, None)
         if channel is not None:
             task = asyncio.get_running_loop().create_task(channel.close(self._close_grace))
@@ -40,6 +53,7 @@ class Channels:
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
+        self._calls.clear()
         await asyncio.gather(*(c.close() for c in channels), *self._closing,
                              return_exceptions=True)
 

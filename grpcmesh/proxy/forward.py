@@ -17,6 +17,7 @@ fast rejection of a unary call would otherwise hit a few percent of the time.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.balance.endpoint import CallHandle, Endpoint
 from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.proxy.channels import Channels, connected
 from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
@@ -45,9 +46,7 @@ _HANDLERS = {(False, False): grpc.unary_unary_rpc_method_handler,
 _CALLS = {(False, False): "unary_unary", (False, True): "unary_stream",
           (True, False): "stream_unary", (True, True): "stream_stream"}
 
-# Request metadata that grpcio sets itself on the upstream call, or that only means something to
-# this proxy.
-_DROP_REQUEST = frozenset({"user-agent", SERVICE_HEADER})
+MAX_CACHED_HANDLERS = 10_000
 PUSHBACK = "grpc-retry-pushback-ms"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -78,45 +77,50 @@ class Forwarder(grpc.GenericRpcHandler):
         self._local = local
         self._local_prefixes = local_prefixes
         self._settings = settings
+        self._handlers: dict[tuple[str, Kind], grpc.RpcMethodHandler] = {}
         self.in_flight = 0
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = details.method
-        metadata: Metadata = details.invocation_metadata
+        if self._local is not None and method.startswith(self._local_prefixes) and not any(
+                key == SERVICE_HEADER for key, _ in details.invocation_metadata):
+            return self._local.service(details)
+        kind = self._kinds(method) or STREAMING
+        handler = self._handlers.get((method, kind))
+        if handler is None:
+            handler = self._handler(method, kind)
+            if len(self._handlers) < MAX_CACHED_HANDLERS:  # method names come from clients
+                self._handlers[(method, kind)] = handler
+        return handler
+
+    def _handler(self, method: str, kind: Kind) -> grpc.RpcMethodHandler:
+        """The handler for one method, built once and reused for every call to it."""
+        if kind[1]:
+            stream = self._forward_stream
+
+            async def handle(request: Any, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[bytes]:
+                async for message in stream(method, kind, request, context):
+                    yield message
+            return _HANDLERS[kind](handle)
+        return _HANDLERS[kind](functools.partial(self._forward_unary, method, kind))
+
+    async def _prepare(self, method: str, kind: Kind, context: grpc.aio.ServicerContext
+                       ) -> tuple[Endpoint, Any, list[tuple[str, str | bytes]]]:
+        """Check the call, route it and pick a connected endpoint (or abort, saying why)."""
         override = None
         size = 0
-        for key, value in metadata:
+        forwarded: list[tuple[str, str | bytes]] = []
+        for key, value in context.invocation_metadata() or ():
             size += len(key) + len(value) + 32
             if key == SERVICE_HEADER:
                 override = value if isinstance(value, str) else value.decode()
-        if self._local is not None and override is None and method.startswith(self._local_prefixes):
-            return self._local.service(details)
-
-        kind = self._kinds(method) or STREAMING
+            elif key != "user-agent":  # grpcio sets its own on the upstream call
+                forwarded.append((key, value))
         if size > self._settings.max_metadata_bytes:
-            limit = self._settings.max_metadata_bytes
-            return _HANDLERS[kind](_rejection(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request metadata of {method} is {size} bytes; the proxy's limit is {limit}"))
-        forward = self._forward
-
-        if kind[1]:
-            async def handle(request: Any, context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[bytes]:
-                async for message in forward(method, metadata, override, kind, request, context):
-                    yield message
-            return _HANDLERS[kind](handle)
-
-        async def handle_unary(request: Any, context: grpc.aio.ServicerContext) -> bytes | None:
-            response = None  # stays None when the upstream answered with an error status
-            async for message in forward(method, metadata, override, kind, request, context):
-                response = message
-            return response
-        return _HANDLERS[kind](handle_unary)
-
-    async def _forward(self, method: str, metadata: Metadata, override: str | None, kind: Kind,
-                       request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        """Forward one call; request is one message or, for client streaming, an iterator."""
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"request metadata of {method} is {size} bytes; the proxy's "
+                                f"limit is {self._settings.max_metadata_bytes}")
         timeout = context.time_remaining()
         if timeout is not None and timeout <= 0:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -126,23 +130,48 @@ class Forwarder(grpc.GenericRpcHandler):
         except RouteError as err:
             await context.abort(err.code, err.message)
         endpoint = await self._pick(target, method, timeout, context)
-        upstream = getattr(self._channels.get(endpoint.address), _CALLS[kind])(method)
-        request_metadata = [(k, v) for k, v in metadata if k not in _DROP_REQUEST]
+        return endpoint, self._channels.call(endpoint.address, method, _CALLS[kind]), forwarded
+
+    async def _forward_unary(self, method: str, kind: Kind, request: Any,
+                             context: grpc.aio.ServicerContext) -> bytes | None:
+        """Forward a call with one response (unary or client streaming). Awaiting the response
+        before the headers saves one trip through the event loop per call."""
+        endpoint, upstream, forwarded = await self._prepare(method, kind, context)
         clock = self._clock
         handle = endpoint.start(clock.now())
-        call = upstream(request, timeout=context.time_remaining(), metadata=request_metadata)
+        call = upstream(request, timeout=context.time_remaining(), metadata=forwarded)
+        self.in_flight += 1
+        response = None  # stays None when the upstream answered with an error status
+        try:
+            response = await call
+            handle.first_response(clock.now())
+        except grpc.aio.AioRpcError:
+            pass  # the status, details and trailers are read from the call below
+        except BaseException:
+            self._abandon(call, handle, context)
+            raise
+        finally:
+            self.in_flight -= 1
+        headers = await call.initial_metadata()
+        if headers:
+            await context.send_initial_metadata(headers)
+        await self._finish(call, handle, context)
+        return response
+
+    async def _forward_stream(self, method: str, kind: Kind, request: Any,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Forward a call with a response stream; request is one message or an iterator."""
+        endpoint, upstream, forwarded = await self._prepare(method, kind, context)
+        clock = self._clock
+        handle = endpoint.start(clock.now())
+        call = upstream(request, timeout=context.time_remaining(), metadata=forwarded)
         self.in_flight += 1
         ended = False
         try:
             headers = await call.initial_metadata()
             if headers:
                 await context.send_initial_metadata(headers)
-            if kind[1]:
-                async for message in call:
-                    handle.first_response(clock.now())
-                    yield message
-            else:
-                message = await call
+            async for message in call:
                 handle.first_response(clock.now())
                 yield message
             ended = True
@@ -151,19 +180,29 @@ class Forwarder(grpc.GenericRpcHandler):
         finally:
             self.in_flight -= 1
             if not ended:
-                # Our caller went away or its deadline passed: so does the upstream call. A
-                # cancellation is not the endpoint's fault; an expired deadline means it was slow.
-                call.cancel()
-                left = context.time_remaining()
-                expired = left is not None and left <= 0
-                handle.finish(clock.now(), grpc.StatusCode.DEADLINE_EXCEEDED if expired else None)
+                self._abandon(call, handle, context)
+        await self._finish(call, handle, context)
+
+    def _abandon(self, call: Any, handle: CallHandle, context: grpc.aio.ServicerContext
+                 ) -> None:
+        """Our caller went away or its deadline passed: so does the upstream call. A
+        cancellation is not the endpoint's fault; an expired deadline means it was slow."""
+        call.cancel()
+        left = context.time_remaining()
+        expired = left is not None and left <= 0
+        handle.finish(self._clock.now(), grpc.StatusCode.DEADLINE_EXCEEDED if expired else None)
+
+    async def _finish(self, call: Any, handle: CallHandle,
+                      context: grpc.aio.ServicerContext) -> None:
+        """Record the outcome and pass the upstream's status, details and trailers on."""
         code = await call.code()
         trailers = tuple(await call.trailing_metadata() or ())
-        handle.finish(clock.now(), code, _pushback_ms(trailers) if code != grpc.StatusCode.OK
-                      else None)
+        handle.finish(self._clock.now(), code,
+                      _pushback_ms(trailers) if code != grpc.StatusCode.OK else None)
         context.set_trailing_metadata(trailers)
-        context.set_code(code)
-        context.set_details(await call.details())
+        if code != grpc.StatusCode.OK:
+            context.set_code(code)
+            context.set_details(await call.details())
 
     async def _pick(self, target: Target, method: str, timeout: float | None,
                     context: grpc.aio.ServicerContext) -> Endpoint:
@@ -191,12 +230,6 @@ class Forwarder(grpc.GenericRpcHandler):
         raise AssertionError("unreachable")
 
 
-def _rejection(code: grpc.StatusCode, message: str) -> Callable[..., Any]:
-    async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
-    return reject
-
-
 def _pushback_ms(trailers: Metadata) -> int | None:
     for key, value in trailers:
         if key == PUSHBACK:
@@ -207,8 +240,10 @@ def _pushback_ms(trailers: Metadata) -> int | None:
     return None
 
 
-def proxy_server(forwarder: Forwarder, settings: ForwardSettings, **extra: Any) -> grpc.aio.Server:
-    server = grpc.aio.server(options=server_options(max_message_bytes=settings.max_message_bytes),
-                             **extra)
+def proxy_server(forwarder: Forwarder, settings: ForwardSettings, *, reuse_port: bool = False,
+                 **extra: Any) -> grpc.aio.Server:
+    """A server for the forwarder; reuse_port lets --workers processes share its port."""
+    server = grpc.aio.server(options=server_options(
+        reuse_port=reuse_port, max_message_bytes=settings.max_message_bytes), **extra)
     server.add_generic_rpc_handlers([forwarder])
     return server

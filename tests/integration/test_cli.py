@@ -311,7 +311,10 @@ async def test_sidecar_deregisters_then_finishes_calls_in_flight_on_sigterm(
                         "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
                         "--grace-period", "5"),
             procs.start("client-sidecar", "sidecar", "--service", "client", "--registry", reg,
-                        "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"))
+                        "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+                        # one process: the test reads its call state on the admin port, which
+                        # shows the primary worker's view only
+                        "--workers", "1"))
         daemons += [app_sidecar, client_sidecar]
         client = RegistryClient([reg])
 

@@ -1,0 +1,100 @@
+"""`grpcmesh sidecar --workers 2`: two processes share the ports, both forward calls, and SIGTERM
+drains both."""
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
+from grpcmesh import procs
+
+
+def secondary_pids(parent: int) -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
+
+
+def connections_to(pid: int, port: int) -> int:
+    """Established TCP connections of process pid whose remote port is port (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # grpcio may use dual-stack sockets
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].split(":")[1], 16)
+            if fields[3] == "01" and remote_port == port and fields[9] in inodes:
+                count += 1
+    return count
+
+
+@pytest_asyncio.fixture
+async def mesh2() -> AsyncIterator[dict[str, procs.Daemon]]:
+    daemons: dict[str, procs.Daemon] = {}
+    try:
+        daemons["registry"] = await procs.start("registry", "registry", "--listen", "127.0.0.1:0")
+        registry = daemons["registry"].addresses["registry"]
+        daemons["app"] = await procs.start("app", "example-server", "--listen", "127.0.0.1:0",
+                                           "--name", "a")
+        daemons["server"] = await procs.start(
+            "server", "sidecar", "--service", "echo", "--app", daemons["app"].addresses["app"],
+            "--registry", registry, "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0",
+            "--admin", "127.0.0.1:0", "--workers", "2", "--drain-delay", "0.2")
+        daemons["client"] = await procs.start(
+            "client", "sidecar", "--service", "client", "--registry", registry,
+            "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "2")
+        yield daemons
+    finally:
+        await procs.stop_all(list(daemons.values()))
+
+
+async def call(outbound: str, **request: object) -> echo_pb2.EchoResponse:
+    # A fresh connection each time: the kernel spreads connections, not calls, over workers.
+    async with grpc.aio.insecure_channel(
+            outbound, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        resp: echo_pb2.EchoResponse = await echo_pb2_grpc.EchoStub(channel).Unary(
+            echo_pb2.EchoRequest(message="x", **request), timeout=10)  # type: ignore[arg-type]
+        return resp
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_both_workers_forward_and_sigterm_drains_both(
+        mesh2: dict[str, procs.Daemon]) -> None:
+    client, server = mesh2["client"], mesh2["server"]
+    outbound = client.addresses["outbound"]
+    inbound_port = int(server.addresses["inbound"].rpartition(":")[2])
+    workers = [client.proc.pid, *secondary_pids(client.proc.pid)]
+    assert len(workers) == 2
+    for _ in range(100):  # the first calls may wait for the routes
+        try:
+            await call(outbound)
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.1)
+    for _ in range(30):
+        assert (await call(outbound)).instance == "a"
+    # Each client sidecar process opened its own connection to the server sidecar's inbound.
+    assert [connections_to(pid, inbound_port) >= 1 for pid in workers] == [True, True]
+
+    server_workers = [server.proc.pid, *secondary_pids(server.proc.pid)]
+    assert len(server_workers) == 2
+    slow = [asyncio.ensure_future(call(outbound, delay_ms=1500)) for _ in range(6)]
+    await asyncio.sleep(0.5)
+    assert await server.stop(timeout=20) == 0
+    assert [r.instance for r in await asyncio.gather(*slow)] == ["a"] * 6
+    assert not any(Path(f"/proc/{pid}").exists() for pid in server_workers)
