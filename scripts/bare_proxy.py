@@ -4,7 +4,7 @@ scripts/bench_proxy.py.
 
 One generic handler returns a cached handler per method (unary for methods whose name ends in
 "Unary", stream-stream otherwise), no (de)serializers, no routing, no metadata or deadline
-handling, one upstream channel. Whatever grpcmesh costs beyond this is grpcmesh's own.
+handling, one upstream channel, on uvloop like the sidecar. Whatever grpcmesh costs beyond this is grpcmesh's own.
 
   python scripts/bare_proxy.py LISTEN UPSTREAM   (prints {"proxy": "HOST:PORT"} when ready)
 """
@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import uvloop
 
 
 class Bare(grpc.GenericRpcHandler):
@@ -63,4 +64,4 @@ async def main(listen: str, upstream: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    uvloop.run(main(sys.argv[1], sys.argv[2]))
