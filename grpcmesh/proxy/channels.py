@@ -31,6 +31,10 @@ class Channels:
             channel = self._channels[address] = grpc.aio.insecure_channel(address, self._options)
         return channel
 
+    def ready(self, address: str) -> bool:
+        """Whether address has a connected channel now (asks it to connect if idle)."""
+        return self.get(address).get_state(try_to_connect=True) == _READY
+
     def call(self, address: str, method: str, kind: str) -> Any:
         """The multicallable for method on address, made once (kind: "unary_unary", ...)."""
         key = (address, method, kind)

@@ -129,7 +129,10 @@ class Forwarder(grpc.GenericRpcHandler):
             target = self._router(method, override)
         except RouteError as err:
             await context.abort(err.code, err.message)
-        endpoint = await self._pick(target, method, timeout, context)
+        endpoint = target.pick()
+        # The usual case, decided without a trip through the event loop: a connected endpoint.
+        if endpoint is None or not self._channels.ready(endpoint.address):
+            endpoint = await self._pick(target, method, timeout, context)
         return endpoint, self._channels.call(endpoint.address, method, _CALLS[kind]), forwarded
 
     async def _forward_unary(self, method: str, kind: Kind, request: Any,
