@@ -33,7 +33,8 @@ class Channels:
 
     def ready(self, address: str) -> bool:
         """Whether address has a connected channel now (asks it to connect if idle)."""
-        return self.get(address).get_state(try_to_connect=True) == _READY
+        state = self.get(address).get_state(try_to_connect=True)
+        return bool(state == _READY)
 
     def call(self, address: str, method: str, kind: str) -> Any:
         """The multicallable for method on address, made once (kind: "unary_unary", ...)."""
