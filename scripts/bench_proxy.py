@@ -11,6 +11,8 @@ p50, p99, and the proxy processes' CPU time per call from /proc (user + system),
 direct; medians over the repetitions. Writes JSON.
 
   python scripts/bench_proxy.py [--reps 3] [--duration 4] [--json bench-results/proxy.json]
+  python scripts/bench_proxy.py --configs outbound --kinds unary --sizes 100 --concurrency 32 \
+      --sidecar-workers 1,2,3 --connections 6 [--proxy-cpus 1]      # the --workers curve
 
 nginx and HAProxy come from Debian: `apt-get install -y nginx-light haproxy`. The script writes
 their configs and runs them on loopback ports in the foreground (one worker / thread each, like
@@ -159,11 +161,11 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
             await client.close()
         return address
 
-    async def client_sidecar(registry: str) -> procs.Daemon:
+    async def client_sidecar(registry: str, workers: int) -> procs.Daemon:
         sidecar = await procs.start("sidecar", "--log-level", "WARNING", "sidecar", "--service",
                                     "bench", "--registry", registry, "--outbound",
                                     "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                                    "--workers", str(args.sidecar_workers))
+                                    "--workers", str(workers))
         daemons.append(sidecar)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -186,22 +188,28 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
                for name, cs, ss in (("Unary", False, False), ("BidiStream", True, True),
                                     ("ServerStream", False, True),
                                     ("ClientStream", True, False))]
+    workers_used = args.sidecar_workers
+    curve = len(workers_used) > 1
     for name, with_methods in (("outbound", True), ("outbound-unknown", False)):
-        if name in wanted:
-            registry = await registry_with(pb.Instance(
-                service="echo", instance_id="backend", address=app, proto_services=[ECHO],
-                methods=methods if with_methods else []))
-            sidecar = await client_sidecar(registry)
-            targets.append(Target(name, sidecar.addresses["outbound"], process_tree(sidecar)))
+        if name not in wanted:
+            continue
+        registry = await registry_with(pb.Instance(
+            service="echo", instance_id="backend", address=app, proto_services=[ECHO],
+            methods=methods if with_methods else []))
+        for workers in workers_used if name == "outbound" else workers_used[:1]:
+            sidecar = await client_sidecar(registry, workers)
+            label = f"{name}-w{workers}" if curve and name == "outbound" else name
+            wanted.add(label)
+            targets.append(Target(label, sidecar.addresses["outbound"], process_tree(sidecar)))
     if "mesh" in wanted:
         registry = await registry_with(None)
         server = await procs.start("server-sidecar", "--log-level", "WARNING", "sidecar",
                                    "--service", "echo", "--app", app, "--registry", registry,
                                    "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0",
                                    "--admin", "127.0.0.1:0",
-                                   "--workers", str(args.sidecar_workers))
+                                   "--workers", str(workers_used[0]))
         daemons.append(server)
-        sidecar = await client_sidecar(registry)
+        sidecar = await client_sidecar(registry, workers_used[0])
         targets.append(Target("mesh", sidecar.addresses["outbound"],
                               process_tree(sidecar) + process_tree(server)))
     if "nginx" in wanted:
@@ -254,7 +262,16 @@ backend be
             others.append(proc)
             await asyncio.sleep(0.5)
             targets.append(Target("haproxy", f"127.0.0.1:{port}", [proc.pid]))
-    return [t for t in targets if t.name in wanted]
+    targets = [t for t in targets if t.name in wanted]
+    if args.proxy_cpus is not None:  # the proxies on their own cores, everything else on the rest
+        everything = set(range(os.cpu_count() or 1))
+        rest = everything - args.proxy_cpus or everything
+        for t in targets:
+            for pid in t.pids:
+                os.sched_setaffinity(pid, args.proxy_cpus)
+        os.sched_setaffinity(backend.proc.pid, rest)
+        os.sched_setaffinity(0, rest)
+    return targets
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -325,9 +342,16 @@ def main() -> int:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                         default=[100, 64 * 1024])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--sidecar-workers", type=int, default=1,
+    parser.add_argument("--sidecar-workers", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1], metavar="N[,N...]",
                         help="--workers for the grpcmesh sidecars (default 1: one process, "
-                             "comparable with one nginx worker and one HAProxy thread)")
+                             "comparable with one nginx worker and one HAProxy thread). A list "
+                             "gives one outbound configuration per value (outbound-wN): the "
+                             "workers curve")
+    parser.add_argument("--proxy-cpus", type=lambda s: {int(x) for x in s.split(",")},
+                        default=None, metavar="CPU[,CPU...]",
+                        help="pin the proxies to these CPUs and the load generator and backend "
+                             "to the others (as taskset would)")
     parser.add_argument("--connections", type=int, default=1,
                         help="client connections the load is spread over (default 1)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
