@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The data path's cost, side by side: direct, a bare grpc.aio proxy (the floor), grpcmesh
-(outbound; outbound with unknown method kinds; the full mesh hop outbound + inbound), and nginx
-and HAProxy when installed.
+(outbound; outbound with unknown method kinds; the full mesh hop outbound + inbound), nginx
+and HAProxy when installed, and `tcp`, a TCP splice on uvloop (a prototype below the call
+layer, not a mesh proxy: scripts/tcp_proxy.py).
 
 One backend (the example Echo service, grpc.aio), one load generator (this process, raw bytes),
 the same for every configuration; repetitions interleave the configurations so drift hits them
@@ -45,7 +46,7 @@ from grpcmesh.admin import admin_get
 from grpcmesh.registry.client import RegistryClient
 
 ECHO = "grpcmesh.example.v1.Echo"
-CONFIGS = ("direct", "bare", "outbound", "outbound-unknown", "mesh", "nginx", "haproxy")
+CONFIGS = ("direct", "bare", "outbound", "outbound-unknown", "mesh", "nginx", "haproxy", "tcp")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -176,14 +177,15 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
             await asyncio.sleep(0.1)
         raise RuntimeError("the client sidecar never saw a serving backend")
 
-    if "bare" in wanted:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).parent / "bare_proxy.py"), "127.0.0.1:0", app,
-            stdout=asyncio.subprocess.PIPE)
-        others.append(proc)
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        targets.append(Target("bare", json.loads(line)["proxy"], [proc.pid]))
+    for name, script in (("bare", "bare_proxy.py"), ("tcp", "tcp_proxy.py")):
+        if name in wanted:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).parent / script), "127.0.0.1:0", app,
+                stdout=asyncio.subprocess.PIPE)
+            others.append(proc)
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            targets.append(Target(name, json.loads(line)["proxy"], [proc.pid]))
     methods = [pb.Method(path=f"/{ECHO}/{name}", client_streaming=cs, server_streaming=ss)
                for name, cs, ss in (("Unary", False, False), ("BidiStream", True, True),
                                     ("ServerStream", False, True),
