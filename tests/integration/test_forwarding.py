@@ -1,40 +1,65 @@
-"""Transparent forwarding through client sidecar -> server sidecar -> app, on real servers."""
+"""Transparent forwarding through client sidecar -> server sidecar -> app, on real servers.
+
+Every test that uses the probe runs twice: with method kinds learned from the probe's reflection
+(typed handlers and upstream calls) and with kinds unknown (the generic stream-stream path)."""
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
+from grpc_status import rpc_status  # type: ignore[import-untyped, unused-ignore]
 
 from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh.registry.client import RegistryClient
 from grpcmesh.sidecar import Sidecar
 from tests.conftest import Mesh
-from tests.probe import HEADERS, SERVICE, TRAILERS, Probe, rich_status
+from tests.probe import HEADERS, METHODS, SERVICE, TRAILERS, Probe, rich_status
 
 REQUEST_MD = (("x-request", "r"), ("x-request-bin", b"\x00\x01\x02"))
 
 
+@pytest.fixture(params=[True, False], ids=["kinds-known", "kinds-unknown"])
+def kind_known(request: pytest.FixtureRequest) -> bool:
+    """Whether the sidecars know the probe's method kinds: learned from its reflection (typed
+    handlers and upstream calls), or unknown (the generic stream-stream path)."""
+    return bool(request.param)
+
+
 @pytest_asyncio.fixture
-async def probe() -> AsyncIterator[Probe]:
-    p = Probe()
+async def probe(kind_known: bool) -> AsyncIterator[Probe]:
+    p = Probe(reflection=kind_known)
     await p.start()
     yield p
     await p.stop()
 
 
+async def _probe_client(mesh: Mesh, probe: Probe, **client_settings: Any) -> Sidecar:
+    """A sidecar for the probe and a client-only sidecar routing test.v1.Probe to it, once
+    each knows the method kinds exactly when the probe serves reflection."""
+    # Like a real app with reflection, the probe then needs no --proto-service.
+    server = await mesh.sidecar("probe", probe,
+                                proto_services=() if probe.reflection else (SERVICE,))
+    client = await mesh.sidecar("client", **client_settings)
+    await mesh.serving(client, "probe", 1)
+    for name, kind in METHODS.items():
+        path = f"/{SERVICE}/{name}"
+        expected = kind if probe.reflection else None
+        assert server.app_methods.get(path) == expected, path  # its inbound forwarder
+        assert client.routes.kind_of(path) == expected, path  # its outbound, via the registry
+    return client
+
+
 @pytest_asyncio.fixture
 async def channel(mesh: Mesh, probe: Probe) -> AsyncIterator[grpc.aio.Channel]:
     """A client channel to a client-only sidecar that routes test.v1.Probe to the probe."""
-    await mesh.sidecar("probe", probe, proto_services=(SERVICE,))
-    client = await mesh.sidecar("client")
-    await mesh.serving(client, "probe", 1)
+    client = await _probe_client(mesh, probe)
     async with grpc.aio.insecure_channel(client.outbound_address) as ch:
         yield ch
 
@@ -65,22 +90,28 @@ async def test_server_streaming(channel: grpc.aio.Channel, probe: Probe) -> None
 
 
 @pytest.mark.asyncio
-async def test_client_streaming(channel: grpc.aio.Channel) -> None:
+async def test_client_streaming(channel: grpc.aio.Channel, probe: Probe) -> None:
     call = channel.stream_unary(f"/{SERVICE}/ClientStream")(iter([b"a", b"b", b"c"]),
-                                                            timeout=5)
+                                                            metadata=REQUEST_MD, timeout=5)
     assert await call == b"a|b|c"
+    assert list(await call.initial_metadata()) == list(HEADERS)
     assert list(await call.trailing_metadata()) == list(TRAILERS)
+    assert _user_md(probe.metadata[0]) == list(REQUEST_MD)
 
 
 @pytest.mark.asyncio
-async def test_bidirectional_streaming_interleaves(channel: grpc.aio.Channel) -> None:
-    call = channel.stream_stream(f"/{SERVICE}/Bidi")(timeout=5)
+async def test_bidirectional_streaming_interleaves(channel: grpc.aio.Channel,
+                                                   probe: Probe) -> None:
+    call = channel.stream_stream(f"/{SERVICE}/Bidi")(metadata=REQUEST_MD, timeout=5)
     for word in (b"one", b"two", b"three"):
         await call.write(word)
         assert await call.read() == b"re:" + word  # each answer arrives before the next write
     await call.done_writing()
     assert await call.read() == grpc.aio.EOF
     assert await call.code() == grpc.StatusCode.OK
+    assert list(await call.initial_metadata()) == list(HEADERS)
+    assert list(await call.trailing_metadata()) == list(TRAILERS)
+    assert _user_md(probe.metadata[0]) == list(REQUEST_MD)
 
 
 @pytest.mark.asyncio
@@ -88,6 +119,30 @@ async def test_error_status_message_and_rich_details_pass_unchanged(
         channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await channel.unary_unary(f"/{SERVICE}/Fail")(b"", timeout=5)
+    err = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "name is too short"
+    assert rpc_status.from_call(err) == rich_status()
+
+
+@pytest.mark.asyncio
+async def test_error_after_a_streamed_message_passes_unchanged(
+        channel: grpc.aio.Channel) -> None:
+    call = channel.unary_stream(f"/{SERVICE}/FailStream")(b"", timeout=5)
+    assert await call.read() == b"partial"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    err = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "name is too short"
+    assert rpc_status.from_call(err) == rich_status()
+
+
+@pytest.mark.asyncio
+async def test_error_after_a_request_stream_passes_unchanged(
+        channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.stream_unary(f"/{SERVICE}/FailUpload")(iter([b"a", b"b"]), timeout=5)
     err = info.value
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details() == "name is too short"
@@ -119,6 +174,18 @@ async def test_no_deadline_means_no_upstream_deadline(
 async def test_client_cancellation_cancels_upstream_at_once(
         channel: grpc.aio.Channel, probe: Probe) -> None:
     call = channel.unary_unary(f"/{SERVICE}/Slow")(b"", timeout=10)
+    await asyncio.wait_for(probe.started.wait(), 5)
+    cancelled_at = time.monotonic()
+    call.cancel()
+    await asyncio.wait_for(probe.cancelled.wait(), 2)
+    assert time.monotonic() - cancelled_at < 1
+
+
+@pytest.mark.asyncio
+async def test_client_cancellation_of_a_response_stream_cancels_upstream(
+        channel: grpc.aio.Channel, probe: Probe) -> None:
+    call = channel.unary_stream(f"/{SERVICE}/SlowStream")(b"", timeout=10)
+    assert await asyncio.wait_for(call.read(), 5) == b"first"
     await asyncio.wait_for(probe.started.wait(), 5)
     cancelled_at = time.monotonic()
     call.cancel()
@@ -161,7 +228,7 @@ async def test_sidecar_serves_its_own_health(mesh: Mesh) -> None:
             await asyncio.sleep(0.05)
 
 
-async def _register(mesh: Mesh, service: str, address: str, health: int) -> None:
+async def _register(mesh: Mesh, service: str, address: str, health: pb.HealthStatus) -> None:
     client = RegistryClient([mesh.registry.address])
     try:
         await client.call("Register", pb.RegisterRequest(ttl_seconds=30, instance=pb.Instance(
@@ -173,8 +240,9 @@ async def _register(mesh: Mesh, service: str, address: str, health: int) -> None
 
 async def _echo(sidecar: Sidecar, **kw: object) -> echo_pb2.EchoResponse:
     async with grpc.aio.insecure_channel(sidecar.outbound_address) as ch:
-        return await echo_pb2_grpc.EchoStub(ch).Unary(echo_pb2.EchoRequest(message="x"),
-                                                      timeout=5, **kw)
+        response: echo_pb2.EchoResponse = await echo_pb2_grpc.EchoStub(ch).Unary(
+            echo_pb2.EchoRequest(message="x"), timeout=5, **kw)
+        return response
 
 
 @pytest.mark.asyncio
@@ -282,9 +350,7 @@ async def test_oversized_request_metadata_is_refused_by_the_proxy(
     sent before SETTINGS are acknowledged); a lower limit shows the proxy's check at work."""
     from grpcmesh.proxy.forward import ForwardSettings
 
-    await mesh.sidecar("probe", probe, proto_services=(SERVICE,))
-    client = await mesh.sidecar("client", forward=ForwardSettings(max_metadata_bytes=4096))
-    await mesh.serving(client, "probe", 1)
+    client = await _probe_client(mesh, probe, forward=ForwardSettings(max_metadata_bytes=4096))
     big = tuple((f"x-big-{i}", "v" * 1000) for i in range(5))  # ~5.2 KB
     async with grpc.aio.insecure_channel(client.outbound_address) as ch:
         unary = ch.unary_unary(f"/{SERVICE}/Unary")
