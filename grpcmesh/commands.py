@@ -17,7 +17,7 @@ from grpcmesh.balance.endpoint import LoadSettings
 from grpcmesh.balance.picker import BalancerSettings
 from grpcmesh.proxy.forward import ForwardSettings
 from grpcmesh.registry.client import RegistryClient
-from grpcmesh.registry.model import Instance
+from grpcmesh.registry.model import Instance, Method
 from grpcmesh.workers import Workers
 
 
@@ -89,7 +89,8 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
     sidecar = Sidecar(SidecarSettings(
         service=args.service, registry=tuple(args.registry), app=args.app,
         outbound=args.outbound, inbound=args.inbound,
-        admin=None if args.secondary else args.admin,
+        # A secondary's admin port is for its primary's /endpoints only.
+        admin="127.0.0.1:0" if args.secondary else args.admin,
         reuse_port=sharing, secondary=args.secondary,
         proto_services=tuple(args.proto_service), instance_id=args.instance_id,
         labels=tuple(args.label), ttl_seconds=args.ttl, grace_seconds=args.grace_period,
@@ -106,13 +107,14 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
             if sidecar.inbound_address:
                 extra += ["--inbound", sidecar.inbound_address]
             await workers.start(args.workers - 1, [*args.argv, *extra])
+            sidecar.worker_admins = workers.admins
     except BaseException:
         workers.signal_stop()
         await sidecar.shutdown()  # a listener may already run: stop it before reporting
         await workers.wait(5.0)
         raise
     announce(outbound=sidecar.outbound_address, inbound=sidecar.inbound_address,
-             admin=sidecar.admin.address if not args.secondary else "")
+             admin=sidecar.admin.address)
 
     async def stop() -> None:
         await sidecar.shutdown(on_deregistered=workers.signal_stop)
@@ -138,33 +140,50 @@ async def _registry_call(args: argparse.Namespace, method: str, request: Any) ->
         if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise CliError(f"cannot reach the registry at {','.join(args.registry)} "
                            f"({err.code().name}: {err.details()})") from None
+        if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # a registry implements every method
+            raise CliError(f"{','.join(args.registry)} is not a grpcmesh registry: it does not "
+                           f"serve grpcmesh.registry.v1.Registry/{method} "
+                           f"({err.details()})") from None
         raise CliError(f"{err.code().name}: {err.details()}", err.code()) from None
     finally:
         await client.close()
 
 
 async def cmd_register(args: argparse.Namespace) -> int:
-    from grpcmesh import reflection
-
-    protos = args.proto_service
-    if not protos:
-        async with grpc.aio.insecure_channel(args.address) as channel:
-            try:
-                protos = reflection.application_services(
-                    await reflection.list_services(channel, timeout=5.0))
-            except grpc.aio.AioRpcError as err:
-                raise CliError(f"cannot ask {args.address} which services it serves "
-                               f"({err.code().name}: {err.details()}); pass --proto-service"
-                               ) from None
     instance_id = args.instance_id or args.address
     _check(names.check_instance_id, instance_id, "--instance-id")
+    protos, methods = await _describe_app(args.address, list(args.proto_service))
     instance = Instance(args.service, instance_id, args.address, tuple(protos),
-                        tuple(args.label), owner=args.owner)
+                        tuple(args.label), owner=args.owner, methods=methods)
     await _registry_call(args, "Register", pb.RegisterRequest(instance=instance.to_proto(),
                                                               ttl_seconds=0))
+    kinds = (f"{len(methods)} methods described" if methods
+             else "no method kinds: its calls take the generic streaming path")
     print(f"registered {args.service}/{instance_id} at {args.address} serving "
-          f"{', '.join(protos)}; the registry checks its health")
+          f"{', '.join(protos)} ({kinds}); the registry checks its health")
     return 0
+
+
+async def _describe_app(address: str, given: list[str]) -> tuple[list[str], tuple[Method, ...]]:
+    """The app's proto services (given, or from its reflection) and their methods' call kinds.
+
+    The sidecar's reflection code, so that sidecars forward a registry-checked instance's
+    methods with calls of their own kind, as they do for a sidecar's app. With --proto-service
+    the kinds are a bonus: an app without reflection is registered without them."""
+    from grpcmesh import reflection
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            protos = given or reflection.application_services(
+                await reflection.list_services(channel, timeout=5.0))
+            return protos, await reflection.describe_methods(channel, protos, timeout=5.0)
+        except (grpc.aio.AioRpcError, RuntimeError) as err:
+            if given:
+                return given, ()
+            why = (f"{err.code().name}: {err.details()}"
+                   if isinstance(err, grpc.aio.AioRpcError) else str(err))
+            raise CliError(f"cannot ask {address} which services it serves ({why}); "
+                           "pass --proto-service") from None
 
 
 async def cmd_deregister(args: argparse.Namespace) -> int:

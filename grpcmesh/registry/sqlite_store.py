@@ -2,7 +2,9 @@
 
 Only instances without a lease are written (the store decides which): leased instances
 re-register themselves when their keep-alive is refused, but nobody would re-register a
-registry-checked one. Health is not stored; the store reloads every instance as UNKNOWN until its
+registry-checked one. Method kinds are stored with the instance, since `grpcmesh register` read
+them from the app's reflection once and sidecars need them to forward its calls with handlers of
+their own kind. Health is not stored; the store reloads every instance as UNKNOWN until its
 checker has looked again. SQLite from the standard library keeps the registry free of a database
 server; the connection is in autocommit mode, so each save or delete is committed on its own.
 """
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Any
 
-from grpcmesh.registry.model import Instance
+from grpcmesh.registry.model import Instance, Method
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -21,10 +24,14 @@ CREATE TABLE IF NOT EXISTS instances (
     proto_services TEXT NOT NULL,
     labels TEXT NOT NULL,
     owner TEXT NOT NULL,
+    methods TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (service, instance_id)
 )
 """
-_COLUMNS = "service, instance_id, address, proto_services, labels, owner"
+_COLUMNS = "service, instance_id, address, proto_services, labels, owner, methods"
+# Files written before methods were stored lack that column; it is added on open.
+_ADD_METHODS = "ALTER TABLE instances ADD COLUMN methods TEXT NOT NULL DEFAULT '[]'"
+_BEFORE_METHODS = {"service", "instance_id", "address", "proto_services", "labels", "owner"}
 
 
 class SqlitePersistence:
@@ -38,6 +45,9 @@ class SqlitePersistence:
             raise self._error("cannot open", err) from None
         try:
             self._conn.execute(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(instances)")}
+            if columns == _BEFORE_METHODS:
+                self._conn.execute(_ADD_METHODS)
             self._conn.execute(f"SELECT {_COLUMNS} FROM instances LIMIT 0")
             # Fail now, not at the first registration, if the file is read-only.
             self._conn.execute("DELETE FROM instances WHERE 0")
@@ -55,18 +65,21 @@ class SqlitePersistence:
             return [
                 Instance(service=service, instance_id=instance_id, address=address,
                          proto_services=tuple(json.loads(protos)),
-                         labels=tuple(sorted(json.loads(labels).items())), owner=owner)
-                for service, instance_id, address, protos, labels, owner in rows
+                         labels=tuple(sorted(json.loads(labels).items())), owner=owner,
+                         methods=tuple(_method(m) for m in json.loads(methods)))
+                for service, instance_id, address, protos, labels, owner, methods in rows
             ]
-        except (sqlite3.Error, ValueError, TypeError, AttributeError) as err:
+        except (sqlite3.Error, ValueError, TypeError, AttributeError, KeyError) as err:
             raise ValueError(f"--store sqlite:{self.path}: cannot read instances: {err}") from None
 
     def save(self, instance: Instance) -> None:
         self._conn.execute(
-            f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (instance.service, instance.instance_id, instance.address,
              json.dumps(list(instance.proto_services)),
-             json.dumps(dict(instance.labels), sort_keys=True), instance.owner),
+             json.dumps(dict(instance.labels), sort_keys=True), instance.owner,
+             json.dumps([{"path": m.path, "client_streaming": m.client_streaming,
+                          "server_streaming": m.server_streaming} for m in instance.methods])),
         )
 
     def delete(self, key: tuple[str, str]) -> None:
@@ -74,3 +87,10 @@ class SqlitePersistence:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _method(row: dict[str, Any]) -> Method:
+    kinds = (row["client_streaming"], row["server_streaming"])
+    if not isinstance(row["path"], str) or not all(isinstance(k, bool) for k in kinds):
+        raise ValueError(f"malformed method {row!r}")
+    return Method(row["path"], *kinds)

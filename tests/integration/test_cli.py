@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -365,6 +366,78 @@ async def test_sidecar_deregisters_then_finishes_calls_in_flight_on_sigterm(
     finally:
         if client is not None:
             await client.close()
+        await stop(daemons)
+
+
+# -- method kinds from reflection ---------------------------------------------------------------
+
+ECHO_KINDS = [(f"/{ECHO}/BidiStream", True, True), (f"/{ECHO}/ClientStream", True, False),
+              (f"/{ECHO}/ServerStream", False, True), (f"/{ECHO}/Unary", False, False)]
+
+
+async def method_kinds(registry: str, service: str) -> list[tuple[str, bool, bool]]:
+    client = RegistryClient([registry])
+    try:
+        [instance] = await instances(client, service)
+    finally:
+        await client.close()
+    return [(m.path, m.client_streaming, m.server_streaming) for m in instance.methods]
+
+
+@pytest.mark.parametrize("flags", [(), ("--proto-service", ECHO)], ids=["reflection", "given"])
+@module_loop
+async def test_register_publishes_method_kinds_from_reflection(
+        shared: Shared, flags: tuple[str, ...]) -> None:
+    reg = ("--registry", shared.registry)
+    result = await arun("register", "--service", "kinds", "--address", shared.app, *flags, *reg)
+    try:
+        assert result.code == 0, str(result)
+        assert f"serving {ECHO} (4 methods described)" in result.out, str(result)
+        assert await method_kinds(shared.registry, "kinds") == ECHO_KINDS
+    finally:
+        gone = await arun("deregister", "--service", "kinds", "--address", shared.app, *reg)
+        assert gone.code == 0, str(gone)
+
+
+@module_loop
+async def test_register_with_proto_service_needs_no_reflection(shared: Shared) -> None:
+    bare = grpc.aio.server()  # serves nothing: no reflection, no health
+    port = bare.add_insecure_port("127.0.0.1:0")
+    await bare.start()
+    address = f"127.0.0.1:{port}"
+    reg = ("--registry", shared.registry)
+    try:
+        result = await arun("register", "--service", "bare", "--address", address,
+                            "--proto-service", "shop.v1.Bare", *reg)
+        assert result.code == 0, str(result)
+        unknown = "no method kinds: its calls take the generic streaming path"
+        assert f"serving shop.v1.Bare ({unknown})" in result.out, str(result)
+        assert await method_kinds(shared.registry, "bare") == []
+        gone = await arun("deregister", "--service", "bare", "--address", address, *reg)
+        assert gone.code == 0, str(gone)
+    finally:
+        await bare.stop(0)
+
+
+@module_loop
+async def test_method_kinds_survive_a_sqlite_registry_restart(
+        shared: Shared, tmp_path: Path) -> None:
+    store = ("--store", f"sqlite:{tmp_path / 'registry.db'}")
+    daemons: list[procs.Daemon] = []
+    try:
+        first = await procs.start("registry-sqlite", "registry", "--listen", "127.0.0.1:0",
+                                  *store)
+        daemons.append(first)
+        result = await arun("register", "--service", "kinds", "--address", shared.app,
+                            "--registry", first.addresses["registry"])
+        assert result.code == 0, str(result)
+        await stop(daemons)
+        daemons.clear()
+        second = await procs.start("registry-sqlite-2", "registry", "--listen", "127.0.0.1:0",
+                                   *store)
+        daemons.append(second)
+        assert await method_kinds(second.addresses["registry"], "kinds") == ECHO_KINDS
+    finally:
         await stop(daemons)
 
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from grpcmesh.clock import FakeClock
-from grpcmesh.registry.model import Event, EventType, Health, Instance, ServiceSummary
+from grpcmesh.registry.model import Event, EventType, Health, Instance, Method, ServiceSummary
 from grpcmesh.registry.sqlite_store import SqlitePersistence
 from grpcmesh.registry.store import (
     MAX_TTL_SECONDS,
@@ -450,6 +450,62 @@ def test_checked_instances_survive_a_restart_leased_ones_do_not(
     assert after.store.instances()[0].health == Health.UNKNOWN
     assert after.store.instances()[0].owner == "ops"
     assert after.store.revision == 1
+
+
+ORDERS_METHODS = (
+    Method("/shop.v1.Orders/Chat", client_streaming=True, server_streaming=True),
+    Method("/shop.v1.Orders/Get"),
+    Method("/shop.v1.Orders/Follow", server_streaming=True),
+    Method("/shop.v1.Orders/Upload", client_streaming=True),
+)
+
+
+def test_method_kinds_survive_a_restart(db: tuple[str, list[SqlitePersistence]]) -> None:
+    before = Harness(_open(db))
+    with_kinds = before.store.register(replace(inst("a1"), methods=ORDERS_METHODS), 0).instance
+    without = before.store.register(inst("a2", address="10.0.0.2:8080"), 0).instance
+
+    after = Harness(_open(db))
+    assert after.store.instances() == [with_kinds, without]
+    assert after.store.instances()[0].methods == ORDERS_METHODS
+    assert [m.kind for m in after.store.instances()[0].methods] == [
+        (True, True), (False, False), (False, True), (True, False)]
+    assert after.store.instances()[1].methods == ()
+
+
+def test_file_from_before_method_kinds_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE instances (service TEXT NOT NULL, instance_id TEXT NOT NULL, "
+                 "address TEXT NOT NULL, proto_services TEXT NOT NULL, labels TEXT NOT NULL, "
+                 "owner TEXT NOT NULL, PRIMARY KEY (service, instance_id))")
+    conn.execute("INSERT INTO instances VALUES ('orders', 'a1', '10.0.0.1:8080', "
+                 "'[\"shop.v1.Orders\"]', '{}', 'ops')")
+    conn.commit()
+    conn.close()
+    p = SqlitePersistence(str(path))
+    try:
+        assert p.load() == [replace(inst("a1"), owner="ops")]
+        p.save(replace(inst("a1"), owner="ops", methods=ORDERS_METHODS))
+        assert p.load()[0].methods == ORDERS_METHODS
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("methods", [
+    '[{"path": 7, "client_streaming": false, "server_streaming": false}]',
+    '[{"path": "/shop.v1.Orders/Get"}]',
+    '"/shop.v1.Orders/Get"',
+])
+def test_malformed_methods_are_a_value_error(
+        db: tuple[str, list[SqlitePersistence]], methods: str) -> None:
+    _open(db).save(inst("a1"))
+    conn = sqlite3.connect(db[0])
+    conn.execute("UPDATE instances SET methods = ?", (methods,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(ValueError, match="cannot read instances"):
+        _open(db).load()
 
 
 def test_deregister_and_lease_takeover_remove_from_file(
