@@ -2,21 +2,23 @@
 
 GET /live      200 while the process runs
 GET /ready     200 once the sidecar routes (registry answered) and its instance is registered
-GET /endpoints JSON: every known service and endpoint with health and call counts
+GET /endpoints JSON: every known service and endpoint with health and call counts; with
+               --workers, each worker process's own view too (the primary asks the others)
 
 admin_get() is the client side, used by `grpcmesh endpoints`, the benchmarks and the tests.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-Route = Callable[[], tuple[int, Any]]
+Route = Callable[[], "tuple[int, Any] | Awaitable[tuple[int, Any]]"]
 
 
 class AdminServer:
@@ -57,7 +59,8 @@ class AdminServer:
                     status, body = 404, {"error": f"no such path {path}",
                                          "paths": sorted(self.routes)}
                 else:
-                    status, body = route()
+                    result = route()
+                    status, body = await result if inspect.isawaitable(result) else result
             payload = (json.dumps(body, indent=2) + "\n").encode()
             reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
                       503: "Service Unavailable"}.get(status, "")
@@ -74,15 +77,24 @@ class AdminServer:
 async def admin_get(address: str, path: str, timeout: float = 5.0) -> Any:
     """GET a sidecar admin path and decode its JSON body."""
     host, _, port = address.rpartition(":")
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
-        await writer.wait_closed()
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), timeout)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    except TimeoutError:
+        raise TimeoutError(f"no answer within {timeout:g} s") from None
     head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/"):
+        raise ValueError("it did not answer HTTP: is it a sidecar's admin port (--admin)?"
+                         if raw else "it closed the connection without an answer")
     if not head.startswith(b"HTTP/1.1 200"):
-        raise ValueError(head.split(b"\r\n")[0].decode(errors="replace") or "no answer")
-    return json.loads(body)
+        raise ValueError(head.split(b"\r\n")[0].decode(errors="replace"))
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ValueError(f"its {path} answer is not JSON") from None

@@ -52,14 +52,24 @@ def print_endpoints(body: dict[str, Any], service: str | None, as_json: bool) ->
     if as_json:
         print(json.dumps({**body, "services": services}, indent=2))
         return
+    # With --workers, every process balances on its own: one row per worker and endpoint.
+    views = body.get("workers") or [{"worker": 0, "services": body["services"]}]
+    several = len(views) > 1
     rows = []
-    for name, info in sorted(services.items()):
-        for e in info["endpoints"]:
-            estimate = "-" if e["estimate_ms"] is None else f"{e['estimate_ms']:.2f}"
-            rows.append([name, info["balancer"], e["address"], e["health"], estimate,
-                         e["in_flight"], f"{e['cost_ms']:.2f}", e["calls"], e["failures"]])
+    for view in views:
+        if "error" in view:
+            print(f"worker {view['worker']} (pid {view['pid']}): {view['error']}")
+            continue
+        for name, info in sorted(view["services"].items()):
+            if service and name != service:
+                continue
+            for e in info["endpoints"]:
+                estimate = "-" if e["estimate_ms"] is None else f"{e['estimate_ms']:.2f}"
+                rows.append([*([view["worker"]] if several else []), name, info["balancer"],
+                             e["address"], e["health"], estimate, e["in_flight"],
+                             f"{e['cost_ms']:.2f}", e["calls"], e["failures"]])
     if not rows:
         print("no endpoints known yet")
         return
-    print(table(["SERVICE", "BALANCER", "ADDRESS", "HEALTH", "ESTIMATE MS", "IN FLIGHT",
-                 "COST MS", "CALLS", "FAILURES"], rows))
+    print(table([*(["WORKER"] if several else []), "SERVICE", "BALANCER", "ADDRESS", "HEALTH",
+                 "ESTIMATE MS", "IN FLIGHT", "COST MS", "CALLS", "FAILURES"], rows))

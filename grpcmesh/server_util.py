@@ -39,9 +39,14 @@ def check_bindable(address: str, what: str, reuse_port: bool = False) -> None:
                           f"{err.strerror or err}") from None
 
 
-def bind(server: grpc.aio.Server, address: str, what: str, reuse_port: bool = False) -> int:
-    """Listen on address and return the bound port, or fail with a message naming both."""
-    check_bindable(address, what, reuse_port)
+def bind(server: grpc.aio.Server, address: str, what: str, reuse_port: bool = False,
+         join: bool = False) -> int:
+    """Listen on address and return the bound port, or fail with a message naming both.
+
+    With reuse_port the port can be shared, but only join=True (a --workers process joining
+    its primary) may bind a port that is already in use: a primary checks without
+    SO_REUSEPORT, so a second, unrelated sidecar cannot silently share its port."""
+    check_bindable(address, what, reuse_port and join)
     try:
         port: int = server.add_insecure_port(address)
     except RuntimeError as err:

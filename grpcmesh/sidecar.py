@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from grpcmesh import reflection
-from grpcmesh.admin import AdminServer
+from grpcmesh.admin import AdminServer, admin_get
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
@@ -43,7 +44,7 @@ class SidecarSettings:
     app: str | None = None
     outbound: str = "127.0.0.1:15001"
     inbound: str | None = None
-    admin: str | None = "127.0.0.1:15000"  # None: no admin port (secondary workers)
+    admin: str | None = "127.0.0.1:15000"  # None: no admin port
     proto_services: tuple[str, ...] = ()
     instance_id: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
@@ -100,19 +101,21 @@ class Sidecar:
         self.inbound_address = ""
         self.admin = AdminServer(settings.admin or "", {"/live": lambda: (200, {"live": True}),
                                                         "/ready": self._ready,
-                                                        "/endpoints": self._endpoints})
+                                                        "/endpoints": self._all_endpoints})
         self._inbound_channels: Channels | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None
         self.stopped = asyncio.Event()
+        self.worker_admins: list[tuple[int, str]] = []  # (pid, admin) of --workers processes
 
     # -- start --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
         self.outbound_address = with_port(s.outbound, bind(self.outbound_server, s.outbound,
-                                                           "outbound", s.reuse_port))
+                                                           "outbound", s.reuse_port,
+                                                           join=s.secondary))
         await self.outbound_server.start()
         await self._set_own_health(False)
         self._spawn(watch_forever(self.client, self._on_event, on_state=self._registry_state),
@@ -121,7 +124,8 @@ class Sidecar:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
                 self.inbound_address = with_port(s.inbound, bind(self.inbound_server, s.inbound,
-                                                                 "inbound", s.reuse_port))
+                                                                 "inbound", s.reuse_port,
+                                                                 join=s.secondary))
                 await self.inbound_server.start()
             if not s.secondary:
                 self._spawn(self._serve_app(s.app), "app")
@@ -256,6 +260,24 @@ class Sidecar:
             body.update(registered=registered, app_health=self.app_health.name)
         body["ready"] = ready
         return (200 if ready else 503), body
+
+    async def _all_endpoints(self) -> tuple[int, Any]:
+        """This process's view; with --workers, also every worker's own view under "workers"
+        (worker 0 is this process), because each worker balances on its own."""
+        status, body = self._endpoints()
+        if not self.worker_admins:
+            return status, body
+
+        async def view(pid: int, admin: str) -> dict[str, Any]:
+            try:
+                other = await admin_get(admin, "/endpoints", timeout=2.0)
+                return {"pid": pid, "services": other["services"]}
+            except (OSError, ValueError, TimeoutError) as err:
+                return {"pid": pid, "error": f"cannot read its admin port {admin}: {err!r}"}
+        views = [{"pid": os.getpid(), "services": body["services"]},
+                 *await asyncio.gather(*(view(pid, a) for pid, a in self.worker_admins))]
+        body["workers"] = [{"worker": i, **v} for i, v in enumerate(views)]
+        return status, body
 
     def _endpoints(self) -> tuple[int, Any]:
         """Why an endpoint gets picked: its estimate, calls in flight and cost, per service."""

@@ -3,8 +3,9 @@
 One process is one core (the GIL), so a sidecar uses more cores by running more processes. The
 primary binds the ports first (which resolves port 0), then starts N-1 secondary workers that
 bind the same ports; each has its own registry watch, pool and balancer state. The primary alone
-registers the app, follows its health and serves the admin port, whose /endpoints shows the
-primary's view. The kernel spreads *connections* across processes, not calls: one client
+registers the app, follows its health and serves the admin port; each secondary serves its own
+admin port on 127.0.0.1 (port 0), which the primary's /endpoints asks so that it can show every
+process's view. The kernel spreads *connections* across processes, not calls: one client
 connection stays on one worker.
 
 Shutdown: the primary deregisters, signals the workers, and every process waits the drain
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 class Workers:
     def __init__(self, on_failure: Callable[[str], None]) -> None:
         self._procs: list[asyncio.subprocess.Process] = []
+        self.admins: list[tuple[int, str]] = []  # (pid, admin address) of each worker
         self._watchers: list[asyncio.Task[None]] = []
         self._on_failure = on_failure
         self._stopping = False
@@ -40,8 +42,8 @@ class Workers:
             assert proc.stdout is not None
             try:
                 line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-                json.loads(line)
-            except (TimeoutError, ValueError):
+                self.admins.append((proc.pid, json.loads(line)["admin"]))
+            except (TimeoutError, ValueError, KeyError):
                 raise RuntimeError(f"sidecar worker {i + 1} did not start") from None
             self._watchers.append(asyncio.get_running_loop().create_task(self._watch(i, proc)))
         log.info("started %d secondary workers (pids %s)", count,

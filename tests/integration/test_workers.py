@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
 from grpcmesh import procs
+from grpcmesh.admin import admin_get
 
 
 def secondary_pids(parent: int) -> list[int]:
@@ -90,6 +91,19 @@ async def test_both_workers_forward_and_sigterm_drains_both(
         assert (await call(outbound)).instance == "a"
     # Each client sidecar process opened its own connection to the server sidecar's inbound.
     assert [connections_to(pid, inbound_port) >= 1 for pid in workers] == [True, True]
+
+    # /endpoints shows every worker's own balancer view; together they saw every call.
+    body = await admin_get(client.addresses["admin"], "/endpoints")
+    assert [(w["worker"], w["pid"]) for w in body["workers"]] == list(enumerate(workers))
+    calls = [sum(e["calls"] for e in w["services"]["echo"]["endpoints"])
+             for w in body["workers"]]
+    assert all(c >= 1 for c in calls) and sum(calls) >= 30
+
+    # Sharing the port is for the sidecar's own workers: another sidecar is refused it.
+    with pytest.raises(RuntimeError, match="cannot listen on .* for outbound: Address already"):
+        await procs.start("intruder", "sidecar", "--service", "other", "--registry",
+                          mesh2["registry"].addresses["registry"], "--outbound", outbound,
+                          "--admin", "127.0.0.1:0", "--workers", "2")
 
     server_workers = [server.proc.pid, *secondary_pids(server.proc.pid)]
     assert len(server_workers) == 2
