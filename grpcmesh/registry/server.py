@@ -39,13 +39,14 @@ class RegistryServer:
         self.store = RegistryStore(MonotonicClock(), random.Random(), persistence, warmup)
         self._persistence = persistence
         self._checker = HealthChecker(self.store, poll_interval=check_interval)
+        self._service = RegistryService(self.store)
         self._server = grpc.aio.server(options=server_options())
         self._expiry: asyncio.Task[None] | None = None
         self.address = ""
         self._stopped = False
 
     async def start(self) -> str:
-        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store), self._server)
+        registry_pb2_grpc.add_RegistryServicer_to_server(self._service, self._server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
         enable_reflection(self._server, [REGISTRY_SERVICE, health.SERVICE_NAME])
@@ -80,6 +81,7 @@ class RegistryServer:
         if self._expiry is not None:
             self._expiry.cancel()
         await self._checker.stop()
+        self._service.close()
         await self._server.stop(grace)
         if self._persistence is not None and hasattr(self._persistence, "close"):
             self._persistence.close()

@@ -27,6 +27,7 @@ class _Watcher:
         self.pending: collections.deque[Event] = collections.deque()
         self.resync = False
         self.wakeup = asyncio.Event()
+        self.closing = False
 
     def on_event(self, event: Event, previous: Instance | None) -> None:
         filtered = filter_event(event, previous, self.service, self.proto_service)
@@ -43,6 +44,14 @@ class _Watcher:
 class RegistryService(registry_pb2_grpc.RegistryServicer):
     def __init__(self, store: RegistryStore) -> None:
         self.store = store
+        self._watchers: set[_Watcher] = set()
+
+    def close(self) -> None:
+        """End every Watch stream with UNAVAILABLE, so watchers go to another registry (or
+        retry) at once instead of being cancelled when the server's grace period ends."""
+        for watcher in self._watchers:
+            watcher.closing = True
+            watcher.wakeup.set()
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:
         try:
@@ -110,12 +119,16 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         snapshot = filter_event(self.store.snapshot(), None, watcher.service,
                                 watcher.proto_service)
         unsubscribe = self.store.subscribe(watcher.on_event)
+        self._watchers.add(watcher)
         try:
             assert snapshot is not None
             yield snapshot.to_proto()
             while True:
                 await watcher.wakeup.wait()
                 watcher.wakeup.clear()
+                if watcher.closing:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        "the registry is shutting down")
                 if watcher.resync:
                     watcher.resync = False
                     again = filter_event(self.store.snapshot(), None, watcher.service,
@@ -125,4 +138,5 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 while watcher.pending:
                     yield watcher.pending.popleft().to_proto()
         finally:
+            self._watchers.discard(watcher)
             unsubscribe()

@@ -593,3 +593,16 @@ async def test_restart_keeps_checked_instances_and_forgets_leases(
             assert await resolve_ids(stub, "echo") == ["e1", "e2"]
     finally:
         await second.stop(0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(15)
+async def test_stopping_ends_watch_streams_with_unavailable(
+        registry: RegistryServer, stub: registry_pb2_grpc.RegistryStub) -> None:
+    watch = Watch(stub)
+    assert (await watch.next()).type == SNAPSHOT
+    await asyncio.wait_for(registry.stop(5), 3)  # well inside the grace: the stream ended
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(watch.call.read(), EVENT_TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (err.value.details() or "")
