@@ -12,7 +12,14 @@ Scenarios (instance e0 is the odd one):
   slow        e0 answers SLOW_FACTOR times slower
   fail-fast   e0 answers UNAVAILABLE at once
   recover     e0 is slow until CHANGE_AT seconds, then fast: how long until it has its fair
-              share back (the first 2 s window where it gets >= 80% of 1/INSTANCES of calls)
+              share back (the first 2 s window where it gets >= 80% of 1/INSTANCES of calls).
+              A slow endpoint is probed when its decaying estimate drops below its peers'
+              costs, so the answer depends on where in that cycle the change falls: peak_ewma
+              runs it --recover-phases times, CHANGE_AT + 0, 7, 14... s, and the worst counts.
+
+Then it checks the issue's targets on peak_ewma (slow: p99 <= 1.5x fleet-fast's and <= 1/5 of
+round_robin's; fail-fast: under 5% of calls to e0, counted by the sidecar, and under 5% errors;
+recover: within 2x the decay), prints PASS or MISS for each, and exits 1 on a miss.
 
 Sized by default so the 2-core machine is not CPU-bound: the figures measure balancing, not
 CPU queueing (the data path's own cost is scripts/bench_proxy.py's subject).
@@ -30,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -108,7 +116,8 @@ def recovery_seconds(calls: Calls, t0: float, change_at: float, n: int, odd: str
     return None
 
 
-async def one_run(scenario: str, config: str, args: argparse.Namespace) -> dict[str, object]:
+async def one_run(scenario: str, config: str, args: argparse.Namespace, change_at: float
+                  ) -> dict[str, object]:
     daemons: list[procs.Daemon] = []
     try:
         registry = await procs.start("registry", "registry", "--listen", "127.0.0.1:0")
@@ -140,28 +149,48 @@ async def one_run(scenario: str, config: str, args: argparse.Namespace) -> dict[
             sidecar = await procs.start("sidecar", "--log-level", "WARNING", "sidecar",
                                         "--service", "bench", "--registry", reg,
                                         "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                                        "--balancer", config, "--workers", "1")
+                                        "--balancer", config, "--workers", "1",
+                                        "--ewma-decay", str(args.decay))
             daemons.append(sidecar)
             target = sidecar.addresses["outbound"]
             options = []
             await wait_serving(sidecar.addresses["admin"], args.instances)
-        duration = args.recover_duration if scenario == "recover" else args.duration
+        duration = (change_at + args.recover_duration - args.change_at if scenario == "recover"
+                    else args.duration)
         calls = Calls()
         t0 = time.monotonic()
         run = asyncio.ensure_future(load(target, args.concurrency, duration, calls, options))
+        counted: dict[str, int] = {}
+        if config != "grpc_round_robin":  # the sidecar's own count of calls per endpoint
+            await asyncio.sleep(args.warmup)
+            counted = await endpoint_calls(sidecar.addresses["admin"])
         if scenario == "recover":
-            await asyncio.sleep(args.change_at)
+            await asyncio.sleep(change_at - (args.warmup if counted else 0))
             backends[0].proc.send_signal(signal.SIGUSR1)
         await run
-        until = args.change_at if scenario == "recover" else None
+        until = change_at if scenario == "recover" else None
         result = summarize(calls, t0, args.warmup, until, names)
         result.update(scenario=scenario, config=config)
+        if counted:
+            after = await endpoint_calls(sidecar.addresses["admin"])
+            sent = {n: after.get(n, 0) - counted.get(n, 0) for n in names}
+            result["e0_calls_pct"] = round(100 * sent["e0"] / max(1, sum(sent.values())), 2)
+        else:  # grpcio's round robin: every call to e0 is an error or an answer from it
+            result["e0_calls_pct"] = result["share_pct"]["e0"] + (  # type: ignore[index]
+                result["errors_pct"] if scenario == "fail-fast" else 0)
         if scenario == "recover":
-            result["recover_s"] = recovery_seconds(calls, t0, args.change_at, args.instances, "e0")
-            result["after_change"] = summarize(calls, t0, args.change_at, None, names)
+            result["change_at"] = change_at
+            result["recover_s"] = recovery_seconds(calls, t0, change_at, args.instances, "e0")
+            result["after_change"] = summarize(calls, t0, change_at, None, names)
         return result
     finally:
         await procs.stop_all(daemons)
+
+
+async def endpoint_calls(admin: str) -> dict[str, int]:
+    """Calls the sidecar sent to each instance so far (answered or failed)."""
+    body = await admin_get(admin, "/endpoints")
+    return {e["instance_id"]: e["calls"] for e in body["services"]["echo"]["endpoints"]}
 
 
 async def wait_serving(admin: str, count: int, timeout: float = 20.0) -> None:
@@ -177,29 +206,70 @@ async def wait_serving(admin: str, count: int, timeout: float = 20.0) -> None:
 
 def print_table(results: list[dict[str, object]]) -> None:
     print(f"\n{'scenario':<11}{'config':<18}{'calls/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}"
-          f"{'p99.9':>8}{'err%':>7}  e0 share%  recover s")
+          f"{'p99.9':>8}{'err%':>7}  e0 calls%  recover s")
     for r in results:
-        share = r["share_pct"]["e0"]  # type: ignore[index]
         rec = r.get("recover_s", "-")
         print(f"{r['scenario']:<11}{r['config']:<18}{r['calls_per_s']:>8}{r['p50_ms']:>8}"
               f"{r['p90_ms']:>8}{r['p99_ms']:>8}{r['p999_ms']:>8}{r['errors_pct']:>7}"
-              f"{share:>11}  {rec if rec is not None else 'never'}")
+              f"{r['e0_calls_pct']:>11}  {rec if rec is not None else 'never'}")
+
+
+def check_targets(results: list[dict[str, Any]], decay: float) -> list[dict[str, Any]]:
+    """The issue's targets, on peak_ewma, for the scenarios that ran."""
+    def get(scenario: str, config: str) -> list[dict[str, Any]]:
+        return [r for r in results if r["scenario"] == scenario and r["config"] == config]
+    checks = []
+    slow, fast, rr = get("slow", "peak_ewma"), get("fleet-fast", "peak_ewma"), get(
+        "slow", "round_robin")
+    if slow and fast:
+        ratio = slow[0]["p99_ms"] / fast[0]["p99_ms"]
+        checks.append({"target": "slow: p99 <= 1.5x fleet-fast p99", "ok": ratio <= 1.5,
+                       "measured": f"{slow[0]['p99_ms']} vs {fast[0]['p99_ms']} ms: "
+                                   f"{ratio:.2f}x"})
+    if slow and rr:
+        ratio = slow[0]["p99_ms"] / rr[0]["p99_ms"]
+        checks.append({"target": "slow: p99 <= 1/5 of round_robin's", "ok": ratio <= 0.2,
+                       "measured": f"{slow[0]['p99_ms']} vs {rr[0]['p99_ms']} ms: "
+                                   f"{ratio:.3f}x"})
+    for r in get("fail-fast", "peak_ewma"):
+        checks.append({"target": "fail-fast: < 5% of calls to e0", "ok": r["e0_calls_pct"] < 5,
+                       "measured": f"{r['e0_calls_pct']}% (counted by the sidecar)"})
+        checks.append({"target": "fail-fast: < 5% errors", "ok": r["errors_pct"] < 5,
+                       "measured": f"{r['errors_pct']}%"})
+    recover = get("recover", "peak_ewma")
+    if recover:
+        times = [r["recover_s"] for r in recover]
+        worst = None if None in times else max(times)
+        checks.append({"target": f"recover: fair share back within 2x decay ({2 * decay:g} s)",
+                       "ok": worst is not None and worst <= 2 * decay,
+                       "measured": f"worst {worst if worst is not None else 'never'} s over "
+                                   f"{len(times)} phases {times}"})
+    return checks
 
 
 async def main_async(args: argparse.Namespace) -> int:
     results = []
     for scenario in args.scenarios:
         for config in args.configs:
-            print(f"running {scenario} / {config} ...", file=sys.stderr, flush=True)
-            results.append(await one_run(scenario, config, args))
+            phases = args.recover_phases if scenario == "recover" and config == "peak_ewma" else 1
+            for phase in range(phases):
+                change_at = args.change_at + 7 * phase
+                print(f"running {scenario} / {config}"
+                      + (f" (change at {change_at:g} s)" if scenario == "recover" else "")
+                      + " ...", file=sys.stderr, flush=True)
+                results.append(await one_run(scenario, config, args, change_at))
     print_table(results)
+    checks = check_targets(results, args.decay)
+    print("\ntargets (peak_ewma):")
+    for c in checks:
+        print(f"  {'PASS' if c['ok'] else 'MISS'}  {c['target']}: {c['measured']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         settings = {k: v for k, v in vars(args).items() if k != "json"}
-        args.json.write_text(json.dumps({"settings": settings, "results": results}, indent=2,
-                                        default=str))
+        args.json.write_text(json.dumps({"settings": settings, "results": results,
+                                         "targets": checks}, indent=2, default=str))
         print(f"\nwrote {args.json}", file=sys.stderr)
-    return 0
+    return 0 if all(c["ok"] for c in checks) else 1
 
 
 def main() -> int:
@@ -215,6 +285,10 @@ def main() -> int:
     parser.add_argument("--recover-duration", type=float, default=60.0)
     parser.add_argument("--change-at", type=float, default=20.0,
                         help="recover: when e0 turns fast (seconds into the run)")
+    parser.add_argument("--recover-phases", type=int, default=3,
+                        help="recover: peak_ewma runs at CHANGE_AT + 0, 7, 14... s")
+    parser.add_argument("--decay", type=float, default=10.0,
+                        help="the sidecars' --ewma-decay (the recover target is 2x this)")
     parser.add_argument("--json", type=Path, default=Path("bench-results/balancers.json"))
     args = parser.parse_args()
     for s in args.scenarios:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The data path's cost, side by side: direct, a bare grpc.aio proxy (the floor), grpcmesh
 (outbound; outbound with unknown method kinds; the full mesh hop outbound + inbound), nginx
-and HAProxy when installed, and `tcp`, a TCP splice on uvloop (a prototype below the call
-layer, not a mesh proxy: scripts/tcp_proxy.py).
+and HAProxy when installed, and two prototypes below the call layer that are not mesh proxies:
+`tcp`, a TCP splice on uvloop (scripts/tcp_proxy.py), and `h2relay`, an HTTP/2 frame relay
+that reads each call's :path (scripts/h2_relay.py; needs `pip install -e '.[bench]'`).
 
 One backend (the example Echo service, grpc.aio), one load generator (this process, raw bytes),
 the same for every configuration; repetitions interleave the configurations so drift hits them
@@ -46,7 +47,8 @@ from grpcmesh.admin import admin_get
 from grpcmesh.registry.client import RegistryClient
 
 ECHO = "grpcmesh.example.v1.Echo"
-CONFIGS = ("direct", "bare", "outbound", "outbound-unknown", "mesh", "nginx", "haproxy", "tcp")
+CONFIGS = ("direct", "bare", "outbound", "outbound-unknown", "mesh", "nginx", "haproxy", "tcp",
+           "h2relay")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -177,7 +179,8 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
             await asyncio.sleep(0.1)
         raise RuntimeError("the client sidecar never saw a serving backend")
 
-    for name, script in (("bare", "bare_proxy.py"), ("tcp", "tcp_proxy.py")):
+    for name, script in (("bare", "bare_proxy.py"), ("tcp", "tcp_proxy.py"),
+                         ("h2relay", "h2_relay.py")):
         if name in wanted:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(Path(__file__).parent / script), "127.0.0.1:0", app,
