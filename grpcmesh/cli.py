@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_positive_float, default=10.0, metavar="SECONDS",
                    help="after a start, how long watchers keep instances this registry has "
                         "not heard from yet (sidecars re-register within their TTL; default 10)")
+    p.add_argument("--descriptor-set", action="append", default=[], metavar="FILE",
+                   help="a FileDescriptorSet (protoc --include_imports "
+                        "--descriptor_set_out=FILE): method kinds for instances registered "
+                        "without them, such as apps that serve no reflection, so that sidecars "
+                        "forward their calls on the unary fast path (repeatable)")
 
     p = sub.add_parser("sidecar", help="run a sidecar proxy beside an app",
                        description="Run a sidecar: outbound proxy for the app's calls, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -19,6 +20,8 @@ from grpcmesh.proxy.forward import ForwardSettings
 from grpcmesh.registry.client import RegistryClient
 from grpcmesh.registry.model import Instance, Method
 from grpcmesh.workers import Workers
+
+log = logging.getLogger(__name__)
 
 
 class CliError(Exception):
@@ -54,13 +57,17 @@ async def run_until_signal(stop: Callable[[], Awaitable[None]],
 
 
 async def cmd_registry(args: argparse.Namespace) -> int:
+    from grpcmesh.reflection import MethodCatalog
     from grpcmesh.registry.server import RegistryServer, open_persistence
 
     try:
+        catalog = MethodCatalog.load(args.descriptor_set)
         persistence = open_persistence(args.store)
     except ValueError as err:
         raise CliError(str(err)) from None
-    server = RegistryServer(args.listen, persistence, warmup=args.warmup)
+    if args.descriptor_set:
+        log.info("method kinds of %s from --descriptor-set", ", ".join(catalog.services()))
+    server = RegistryServer(args.listen, persistence, warmup=args.warmup, catalog=catalog)
     announce(registry=await server.start())
     await run_until_signal(server.stop)
     return 0

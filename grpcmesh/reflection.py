@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
@@ -70,18 +71,62 @@ async def describe_methods(channel: grpc.aio.Channel, services: Iterable[str],
     wanted = sorted(set(services))
     answers = await _ask(channel, [rpb.ServerReflectionRequest(file_containing_symbol=name)
                                    for name in wanted], timeout)
+    files = [descriptor_pb2.FileDescriptorProto.FromString(raw) for resp in answers
+             for raw in resp.file_descriptor_response.file_descriptor_proto]
+    return methods_in_files(files, wanted)
+
+
+def methods_in_files(files: Iterable[descriptor_pb2.FileDescriptorProto],
+                     services: Iterable[str] | None = None) -> tuple[Method, ...]:
+    """The methods (with call kinds) of the services the files define, or of those named."""
+    wanted = None if services is None else set(services)
     methods: dict[str, Method] = {}
-    for resp in answers:
-        for raw in resp.file_descriptor_response.file_descriptor_proto:
-            file = descriptor_pb2.FileDescriptorProto.FromString(raw)
-            prefix = f"{file.package}." if file.package else ""
-            for service in file.service:
-                full = prefix + service.name
-                if full in wanted:
-                    for m in service.method:
-                        path = f"/{full}/{m.name}"
-                        methods[path] = Method(path, m.client_streaming, m.server_streaming)
+    for file in files:
+        prefix = f"{file.package}." if file.package else ""
+        for service in file.service:
+            full = prefix + service.name
+            if wanted is None or full in wanted:
+                for m in service.method:
+                    path = f"/{full}/{m.name}"
+                    methods[path] = Method(path, m.client_streaming, m.server_streaming)
     return tuple(methods[p] for p in sorted(methods))
+
+
+class MethodCatalog:
+    """Method kinds from descriptor sets (`protoc --descriptor_set_out`), for apps that serve
+    no reflection: the registry fills them in for instances registered without methods."""
+
+    def __init__(self, methods: Iterable[Method] = ()) -> None:
+        self._by_service: dict[str, list[Method]] = {}
+        for m in sorted(methods, key=lambda m: m.path):
+            self._by_service.setdefault(m.path.split("/")[1], []).append(m)
+
+    @classmethod
+    def load(cls, paths: Iterable[str]) -> MethodCatalog:
+        """Read descriptor set files; ValueError names the file and what is wrong."""
+        files: list[descriptor_pb2.FileDescriptorProto] = []
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as err:
+                raise ValueError(f"cannot read descriptor set {path}: "
+                                 f"{err.strerror or err}") from None
+            try:
+                found = descriptor_pb2.FileDescriptorSet.FromString(data).file
+            except DecodeError:  # its own message says little
+                raise ValueError(f"{path} is not a FileDescriptorSet: expected the output of "
+                                 "protoc --descriptor_set_out=FILE") from None
+            if not any(f.service for f in found):
+                raise ValueError(f"descriptor set {path} defines no services")
+            files.extend(found)
+        return cls(methods_in_files(files))
+
+    def services(self) -> list[str]:
+        return sorted(self._by_service)
+
+    def methods_for(self, services: Iterable[str]) -> tuple[Method, ...]:
+        return tuple(m for s in sorted(set(services)) for m in self._by_service.get(s, ()))
 
 
 def application_services(services: Iterable[str]) -> list[str]:

@@ -339,7 +339,8 @@ async def main_async(args: argparse.Namespace) -> int:
               f"{r['p99_ms']:>8.2f}{r['cpu_us_per_call']:>12.0f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        settings = {k: (str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, set)
+                        else v) for k, v in vars(args).items()}
         args.json.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
         print(f"\nwrote {args.json}", file=sys.stderr)
     return 0

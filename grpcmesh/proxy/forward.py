@@ -46,6 +46,7 @@ _HANDLERS = {(False, False): grpc.unary_unary_rpc_method_handler,
 _CALLS = {(False, False): "unary_unary", (False, True): "unary_stream",
           (True, False): "stream_unary", (True, True): "stream_stream"}
 
+_OK = grpc.StatusCode.OK
 MAX_CACHED_HANDLERS = 10_000
 PUSHBACK = "grpc-retry-pushback-ms"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -158,7 +159,8 @@ class Forwarder(grpc.GenericRpcHandler):
         headers = await call.initial_metadata()
         if headers:
             await context.send_initial_metadata(headers)
-        await self._finish(call, handle, context)
+        # A response means the status is OK: one await less.
+        await self._finish(call, handle, context, None if response is None else _OK)
         return response
 
     async def _forward_stream(self, method: str, kind: Kind, request: Any,
@@ -195,15 +197,16 @@ class Forwarder(grpc.GenericRpcHandler):
         expired = left is not None and left <= 0
         handle.finish(self._clock.now(), grpc.StatusCode.DEADLINE_EXCEEDED if expired else None)
 
-    async def _finish(self, call: Any, handle: CallHandle,
-                      context: grpc.aio.ServicerContext) -> None:
+    async def _finish(self, call: Any, handle: CallHandle, context: grpc.aio.ServicerContext,
+                      code: grpc.StatusCode | None = None) -> None:
         """Record the outcome and pass the upstream's status, details and trailers on."""
-        code = await call.code()
+        if code is None:
+            code = await call.code()
         trailers = tuple(await call.trailing_metadata() or ())
-        handle.finish(self._clock.now(), code,
-                      _pushback_ms(trailers) if code != grpc.StatusCode.OK else None)
-        context.set_trailing_metadata(trailers)
-        if code != grpc.StatusCode.OK:
+        handle.finish(self._clock.now(), code, _pushback_ms(trailers) if code != _OK else None)
+        if trailers:
+            context.set_trailing_metadata(trailers)
+        if code != _OK:
             context.set_code(code)
             context.set_details(await call.details())
 

@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from generated.grpcmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 from grpcmesh.clock import MonotonicClock
-from grpcmesh.reflection import enable_reflection
+from grpcmesh.reflection import MethodCatalog, enable_reflection
 from grpcmesh.registry.checker import HealthChecker
 from grpcmesh.registry.service import RegistryService
 from grpcmesh.registry.store import Persistence, RegistryStore
@@ -34,12 +34,13 @@ def open_persistence(spec: str) -> Persistence | None:
 
 class RegistryServer:
     def __init__(self, listen: str = "127.0.0.1:7700", persistence: Persistence | None = None,
-                 *, check_interval: float = 1.0, warmup: float = 10.0) -> None:
+                 *, check_interval: float = 1.0, warmup: float = 10.0,
+                 catalog: MethodCatalog = MethodCatalog()) -> None:
         self.listen = listen
         self.store = RegistryStore(MonotonicClock(), random.Random(), persistence, warmup)
         self._persistence = persistence
         self._checker = HealthChecker(self.store, poll_interval=check_interval)
-        self._service = RegistryService(self.store)
+        self._service = RegistryService(self.store, catalog)
         self._server = grpc.aio.server(options=server_options())
         self._expiry: asyncio.Task[None] | None = None
         self.address = ""

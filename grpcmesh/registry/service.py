@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -11,6 +12,7 @@ import grpc
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh import names
+from grpcmesh.reflection import MethodCatalog
 from grpcmesh.registry.model import Event, Health, Instance
 from grpcmesh.registry.store import RegistryError, RegistryStore, filter_event
 
@@ -42,8 +44,9 @@ class _Watcher:
 
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(self, store: RegistryStore, catalog: MethodCatalog = MethodCatalog()) -> None:
         self.store = store
+        self._catalog = catalog
         self._watchers: set[_Watcher] = set()
 
     def close(self) -> None:
@@ -64,8 +67,12 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                        context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         if not request.HasField("instance"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "instance is required")
+        instance = Instance.from_proto(request.instance)
+        if not instance.methods:  # an app without reflection: kinds from --descriptor-set
+            instance = replace(instance, methods=self._catalog.methods_for(
+                instance.proto_services))
         reg = await self._call(context, lambda: self.store.register(
-            Instance.from_proto(request.instance), request.ttl_seconds))
+            instance, request.ttl_seconds))
         return pb.RegisterResponse(lease_id=reg.instance.lease_id,
                                    ttl_seconds=request.ttl_seconds, revision=reg.revision)
 

@@ -156,6 +156,12 @@ def test_unreachable_registry_fails_fast_with_one_line() -> None:
     assert elapsed < 10, f"took {elapsed:.1f}s"
 
 
+def test_registry_descriptor_set_that_is_missing_is_named() -> None:
+    result = run("registry", "--listen", "127.0.0.1:0", "--descriptor-set", "/nonexistent.pb")
+    assert result.code == 1, str(result)
+    assert_one_line_error(result, "cannot read descriptor set /nonexistent.pb")
+
+
 def test_registry_store_in_missing_directory_names_the_path() -> None:
     result = run("registry", "--listen", "127.0.0.1:0", "--store", "sqlite:/nonexistent/dir/x.db")
     assert result.code == 1, str(result)

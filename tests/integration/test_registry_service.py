@@ -21,7 +21,8 @@ from grpc_reflection.v1alpha import reflection_pb2 as rpb
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh.example.server import EchoBehaviour, EchoServer
-from grpcmesh.reflection import list_services
+from grpcmesh.reflection import MethodCatalog, list_services
+from grpcmesh.registry.model import Method
 from grpcmesh.registry.server import RegistryServer
 from grpcmesh.registry.sqlite_store import SqlitePersistence
 from tests.conftest import wait_for
@@ -606,3 +607,29 @@ async def test_stopping_ends_watch_streams_with_unavailable(
         await asyncio.wait_for(watch.call.read(), EVENT_TIMEOUT)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "shutting down" in (err.value.details() or "")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(15)
+async def test_descriptor_sets_give_kinds_to_instances_registered_without_them() -> None:
+    echo = "grpcmesh.example.v1.Echo"
+    catalog = MethodCatalog([Method(f"/{echo}/Unary"), Method(f"/{echo}/Bidi", True, True)])
+    server = RegistryServer("127.0.0.1:0", catalog=catalog)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            await stub.Register(pb.RegisterRequest(instance=instance(
+                "echo", "e1", "127.0.0.1:9001", echo), ttl_seconds=LEASE))
+            own = pb.Method(path=f"/{echo}/Own", server_streaming=True)
+            given = instance("echo", "e2", "127.0.0.1:9002", echo)
+            given.methods.append(own)
+            await stub.Register(pb.RegisterRequest(instance=given, ttl_seconds=LEASE))
+            found = {i.instance_id: list(i.methods) for i in
+                     (await stub.Resolve(pb.ResolveRequest(service="echo"))).instances}
+        assert found["e1"] == [pb.Method(path=f"/{echo}/Bidi", client_streaming=True,
+                                         server_streaming=True),
+                               pb.Method(path=f"/{echo}/Unary")]
+        assert found["e2"] == [own]  # what the instance said about itself wins
+    finally:
+        await server.stop(0)
