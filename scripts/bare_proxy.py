@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -64,4 +65,7 @@ async def main(listen: str, upstream: str) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(sys.argv[1], sys.argv[2]))
+    if os.environ.get("BARE_LOOP") == "asyncio":  # bench_proxy's bare-asyncio: uvloop's gain
+        asyncio.run(main(sys.argv[1], sys.argv[2]))
+    else:
+        uvloop.run(main(sys.argv[1], sys.argv[2]))

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The data path's cost, side by side: direct, a bare grpc.aio proxy (the floor), grpcmesh
-(outbound; outbound with unknown method kinds; the full mesh hop outbound + inbound), nginx
+(outbound; outbound with unknown method kinds; the full mesh hop outbound + inbound), the bare
+proxy on asyncio's own loop instead of uvloop (`bare-asyncio`, not run by default), nginx
 and HAProxy when installed, and two prototypes below the call layer that are not mesh proxies:
 `tcp`, a TCP splice on uvloop (scripts/tcp_proxy.py), and `h2relay`, an HTTP/2 frame relay
 that reads each call's :path (scripts/h2_relay.py; needs `pip install -e '.[bench]'`).
@@ -47,7 +48,7 @@ from grpcmesh.admin import admin_get
 from grpcmesh.registry.client import RegistryClient
 
 ECHO = "grpcmesh.example.v1.Echo"
-CONFIGS = ("direct", "bare", "outbound", "outbound-unknown", "mesh", "nginx", "haproxy", "tcp",
+CONFIGS = ("direct", "bare", "bare-asyncio", "outbound", "outbound-unknown", "mesh", "nginx", "haproxy", "tcp",
            "h2relay")
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -180,12 +181,13 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
             await asyncio.sleep(0.1)
         raise RuntimeError("the client sidecar never saw a serving backend")
 
-    for name, script in (("bare", "bare_proxy.py"), ("tcp", "tcp_proxy.py"),
-                         ("h2relay", "h2_relay.py")):
+    for name, script in (("bare", "bare_proxy.py"), ("bare-asyncio", "bare_proxy.py"),
+                         ("tcp", "tcp_proxy.py"), ("h2relay", "h2_relay.py")):
         if name in wanted:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(Path(__file__).parent / script), "127.0.0.1:0", app,
-                stdout=asyncio.subprocess.PIPE)
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "BARE_LOOP": "asyncio" if name == "bare-asyncio" else ""})
             others.append(proc)
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 20)
@@ -348,7 +350,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", type=lambda s: s.split(","), default=list(CONFIGS))
+    parser.add_argument("--configs", type=lambda s: s.split(","),
+                        default=[c for c in CONFIGS if c != "bare-asyncio"])
     parser.add_argument("--kinds", type=lambda s: s.split(","), default=["unary", "bidi"])
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 32])
