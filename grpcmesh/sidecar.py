@@ -272,7 +272,7 @@ class Sidecar:
             try:
                 other = await admin_get(admin, "/endpoints", timeout=2.0)
                 return {"pid": pid, "services": other["services"]}
-            except (OSError, ValueError, TimeoutError) as err:
+            except (OSError, ValueError) as err:  # TimeoutError is an OSError
                 return {"pid": pid, "error": f"cannot read its admin port {admin}: {err!r}"}
         views = [{"pid": os.getpid(), "services": body["services"]},
                  *await asyncio.gather(*(view(pid, a) for pid, a in self.worker_admins))]

@@ -11,15 +11,14 @@ handling, one upstream channel, on uvloop like the sidecar. Whatever grpcmesh co
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import uvloop
+from reference_proxy import announce_until_signal
 
 
 class Bare(grpc.GenericRpcHandler):
@@ -56,11 +55,7 @@ async def main(listen: str, upstream: str) -> None:
     server.add_generic_rpc_handlers([Bare(channel)])
     port = server.add_insecure_port(listen)
     await server.start()
-    print(json.dumps({"proxy": f"{listen.rpartition(':')[0]}:{port}"}), flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await announce_until_signal(listen.rpartition(":")[0], port)
     await server.stop(0)
 
 

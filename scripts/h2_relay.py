@@ -19,14 +19,13 @@ no deadline, status or balancer bookkeeping; errors close the connection.
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
 import struct
 import sys
 from typing import Any, cast
 
 import hpack
 import uvloop
+from reference_proxy import announce_until_signal
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
@@ -250,11 +249,7 @@ async def main(listen: str, upstream_address: str) -> None:
     _, upstream = await loop.create_connection(Upstream, host, int(port))
     lhost, _, lport = listen.rpartition(":")
     server = await loop.create_server(lambda: Downstream(upstream), lhost, int(lport))
-    print(json.dumps({"proxy": f"{lhost}:{server.sockets[0].getsockname()[1]}"}), flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await announce_until_signal(lhost, server.sockets[0].getsockname()[1])
     server.close()
 
 

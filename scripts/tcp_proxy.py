@@ -13,12 +13,11 @@ bounds from below any forwarder that works on connections or frames instead of c
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
 import sys
 from typing import cast
 
 import uvloop
+from reference_proxy import announce_until_signal
 
 
 class Pipe(asyncio.Protocol):
@@ -75,12 +74,7 @@ async def main(listen: str, upstream: str) -> None:
     tasks: set[asyncio.Task[None]] = set()
     host, _, port = listen.rpartition(":")
     server = await loop.create_server(accept, host, int(port))
-    bound = server.sockets[0].getsockname()[1]
-    print(json.dumps({"proxy": f"{host}:{bound}"}), flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await announce_until_signal(host, server.sockets[0].getsockname()[1])
     server.close()
 
 
