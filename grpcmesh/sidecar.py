@@ -26,15 +26,18 @@ from grpcmesh.balance.pool import Pool
 from grpcmesh.clock import MonotonicClock
 from grpcmesh.health import HealthWatcher
 from grpcmesh.proxy.channels import Channels
-from grpcmesh.proxy.forward import Forwarder, ForwardSettings, proxy_server
+from grpcmesh.proxy.forward import Forwarder, ForwardSettings, GrpcListener
 from grpcmesh.registry.client import Backoff, Registrar, RegistryClient, watch_forever
 from grpcmesh.registry.model import Health, Instance, Method
+from grpcmesh.relay.relay import Relay
 from grpcmesh.routing import RouteTable, Target
-from grpcmesh.server_util import bind, reconnect_options, with_port
+from grpcmesh.server_util import reconnect_options, with_port
 
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+DATA_PATHS = ("relay", "grpc")
+Listener = Relay | GrpcListener
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class SidecarSettings:
     reuse_port: bool = False
     secondary: bool = False
     forward: ForwardSettings = field(default_factory=ForwardSettings)
+    # relay: HTTP/2 frames relayed (grpcmesh.relay); grpc: calls re-made with grpc.aio
+    data_path: str = "relay"
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
 
 
@@ -72,6 +77,13 @@ class _Collect:
         pass
 
 
+def _fixed_target(name: str, service: str, address: str) -> Target:
+    """A target of one always-serving endpoint (the local app, the sidecar's own services)."""
+    pool = Pool(name)
+    pool.upsert(Instance(service, "local", address, health=Health.SERVING))
+    return Target(name, (pool,))
+
+
 class Sidecar:
     def __init__(self, settings: SidecarSettings) -> None:
         self.settings = settings
@@ -83,17 +95,29 @@ class Sidecar:
         self._rng = random.Random()
         self.routes = RouteTable(self._picker_for, self._endpoint_removed,
                                  settings.balancer.load)
-        self.channels = Channels(settings.forward.max_message_bytes)
         self.health = health.aio.HealthServicer()
-        collect = _Collect()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, collect)
-        self.outbound = Forwarder(self._route, self.channels, kinds=self.routes.kind_of,
+        # The sidecar's own health service answers on the outbound port.
+        self._local_server: grpc.aio.Server | None = None
+        self.outbound_server: Listener
+        if settings.data_path == "relay":
+            self._local_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._local_server)
+            self._local_port = self._local_server.add_insecure_port("127.0.0.1:0")
+            local = _fixed_target("this sidecar", settings.service,
+                                  f"127.0.0.1:{self._local_port}")
+            self.outbound_server = Relay(self._route, local=((HEALTH_PREFIX,), local),
+                                         settings=settings.forward, clock=self.clock)
+        else:
+            collect = _Collect()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, collect)
+            channels = Channels(settings.forward.max_message_bytes)
+            forwarder = Forwarder(self._route, channels, kinds=self.routes.kind_of,
                                   local=collect.handlers[0], local_prefixes=(HEALTH_PREFIX,),
                                   settings=settings.forward, clock=self.clock)
+            self.outbound_server = GrpcListener(forwarder, settings.forward, channels,
+                                                reuse_port=settings.reuse_port)
         self.app_methods: dict[str, tuple[bool, bool]] = {}
-        self.outbound_server = proxy_server(self.outbound, settings.forward,
-                                            reuse_port=settings.reuse_port)
-        self.inbound_server: grpc.aio.Server | None = None
+        self.inbound_server: Listener | None = None
         self.registrar: Registrar | None = None
         self.app_health = Health.UNKNOWN
         self.registry_up = False
@@ -102,7 +126,6 @@ class Sidecar:
         self.admin = AdminServer(settings.admin or "", {"/live": lambda: (200, {"live": True}),
                                                         "/ready": self._ready,
                                                         "/endpoints": self._all_endpoints})
-        self._inbound_channels: Channels | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None
@@ -113,9 +136,10 @@ class Sidecar:
 
     async def start(self) -> None:
         s = self.settings
-        self.outbound_address = with_port(s.outbound, bind(self.outbound_server, s.outbound,
-                                                           "outbound", s.reuse_port,
-                                                           join=s.secondary))
+        if self._local_server is not None:
+            await self._local_server.start()
+        self.outbound_address = with_port(s.outbound, self.outbound_server.bind(
+            s.outbound, "outbound", s.reuse_port, join=s.secondary))
         await self.outbound_server.start()
         await self._set_own_health(False)
         self._spawn(watch_forever(self.client, self._on_event, on_state=self._registry_state),
@@ -123,9 +147,8 @@ class Sidecar:
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
-                self.inbound_address = with_port(s.inbound, bind(self.inbound_server, s.inbound,
-                                                                 "inbound", s.reuse_port,
-                                                                 join=s.secondary))
+                self.inbound_address = with_port(s.inbound, self.inbound_server.bind(
+                    s.inbound, "inbound", s.reuse_port, join=s.secondary))
                 await self.inbound_server.start()
             if not s.secondary:
                 self._spawn(self._serve_app(s.app), "app")
@@ -149,16 +172,17 @@ class Sidecar:
         self.failure = err
         self.stopped.set()
 
-    def _inbound_server(self, app: str) -> grpc.aio.Server:
-        pool = Pool("local app")
-        pool.upsert(Instance(self.settings.service, "app", app, health=Health.SERVING))
-        target = Target(f"the local app at {app}", (pool,))
-        self._inbound_channels = Channels(self.settings.forward.max_message_bytes)
+    def _inbound_server(self, app: str) -> Listener:
+        s = self.settings
+        target = _fixed_target(f"the local app at {app}", s.service, app)
+        if s.data_path == "relay":
+            return Relay(lambda method, override: target, settings=s.forward, clock=self.clock)
+        channels = Channels(s.forward.max_message_bytes)
         # A secondary worker learns its app's method kinds from the primary's registration.
-        forwarder = Forwarder(lambda method, override: target, self._inbound_channels,
+        forwarder = Forwarder(lambda method, override: target, channels,
                               kinds=lambda m: self.app_methods.get(m) or self.routes.kind_of(m),
-                              settings=self.settings.forward, clock=self.clock)
-        return proxy_server(forwarder, self.settings.forward, reuse_port=self.settings.reuse_port)
+                              settings=s.forward, clock=self.clock)
+        return GrpcListener(forwarder, s.forward, channels, reuse_port=s.reuse_port)
 
     async def _serve_app(self, app: str) -> None:
         s = self.settings
@@ -239,7 +263,7 @@ class Sidecar:
                          for pool in self.routes.pools.values() for e in pool.endpoints.values()
                          if e is not endpoint)
         if not still_used:
-            self.channels.discard(endpoint.address)
+            self.outbound_server.discard(endpoint.address)
 
     async def _set_own_health(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -321,9 +345,8 @@ class Sidecar:
         await asyncio.gather(*(srv.stop(s.grace_seconds) for srv in servers))
         if s.admin is not None:
             await self.admin.stop()
-        await self.channels.close()
-        if self._inbound_channels is not None:
-            await self._inbound_channels.close()
+        if self._local_server is not None:
+            await self._local_server.stop(None)
         await self.client.close()
         await self._registrar_client.close()
         self.stopped.set()

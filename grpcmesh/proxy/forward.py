@@ -29,7 +29,7 @@ from grpcmesh.balance.endpoint import CallHandle, Endpoint
 from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.proxy.channels import Channels, connected
 from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
-from grpcmesh.server_util import server_options
+from grpcmesh.server_util import bind, server_options
 
 log = logging.getLogger(__name__)
 
@@ -253,3 +253,32 @@ def proxy_server(forwarder: Forwarder, settings: ForwardSettings, *, reuse_port:
         reuse_port=reuse_port, max_message_bytes=settings.max_message_bytes), **extra)
     server.add_generic_rpc_handlers([forwarder])
     return server
+
+
+class GrpcListener:
+    """The grpc.aio data path (`--data-path grpc`) behind the same bind/start/stop as the
+    relay's listener."""
+
+    def __init__(self, forwarder: Forwarder, settings: ForwardSettings, channels: Channels,
+                 reuse_port: bool = False) -> None:
+        self.forwarder = forwarder
+        self.channels = channels
+        self.server = proxy_server(forwarder, settings, reuse_port=reuse_port)
+
+    def bind(self, address: str, what: str, reuse_port: bool = False, join: bool = False
+             ) -> int:
+        return bind(self.server, address, what, reuse_port, join)
+
+    @property
+    def in_flight(self) -> int:
+        return self.forwarder.in_flight
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self.server.stop(grace)
+        await self.channels.close()
+
+    def discard(self, address: str) -> None:
+        self.channels.discard(address)

@@ -57,9 +57,9 @@ async def test_fast_failures_are_penalised_and_cancellations_not_counted(mesh: M
 
         call = stub.Unary(echo_pb2.EchoRequest(message="x", delay_ms=2000, fail_code=0),
                           timeout=5)
-        await wait_for(lambda: client.outbound.in_flight == 1, 5, "the call to be in flight")
+        await wait_for(lambda: client.outbound_server.in_flight == 1, 5, "the call to be in flight")
         call.cancel()
-        await wait_for(lambda: client.outbound.in_flight == 0, 5, "the cancellation")
+        await wait_for(lambda: client.outbound_server.in_flight == 0, 5, "the cancellation")
     await asyncio.sleep(0.1)
     e = await endpoint(client, failing.address)
     assert (e["calls"], e["failures"], e["in_flight"]) == (1, 1, 0)

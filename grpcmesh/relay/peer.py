@@ -1,0 +1,410 @@
+"""One HTTP/2 connection of the relay: frames in, frames out, flow control and HPACK state.
+
+The relay joins two connections per call, a client's (Downstream) and an upstream's, and each
+call has one stream on each: a Leg. Bytes are relayed with end-to-end backpressure: what a peer
+sends us on a stream is credited back to it (WINDOW_UPDATE) only once it has been written to
+the other side, which may only be sent as much as its own windows allow. So the relay buffers at
+most one stream window per stream and one connection window per connection.
+
+Header blocks: the relay advertises SETTINGS_HEADER_TABLE_SIZE=0, so once a peer acknowledged
+that (and emptied its table), its header blocks reference no dynamic table and are forwarded
+byte for byte, and the same block always decodes to the same headers (so decoded blocks are
+cached). Blocks sent before that are decoded and re-encoded.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import hpack
+
+from grpcmesh.relay import frames as f
+
+log = logging.getLogger(__name__)
+
+STREAM_WINDOW = 1 << 20  # what we let a peer send per stream before it hears from us
+CONN_WINDOW = 16 << 20  # ... and per connection
+MAX_BLOCK = 256 * 1024  # a header block beyond this ends the connection (ENHANCE_YOUR_CALM)
+_CACHE_SIZE = 4096
+
+Headers = list[tuple[str, str]]
+
+
+class Flusher:
+    """Writes go out once per event: every peer written to while handling one read (or one
+    timer or task) gets a single transport.write with everything queued for it."""
+
+    __slots__ = ("dirty",)
+
+    def __init__(self) -> None:
+        self.dirty: list[Peer] = []
+
+    def flush(self) -> None:
+        dirty, self.dirty = self.dirty, []
+        for peer in dirty:
+            peer.queued = False
+            if peer.out:
+                data = b"".join(peer.out)
+                peer.out.clear()
+                if peer.transport is not None and not peer.gone:
+                    peer.transport.write(data)
+
+
+class Leg:
+    """A call's stream on one connection."""
+
+    __slots__ = ("call", "ended_in", "ended_out", "other", "peer", "pending", "sid", "unacked",
+                 "window")
+
+    def __init__(self, peer: Peer, sid: int, call: Any) -> None:
+        self.peer = peer
+        self.sid = sid
+        self.call = call
+        self.window = peer.peer_initial  # what we may still send on it
+        self.unacked = 0  # bytes received on it not yet credited back
+        self.other: Leg | None = None  # the call's leg on the other connection
+        # (frames, end_stream, source leg, credit, is_headers): waiting for window
+        self.pending: list[tuple[bytes, bool, Leg | None, int, bool]] = []
+        self.ended_in = False  # the peer ended its side (END_STREAM or RST)
+        self.ended_out = False  # we ended ours
+
+
+class Peer(asyncio.Protocol):
+    """Frame parsing and connection upkeep shared by both sides; the sides fill in on_*."""
+
+    expect_preface = False
+
+    def __init__(self, flusher: Flusher) -> None:
+        self.flusher = flusher
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.out: list[bytes] = []
+        self.queued = False
+        self.gone = False  # the connection is closed
+        self.streams: dict[int, Leg] = {}
+        self.blocked: dict[Leg, None] = {}  # legs with pending frames, in order
+        self.window = f.DEFAULT_WINDOW  # connection send window
+        self.peer_initial = f.DEFAULT_WINDOW
+        self.peer_max_frame = f.DEFAULT_FRAME_SIZE
+        self.peer_max_streams: int | None = None
+        self.conn_unacked = 0
+        self.decoder = hpack.Decoder()
+        self.encoder = hpack.Encoder()
+        self.encoder.header_table_size = 0  # what we send uses no dynamic table either
+        self.acked = False  # the peer applied our SETTINGS (its blocks need no dynamic table)
+        self.settings_seen = asyncio.get_running_loop().create_future()
+        self._partial: tuple[int, bool, bytearray] | None = None  # HEADERS awaiting CONTINUATION
+        self._decoded: dict[bytes, Headers] = {}
+
+    # -- output -------------------------------------------------------------------------------
+
+    def queue(self, data: bytes) -> None:
+        self.out.append(data)
+        if not self.queued:
+            self.queued = True
+            self.flusher.dirty.append(self)
+
+    def hello(self, settings: list[tuple[int, int]]) -> bytes:
+        return f.settings_frame(settings) + f.window_update(0, CONN_WINDOW - f.DEFAULT_WINDOW)
+
+    def send_data(self, leg: Leg, payload: bytes, end: bool, src: Leg | None, credit: int
+                  ) -> None:
+        """Send DATA on leg as its windows allow; the rest waits for WINDOW_UPDATE. src is
+        credited credit bytes once they are sent."""
+        if leg.ended_out:
+            if src is not None:
+                src.peer.credit(src, credit)
+            return
+        n = len(payload)
+        if not leg.pending and n <= leg.window and n <= self.window:
+            leg.window -= n
+            self.window -= n
+            self.queue(f.frame(f.DATA, f.END_STREAM if end else 0, leg.sid, payload))
+            if end:
+                self.ended(leg)
+            if src is not None:
+                src.peer.credit(src, credit)
+            return
+        leg.pending.append((payload, end, src, credit, False))
+        self.blocked[leg] = None
+        self._drain(leg)
+
+    def send_headers(self, leg: Leg, block: bytes, end: bool) -> None:
+        if leg.ended_out:
+            return
+        data = f.header_frames(leg.sid, block, end, self.peer_max_frame)
+        if leg.pending:  # after the DATA still waiting for window
+            leg.pending.append((data, end, None, 0, True))
+            return
+        self.queue(data)
+        if end:
+            self.ended(leg)
+
+    def _drain(self, leg: Leg) -> None:
+        pending = leg.pending
+        while pending:
+            payload, end, src, credit, is_headers = pending[0]
+            if is_headers:
+                pending.pop(0)
+                self.queue(payload)
+                if end:
+                    self.ended(leg)
+                continue
+            n = len(payload)
+            room = min(leg.window, self.window)
+            if n <= room:
+                pending.pop(0)
+                leg.window -= n
+                self.window -= n
+                self.queue(f.frame(f.DATA, f.END_STREAM if end else 0, leg.sid, payload))
+                if src is not None:
+                    src.peer.credit(src, credit)
+                if end:
+                    self.ended(leg)
+            elif room > 0:
+                leg.window -= room
+                self.window -= room
+                self.queue(f.frame(f.DATA, 0, leg.sid, payload[:room]))
+                pending[0] = (payload[room:], end, src, credit - room, False)
+                if src is not None:
+                    src.peer.credit(src, room)
+            else:
+                return
+        self.blocked.pop(leg, None)
+
+    def credit(self, leg: Leg | None, n: int) -> None:
+        """n bytes received from this peer (on leg) have been relayed or dropped."""
+        if n <= 0:
+            return
+        if leg is not None and not leg.ended_in:
+            leg.unacked += n
+            if leg.unacked >= STREAM_WINDOW // 2:
+                self.queue(f.window_update(leg.sid, leg.unacked))
+                leg.unacked = 0
+        self.conn_unacked += n
+        if self.conn_unacked >= CONN_WINDOW // 2:
+            self.queue(f.window_update(0, self.conn_unacked))
+            self.conn_unacked = 0
+
+    def reset(self, leg: Leg, code: int) -> None:
+        """End leg with RST_STREAM (unless it already ended on both sides)."""
+        if not (leg.ended_out and leg.ended_in):
+            self.queue(f.rst_stream(leg.sid, code))
+        self.reset_pending(leg)
+        leg.ended_in = leg.ended_out = True
+        self.forget(leg)
+
+    def reset_pending(self, leg: Leg) -> None:
+        for _, _, src, credit, _ in leg.pending:
+            if src is not None:
+                src.peer.credit(None, credit)
+        leg.pending.clear()
+        self.blocked.pop(leg, None)
+
+    def ended(self, leg: Leg) -> None:
+        leg.ended_out = True
+        if leg.ended_in:
+            self.forget(leg)
+
+    def forget(self, leg: Leg) -> None:
+        if self.streams.get(leg.sid) is leg:
+            del self.streams[leg.sid]
+            self.stream_closed(leg)
+
+    def close(self, code: int = f.NO_ERROR, why: str = "") -> None:
+        if self.transport is not None and not self.gone:
+            if code != f.NO_ERROR:
+                log.info("closing an HTTP/2 connection: %s", why)
+                self.queue(f.goaway(self.last_stream(), code, why.encode()[:200]))
+            self.flusher.flush()
+            self.transport.close()
+
+    # -- input --------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        if not self.settings_seen.done():
+            self.settings_seen.set_result(False)
+        legs = list(self.streams.values())
+        self.streams.clear()
+        self.blocked.clear()
+        for leg in legs:
+            leg.ended_in = leg.ended_out = True
+            leg.pending.clear()
+        self.lost(legs)
+        self.flusher.flush()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos = 0
+        try:
+            if self.expect_preface:
+                if len(buf) < 24:
+                    return
+                if bytes(buf[:24]) != f.PREFACE:
+                    raise f.ProtocolError("not an HTTP/2 connection preface (is the client "
+                                          "speaking gRPC over cleartext HTTP/2?)")
+                self.expect_preface = False
+                pos = 24
+            n = len(buf)
+            while n - pos >= 9:
+                length = int.from_bytes(buf[pos:pos + 3], "big")
+                end = pos + 9 + length
+                if end > n:
+                    break
+                kind = buf[pos + 3]
+                flags = buf[pos + 4]
+                sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+                payload = bytes(buf[pos + 9:end])
+                pos = end
+                if kind == f.DATA:
+                    leg = self.streams.get(sid)
+                    if flags & f.PADDED:
+                        payload = f.strip_padding(flags, payload, "DATA")
+                    if leg is None or leg.ended_in:
+                        self.credit(None, length)  # a stream we are done with
+                    else:
+                        if flags & f.END_STREAM:
+                            leg.ended_in = True
+                        self.on_data(leg, payload, bool(flags & f.END_STREAM), length)
+                elif kind == f.HEADERS or kind == f.CONTINUATION:
+                    self._header_frame(kind, sid, flags, payload)
+                else:
+                    self._control_frame(kind, flags, sid, payload)
+                if self.gone:
+                    return
+            if self._partial is not None and len(self._partial[2]) > MAX_BLOCK:
+                raise f.ProtocolError("header block too large", f.ENHANCE_YOUR_CALM)
+        except f.ProtocolError as err:
+            del buf[:]
+            self.close(err.code, str(err))
+            return
+        except hpack.HPACKError as err:
+            del buf[:]
+            self.close(f.COMPRESSION_ERROR, f"bad header block: {err}")
+            return
+        del buf[:pos]
+        self.flusher.flush()
+
+    def _header_frame(self, kind: int, sid: int, flags: int, payload: bytes) -> None:
+        if kind == f.HEADERS:
+            if self._partial is not None:
+                raise f.ProtocolError("HEADERS while a header block was unfinished")
+            payload = f.strip_padding(flags, payload, "HEADERS")
+            if flags & f.PRIORITY:
+                payload = payload[5:]
+            self._partial = (sid, bool(flags & f.END_STREAM), bytearray(payload))
+        else:
+            if self._partial is None or self._partial[0] != sid:
+                raise f.ProtocolError("CONTINUATION without its HEADERS")
+            self._partial[2].extend(payload)
+        if flags & f.END_HEADERS:
+            sid, end, block = self._partial
+            self._partial = None
+            self.on_headers(sid, bytes(block), end)
+
+    def _control_frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        if self._partial is not None:
+            raise f.ProtocolError("a frame inside a header block")
+        if kind == f.WINDOW_UPDATE:
+            if len(payload) != 4:
+                raise f.ProtocolError("WINDOW_UPDATE of the wrong size", f.FRAME_SIZE_ERROR)
+            increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+            if sid == 0:
+                self.window += increment
+                for leg in list(self.blocked):
+                    self._drain(leg)
+                    if self.window <= 0:
+                        break
+            else:
+                one = self.streams.get(sid)
+                if one is not None:
+                    one.window += increment
+                    if one.pending:
+                        self._drain(one)
+        elif kind == f.RST_STREAM:
+            gone = self.streams.get(sid)
+            if gone is not None:
+                gone.ended_in = gone.ended_out = True
+                self.reset_pending(gone)
+                self.forget(gone)
+                self.on_reset(gone, int.from_bytes(payload[:4], "big"))
+        elif kind == f.SETTINGS:
+            if flags & f.ACK:
+                # Not enforced through max_allowed_table_size: grpc-core's encoder does not
+                # always announce the smaller size; the empty-table check covers it.
+                self.acked = True
+                return
+            for key, value in f.parse_settings(payload):
+                if key == f.INITIAL_WINDOW_SIZE:
+                    if value > f.MAX_WINDOW:
+                        raise f.ProtocolError("INITIAL_WINDOW_SIZE over 2^31-1",
+                                              f.FLOW_CONTROL_ERROR)
+                    delta = value - self.peer_initial
+                    self.peer_initial = value
+                    for leg in self.streams.values():
+                        leg.window += delta
+                    if delta > 0:
+                        for leg in list(self.blocked):
+                            self._drain(leg)
+                elif key == f.MAX_FRAME_SIZE:
+                    self.peer_max_frame = value
+                elif key == f.MAX_CONCURRENT_STREAMS:
+                    self.peer_max_streams = value
+            self.queue(f.frame(f.SETTINGS, f.ACK, 0))
+            if not self.settings_seen.done():
+                self.settings_seen.set_result(True)
+        elif kind == f.PING:
+            if not flags & f.ACK:
+                self.queue(f.frame(f.PING, f.ACK, 0, payload))
+            else:
+                self.on_ping_ack(payload)
+        elif kind == f.GOAWAY:
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            code = int.from_bytes(payload[4:8], "big")
+            self.on_goaway(last, code, payload[8:])
+        elif kind == f.PUSH_PROMISE:
+            raise f.ProtocolError("PUSH_PROMISE, though push is disabled")
+        # PRIORITY and unknown frame types are ignored, as RFC 9113 asks.
+
+    def read_block(self, block: bytes, need: bool = True) -> tuple[Headers | None, bool]:
+        """(the headers, or None when not needed and not decoded; whether the block can be
+        forwarded byte for byte). Every block must pass here: it keeps the HPACK state."""
+        if self.acked and not self.decoder.header_table.dynamic_entries:
+            if not need:
+                return None, True
+            headers = self._decoded.get(block)
+            if headers is None:
+                headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
+                if len(self._decoded) >= _CACHE_SIZE:
+                    self._decoded.clear()
+                self._decoded[block] = headers
+            return headers, True
+        headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
+        return headers, False
+
+    # -- filled in by the two sides -----------------------------------------------------------
+
+    def on_data(self, leg: Leg, payload: bytes, end: bool, length: int) -> None: ...
+    def on_headers(self, sid: int, block: bytes, end: bool) -> None: ...
+    def on_reset(self, leg: Leg, code: int) -> None: ...
+    def on_goaway(self, last: int, code: int, debug: bytes) -> None: ...
+    def on_ping_ack(self, payload: bytes) -> None: ...
+    def stream_closed(self, leg: Leg) -> None: ...
+    def lost(self, legs: list[Leg]) -> None: ...
+    def last_stream(self) -> int:
+        return 0
+
+
+def call_soon_flushed(flusher: Flusher, fn: Callable[[], None]) -> None:
+    """Run fn now and send what it queued (for code outside data_received)."""
+    try:
+        fn()
+    finally:
+        flusher.flush()

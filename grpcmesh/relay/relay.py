@@ -1,0 +1,615 @@
+"""The relay: grpcmesh's data path, forwarding each gRPC call as HTTP/2 frames.
+
+A call passes, outermost first: a client stream's request headers (decoded, the one header block
+per call that always is) -> checks (metadata size, grpc-timeout) -> route (:path or the
+grpcmesh-service header to a Target) -> pick an endpoint whose connection is up (a refused
+connection means the call never left, so the next endpoint is tried) -> a stream on that
+endpoint's connection, to which request frames are relayed byte for byte, and from which the
+response headers, DATA and trailers come back the same way. The balancer learns from the
+first response DATA (latency) and the trailers' grpc-status (outcome). Messages are never
+deserialized, and the kind of a method does not matter: every call is just a stream.
+
+The proxy's own answers (no route, no healthy instance, oversized metadata or message, an
+upstream connection lost) are trailers-only responses with a status that names what failed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from grpcmesh.balance.endpoint import CallHandle, Endpoint
+from grpcmesh.clock import Clock, MonotonicClock
+from grpcmesh.proxy.forward import PUSHBACK, ForwardSettings
+from grpcmesh.relay import frames as f
+from grpcmesh.relay.peer import STREAM_WINDOW, Flusher, Headers, Leg, Peer
+from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
+from grpcmesh.server_util import check_bindable
+
+log = logging.getLogger(__name__)
+
+Router = Callable[[str, str | None], Target]
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_SC = grpc.StatusCode
+# gRPC's mapping for a response without grpc-status (PROTOCOL-HTTP2.md, "HTTP to gRPC Status").
+_HTTP_STATUS = {"400": _SC.INTERNAL, "401": _SC.UNAUTHENTICATED, "403": _SC.PERMISSION_DENIED,
+                "404": _SC.UNIMPLEMENTED, "429": _SC.UNAVAILABLE, "502": _SC.UNAVAILABLE,
+                "503": _SC.UNAVAILABLE, "504": _SC.UNAVAILABLE}
+_OUR_SETTINGS = [(f.HEADER_TABLE_SIZE, 0), (f.INITIAL_WINDOW_SIZE, STREAM_WINDOW)]
+_DRAIN_PING = b"grpcmesh"
+
+
+def status_of(headers: Headers) -> tuple[grpc.StatusCode, int | None]:
+    """The status a trailer block carries, and its grpc-retry-pushback-ms if any."""
+    code: grpc.StatusCode | None = None
+    http = "200"
+    pushback = None
+    for key, value in headers:
+        if key == "grpc-status":
+            code = _CODES.get(int(value) if value.isdigit() else -1, _SC.UNKNOWN)
+        elif key == ":status":
+            http = value
+        elif key == PUSHBACK:
+            pushback = int(value) if value.isdigit() else None
+    if code is None:
+        code = _HTTP_STATUS.get(http, _SC.UNKNOWN) if http != "200" else _SC.UNKNOWN
+    return code, pushback
+
+
+class Call:
+    """One gRPC call: the client's stream and, once an endpoint is picked, the upstream one."""
+
+    __slots__ = ("closed", "deadline", "down", "early", "end_headers", "handle", "headers_out",
+                 "limit", "method", "relay", "req_framing", "resp_framing", "task", "up")
+
+    def __init__(self, relay: Relay, down: Downstream, sid: int) -> None:
+        self.relay = relay
+        self.down = Leg(down, sid, self)
+        self.up: Leg | None = None
+        self.method = ""
+        self.handle: CallHandle | None = None
+        self.deadline: float | None = None
+        self.early: list[tuple[bytes | Headers, bool, int]] | None = None  # before `up` exists
+        self.end_headers = False  # the request had no body
+        self.headers_out = False  # response headers were sent to the client
+        self.closed = False  # the client's side is over: nothing more to do upstream
+        self.req_framing: f.MessageFraming | None = None
+        self.resp_framing: f.MessageFraming | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.limit = 0
+
+    def finish(self, code: grpc.StatusCode | None, pushback: int | None = None) -> None:
+        if self.handle is not None and not self.handle.finished:
+            self.handle.finish(self.relay.clock.now(), code, pushback)
+
+    def reply_error(self, code: grpc.StatusCode, message: str) -> None:
+        """The proxy's own answer; the upstream stream, if any, is cancelled."""
+        self.cancel_upstream()
+        down = self.down
+        peer = down.peer
+        if down.ended_out:
+            return
+        status = [("grpc-status", str(code.value[0])), ("grpc-message", f.encode_message(message))]
+        if not self.headers_out:
+            status = [(":status", "200"), ("content-type", "application/grpc"), *status]
+        peer.reset_pending(down)
+        peer.send_headers(down, peer.encoder.encode(status), True)
+        if not down.ended_in:  # tell the client to stop sending
+            peer.reset(down, f.NO_ERROR)
+        self.closed = True
+
+    def cancel_upstream(self) -> None:
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self.early = None
+        up = self.up
+        if up is not None and not (up.ended_in and up.ended_out):
+            up.peer.reset(up, f.CANCEL)
+
+    def client_gone(self) -> None:
+        """The client reset the stream or closed its connection."""
+        self.closed = True
+        self.cancel_upstream()
+        expired = self.deadline is not None and self.relay.clock.now() >= self.deadline
+        self.finish(_SC.DEADLINE_EXCEEDED if expired else None)
+
+    def too_big(self, request: bool, size: int) -> None:
+        what = "request message to" if request else "response message of"
+        self.finish(None if request else _SC.RESOURCE_EXHAUSTED)
+        self.reply_error(_SC.RESOURCE_EXHAUSTED, f"{what} {self.method} is {size} bytes; the "
+                                                 f"proxy's limit is {self.limit}")
+
+
+class Downstream(Peer):
+    """A client's connection to the relay's listener."""
+
+    expect_preface = True
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay.flusher)
+        self.relay = relay
+        self.last_sid = 0
+        self.refuse_above: int | None = None  # after our final GOAWAY
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.relay.downstreams.add(self)
+        self.queue(self.hello(_OUR_SETTINGS))
+        if self.relay.draining:
+            self.drain()
+        self.flusher.flush()
+
+    def last_stream(self) -> int:
+        return self.last_sid
+
+    def on_headers(self, sid: int, block: bytes, end: bool) -> None:
+        leg = self.streams.get(sid)
+        if leg is not None:  # trailers from the client: HTTP/2 allows them, gRPC sends none
+            headers, verbatim = self.read_block(block, need=False)
+            call = leg.call
+            if end:
+                leg.ended_in = True
+            if call.up is not None:
+                up = call.up
+                up.peer.send_headers(up, block if verbatim else up.peer.encoder.encode(headers),
+                                     end)
+            elif call.early is not None:
+                call.early.append((headers if headers is not None else block, end, 0))
+            return
+        if sid % 2 == 0 or sid <= self.last_sid:
+            raise f.ProtocolError(f"a client opened stream {sid} after {self.last_sid}")
+        self.last_sid = sid
+        headers, verbatim = self.read_block(block)
+        assert headers is not None
+        if self.refuse_above is not None and sid > self.refuse_above:
+            self.queue(f.rst_stream(sid, f.REFUSED_STREAM))
+            return
+        self.relay.open(self, sid, headers, block if verbatim else None, end)
+
+    def on_data(self, leg: Leg, payload: bytes, end: bool, length: int) -> None:
+        call: Call = leg.call
+        framing = call.req_framing
+        if framing is not None:
+            size = framing.feed(payload)
+            if size is not None:
+                self.credit(leg, length)
+                call.too_big(True, size)
+                return
+        up = call.up
+        if up is not None:
+            up.peer.send_data(up, payload, end, leg, length)
+        elif call.early is not None:
+            call.early.append((payload, end, length))
+        else:
+            self.credit(leg, length)
+
+    def on_reset(self, leg: Leg, code: int) -> None:
+        leg.call.client_gone()
+
+    def stream_closed(self, leg: Leg) -> None:
+        self.relay.call_done()
+        if self.refuse_above is not None and not self.streams:
+            self.close()
+
+    def lost(self, legs: list[Leg]) -> None:
+        self.relay.downstreams.discard(self)
+        for leg in legs:
+            leg.call.client_gone()
+            self.relay.call_done()
+
+    def drain(self) -> None:
+        """Graceful close: GOAWAY announcing that no new streams are taken, a PING, and on its
+        answer a final GOAWAY with the last stream taken (RFC 9113 6.8)."""
+        self.queue(f.goaway(f.MAX_WINDOW))
+        self.queue(f.frame(f.PING, 0, 0, _DRAIN_PING))
+
+    def on_ping_ack(self, payload: bytes) -> None:
+        if payload == _DRAIN_PING and self.refuse_above is None:
+            self.refuse_above = self.last_sid
+            self.queue(f.goaway(self.last_sid))
+            if not self.streams:
+                self.close()
+
+
+class Upstream(Peer):
+    """The relay's connection to one endpoint address."""
+
+    def __init__(self, address: str, pool: Upstreams) -> None:
+        super().__init__(pool.flusher)
+        self.address = address
+        self.pool = pool
+        self.next_id = 1
+        self.draining = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.queue(f.PREFACE + self.hello([*_OUR_SETTINGS, (f.ENABLE_PUSH, 0)]))
+        self.flusher.flush()
+
+    def usable(self) -> bool:
+        return (not self.draining and not self.gone and self.next_id < f.MAX_WINDOW
+                and (self.peer_max_streams is None or len(self.streams) < self.peer_max_streams))
+
+    def open_stream(self, call: Call) -> Leg:
+        leg = Leg(self, self.next_id, call)
+        self.next_id += 2
+        self.streams[leg.sid] = leg
+        return leg
+
+    def on_headers(self, sid: int, block: bytes, end: bool) -> None:
+        headers, verbatim = self.read_block(block, need=end)
+        leg = self.streams.get(sid)
+        if leg is None:
+            return
+        call: Call = leg.call
+        down = call.down
+        if end:
+            leg.ended_in = True
+            assert headers is not None
+            code, pushback = status_of(headers)
+            call.finish(code, pushback)
+            if leg.ended_out:
+                self.forget(leg)
+        else:
+            call.headers_out = True
+        peer = down.peer
+        if not verbatim:
+            assert headers is not None  # a block that is not forwarded as it is was decoded
+            block = peer.encoder.encode(headers)
+        peer.send_headers(down, block, end)
+
+    def on_data(self, leg: Leg, payload: bytes, end: bool, length: int) -> None:
+        call: Call = leg.call
+        handle = call.handle
+        if handle is not None and handle.first_response_at is None:
+            handle.first_response(call.relay.clock.now())
+        framing = call.resp_framing
+        if framing is not None:
+            size = framing.feed(payload)
+            if size is not None:
+                self.credit(leg, length)
+                call.too_big(False, size)
+                return
+        down = call.down
+        down.peer.send_data(down, payload, end, leg, length)
+
+    def on_reset(self, leg: Leg, code: int) -> None:
+        call: Call = leg.call
+        call.finish(_SC.UNAVAILABLE if code == f.REFUSED_STREAM
+                    else _SC.CANCELLED if code == f.CANCEL else _SC.INTERNAL)
+        down = call.down
+        if not (down.ended_in and down.ended_out):
+            down.peer.reset(down, code)
+
+    def on_goaway(self, last: int, code: int, debug: bytes) -> None:
+        """The endpoint is going away: no new streams here, and the ones it never saw are
+        refused, which a gRPC client retries transparently."""
+        if code != f.NO_ERROR:
+            log.info("upstream %s sent GOAWAY %d: %s", self.address, code,
+                     debug.decode(errors="replace"))
+        self.draining = True
+        self.pool.retire(self)
+        for leg in [leg for sid, leg in self.streams.items() if sid > last]:
+            call: Call = leg.call
+            self.reset(leg, f.CANCEL)
+            call.finish(None)
+            down = call.down
+            if not (down.ended_in and down.ended_out):
+                down.peer.reset(down, f.REFUSED_STREAM)
+        if not self.streams:
+            self.close()
+
+    def stream_closed(self, leg: Leg) -> None:
+        if self.draining and not self.streams:
+            self.close()
+
+    def lost(self, legs: list[Leg]) -> None:
+        self.pool.retire(self)
+        for leg in legs:
+            call: Call = leg.call
+            call.finish(_SC.UNAVAILABLE)
+            if not call.closed:
+                call.up = None
+                call.reply_error(_SC.UNAVAILABLE, f"the connection to {self.address} was lost "
+                                                  f"while {call.method} was in flight")
+
+
+class Upstreams:
+    """One HTTP/2 connection per endpoint address, opened on demand; a failed connect makes
+    the address wait (200 ms, doubling up to 2 s) before it is tried again, as grpc channels
+    back off, so that every call does not pay for a dead endpoint."""
+
+    def __init__(self, flusher: Flusher, clock: Clock, handshake_timeout: float = 10.0) -> None:
+        self.flusher = flusher
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self._current: dict[str, Upstream] = {}
+        self._all: set[Upstream] = set()
+        self._connecting: dict[str, asyncio.Task[Upstream | None]] = {}
+        self._failed: dict[str, tuple[float, float]] = {}  # address -> (retry at, backoff)
+
+    def ready(self, address: str) -> Upstream | None:
+        conn = self._current.get(address)
+        return conn if conn is not None and conn.usable() else None
+
+    async def connect(self, address: str, timeout: float) -> Upstream | None:
+        conn = self.ready(address)
+        if conn is not None:
+            return conn
+        failed = self._failed.get(address)
+        if failed is not None and self.clock.now() < failed[0]:
+            return None
+        task = self._connecting.get(address)
+        if task is None:
+            task = self._connecting[address] = asyncio.get_running_loop().create_task(
+                self._open(address))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            return None
+
+    async def _open(self, address: str) -> Upstream | None:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        conn: Upstream | None = None
+        try:
+            _, opened = await asyncio.wait_for(loop.create_connection(
+                lambda: Upstream(address, self), host.strip("[]"), int(port)),
+                self.handshake_timeout)
+            conn = opened
+            self._all.add(conn)
+            if not await asyncio.wait_for(conn.settings_seen, self.handshake_timeout):
+                raise ConnectionError("closed before its HTTP/2 SETTINGS")
+        except (OSError, TimeoutError, ValueError) as err:
+            if conn is not None:
+                conn.close()
+            backoff = min(2.0, self._failed.get(address, (0.0, 0.1))[1] * 2)
+            self._failed[address] = (self.clock.now() + backoff, backoff)
+            log.debug("cannot connect to %s: %r (retry in %.1fs)", address, err, backoff)
+            return None
+        finally:
+            self._connecting.pop(address, None)
+        self._failed.pop(address, None)
+        self._current[address] = opened
+        return opened
+
+    def retire(self, conn: Upstream) -> None:
+        """conn takes no new streams (GOAWAY, lost, or replaced)."""
+        if self._current.get(conn.address) is conn:
+            del self._current[conn.address]
+        if conn.gone:
+            self._all.discard(conn)
+
+    def discard(self, address: str, grace: float = 10.0) -> None:
+        """Stop using address: its connection closes once its streams end (or after grace)."""
+        self._failed.pop(address, None)
+        conn = self._current.pop(address, None)
+        if conn is not None:
+            conn.draining = True
+            if not conn.streams:
+                conn.close()
+            else:
+                asyncio.get_running_loop().call_later(grace, conn.close)
+
+    def close(self) -> None:
+        for task in self._connecting.values():
+            task.cancel()
+        for conn in list(self._all):
+            conn.close()
+        self._all.clear()
+        self._current.clear()
+
+
+class Relay:
+    """A listener whose calls are relayed to the endpoints router picks."""
+
+    def __init__(self, router: Router, *, local: tuple[tuple[str, ...], Target] | None = None,
+                 settings: ForwardSettings = ForwardSettings(),
+                 clock: Clock = MonotonicClock()) -> None:
+        self.router = router
+        self.local = local
+        self.settings = settings
+        self.clock = clock
+        self.flusher = Flusher()
+        self.upstreams = Upstreams(self.flusher, clock)
+        self.downstreams: set[Downstream] = set()
+        self.in_flight = 0
+        self.draining = False
+        self._idle: asyncio.Event | None = None
+        self._sock: socket.socket | None = None
+        self._server: asyncio.Server | None = None
+
+    # -- listening ----------------------------------------------------------------------------
+
+    def bind(self, address: str, what: str, reuse_port: bool = False, join: bool = False
+             ) -> int:
+        """Listen on address (see server_util.bind for reuse_port and join); the port."""
+        check_bindable(address, what, reuse_port and join)
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, int(port)))
+            sock.listen(1024)
+        except OSError as err:
+            sock.close()
+            raise OSError(f"cannot listen on {address} for {what}: "
+                          f"{err.strerror or err}") from None
+        sock.setblocking(False)
+        self._sock = sock
+        return int(sock.getsockname()[1])
+
+    async def start(self) -> None:
+        assert self._sock is not None, "bind() first"
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: Downstream(self), sock=self._sock)
+
+    async def stop(self, grace: float | None) -> None:
+        """Take no new calls; let calls in flight finish within grace seconds (None: none)."""
+        if self._server is not None:
+            self._server.close()
+        self.draining = True
+        if grace:
+            for down in list(self.downstreams):
+                down.drain()
+            self.flusher.flush()
+            if self.in_flight:
+                self._idle = asyncio.Event()
+                try:
+                    await asyncio.wait_for(self._idle.wait(), grace)
+                except TimeoutError:
+                    log.warning("%d calls still in flight after the %.1fs grace period",
+                                self.in_flight, grace)
+        for down in list(self.downstreams):
+            if not grace and down.transport is not None:
+                down.transport.abort()
+            else:
+                down.close()
+        self.upstreams.close()
+        self.flusher.flush()
+
+    def discard(self, address: str) -> None:
+        """No endpoint uses address any more."""
+        self.upstreams.discard(address)
+
+    def call_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def open(self, down: Downstream, sid: int, headers: Headers, block: bytes | None,
+             end: bool) -> None:
+        call = Call(self, down, sid)
+        leg = call.down
+        down.streams[sid] = leg
+        self.in_flight += 1
+        if end:
+            leg.ended_in = True
+            call.end_headers = True
+        path = ""
+        override = timeout = None
+        size = 0
+        grpc_body = False
+        for key, value in headers:
+            if key[0] == ":":
+                if key == ":path":
+                    path = value
+                continue
+            size += len(key) + len(value) + 32
+            if key == SERVICE_HEADER:
+                override = value
+            elif key == "grpc-timeout":
+                timeout = value
+            elif key == "content-type":
+                grpc_body = value.startswith("application/grpc")
+        call.method = path
+        settings = self.settings
+        if size > settings.max_metadata_bytes:
+            call.reply_error(_SC.RESOURCE_EXHAUSTED,
+                             f"request metadata of {path} is {size} bytes; the proxy's limit "
+                             f"is {settings.max_metadata_bytes}")
+            return
+        if timeout is not None:
+            try:
+                seconds = f.parse_timeout(timeout)
+            except ValueError:
+                seconds = None  # the upstream judges it
+            if seconds is not None:
+                if seconds <= 0:
+                    call.reply_error(_SC.DEADLINE_EXCEEDED,
+                                     f"deadline expired before {path} was forwarded")
+                    return
+                call.deadline = self.clock.now() + seconds
+        local = self.local
+        if local is not None and override is None and path.startswith(local[0]):
+            target = local[1]
+        else:
+            try:
+                target = self.router(path, override)
+            except RouteError as err:
+                call.reply_error(err.code, err.message)
+                return
+        if grpc_body:
+            call.limit = settings.max_message_bytes
+            call.req_framing = f.MessageFraming(call.limit)
+            call.resp_framing = f.MessageFraming(call.limit)
+        if override is not None:
+            headers = [h for h in headers if h[0] != SERVICE_HEADER]
+            block = None
+        endpoint = target.pick()
+        up = self.upstreams.ready(endpoint.address) if endpoint is not None else None
+        if up is not None and endpoint is not None:
+            self._start(call, up, endpoint, block, headers)
+            return
+        call.early = []
+        call.task = asyncio.get_running_loop().create_task(
+            self._connect_then_start(call, target, block, headers))
+
+    def _start(self, call: Call, up: Upstream, endpoint: Endpoint, block: bytes | None,
+               headers: Headers) -> None:
+        if block is None:
+            block = up.encoder.encode(headers)
+        leg = up.open_stream(call)
+        call.up = leg
+        leg.other = call.down
+        call.down.other = leg
+        call.handle = endpoint.start(self.clock.now())
+        up.send_headers(leg, block, call.end_headers)
+        early, call.early = call.early, None
+        for item, end, length in early or ():
+            if isinstance(item, bytes):
+                up.send_data(leg, item, end, call.down, length)
+            else:
+                up.send_headers(leg, up.encoder.encode(item), end)
+
+    async def _connect_then_start(self, call: Call, target: Target, block: bytes | None,
+                                  headers: Headers) -> None:
+        """The slow path: the picked endpoint has no connection yet (or refuses one)."""
+        try:
+            refused: list[Endpoint] = []
+            while True:
+                endpoint = target.pick(refused)
+                if endpoint is None:
+                    break
+                wait = self.settings.connect_timeout
+                if call.deadline is not None:
+                    wait = min(wait, max(0.0, call.deadline - self.clock.now()))
+                up = await self.upstreams.connect(endpoint.address, wait)
+                if call.closed:
+                    return
+                if up is not None:
+                    if call.deadline is not None:  # what is left of it goes upstream
+                        left = f.format_timeout(max(call.deadline - self.clock.now(), 1e-6))
+                        headers = [(k, left if k == "grpc-timeout" else v) for k, v in headers]
+                        block = None
+                    self._start(call, up, endpoint, block, headers)
+                    return
+                refused.append(endpoint)
+            if refused:
+                if call.deadline is not None and self.clock.now() >= call.deadline:
+                    call.reply_error(_SC.DEADLINE_EXCEEDED,
+                                     f"deadline expired while connecting to {target.name}")
+                    return
+                tried = ", ".join(e.address for e in refused)
+                message = f"no instance of {target.name} accepted a connection (tried {tried})"
+            else:
+                message = f"no healthy instance of {target.name} ({target.describe()})"
+            call.reply_error(_SC.UNAVAILABLE, f"{message} for {call.method}")
+        finally:
+            self.flusher.flush()
