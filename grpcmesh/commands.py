@@ -104,6 +104,7 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         drain_delay=args.drain_delay,
         forward=ForwardSettings(max_message_bytes=args.max_message_bytes,
                                 max_metadata_bytes=args.max_metadata_bytes),
+        data_path=args.data_path,
         balancer=balancer))
     workers = Workers(sidecar.fail)
     try:

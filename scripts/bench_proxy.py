@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The data path's cost, side by side: direct, a bare grpc.aio proxy (the floor), grpcmesh
-(outbound; outbound with unknown method kinds; the full mesh hop outbound + inbound), the bare
-proxy on asyncio's own loop instead of uvloop (`bare-asyncio`, not run by default), nginx
-and HAProxy when installed, and two prototypes below the call layer that are not mesh proxies:
-`tcp`, a TCP splice on uvloop (scripts/tcp_proxy.py), and `h2relay`, an HTTP/2 frame relay
-that reads each call's :path (scripts/h2_relay.py; needs `pip install -e '.[bench]'`).
+"""The data path's cost, side by side: direct, a bare grpc.aio proxy (the floor of a call-level
+proxy), grpcmesh (outbound on the frame relay; the same with unknown method kinds; outbound on
+the older grpc.aio data path, `--data-path grpc`; the full mesh hop outbound + inbound), the bare
+proxy on asyncio's own loop instead of uvloop (`bare-asyncio`, not run by default), nginx and
+HAProxy when installed, and `tcp`, a TCP splice on uvloop (scripts/tcp_proxy.py): the floor of
+Python I/O, not a mesh proxy.
 
 One backend (the example Echo service, grpc.aio), one load generator (this process, raw bytes),
 the same for every configuration; repetitions interleave the configurations so drift hits them
@@ -48,8 +48,8 @@ from grpcmesh.admin import admin_get
 from grpcmesh.registry.client import RegistryClient
 
 ECHO = "grpcmesh.example.v1.Echo"
-CONFIGS = ("direct", "bare", "bare-asyncio", "outbound", "outbound-unknown", "mesh", "nginx", "haproxy", "tcp",
-           "h2relay")
+CONFIGS = ("direct", "bare", "bare-asyncio", "outbound", "outbound-unknown", "outbound-grpc",
+           "mesh", "nginx", "haproxy", "tcp")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -70,7 +70,6 @@ class Target:
     name: str
     address: str
     pids: list[int] = field(default_factory=list)  # the proxy processes whose CPU counts
-    max_size: int | None = None  # largest message it can carry (the h2relay prototype)
 
 
 def free_port() -> int:
@@ -166,11 +165,12 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
             await client.close()
         return address
 
-    async def client_sidecar(registry: str, workers: int) -> procs.Daemon:
+    async def client_sidecar(registry: str, workers: int, data_path: str = "relay"
+                             ) -> procs.Daemon:
         sidecar = await procs.start("sidecar", "--log-level", "WARNING", "sidecar", "--service",
                                     "bench", "--registry", registry, "--outbound",
                                     "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                                    "--workers", str(workers))
+                                    "--workers", str(workers), "--data-path", data_path)
         daemons.append(sidecar)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -182,7 +182,7 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
         raise RuntimeError("the client sidecar never saw a serving backend")
 
     for name, script in (("bare", "bare_proxy.py"), ("bare-asyncio", "bare_proxy.py"),
-                         ("tcp", "tcp_proxy.py"), ("h2relay", "h2_relay.py")):
+                         ("tcp", "tcp_proxy.py")):
         if name in wanted:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(Path(__file__).parent / script), "127.0.0.1:0", app,
@@ -191,23 +191,23 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
             others.append(proc)
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 20)
-            # The relay prototype ignores its peers' flow-control windows: small messages only.
-            targets.append(Target(name, json.loads(line)["proxy"], [proc.pid],
-                                  1024 if name == "h2relay" else None))
+            targets.append(Target(name, json.loads(line)["proxy"], [proc.pid]))
     methods = [pb.Method(path=f"/{ECHO}/{name}", client_streaming=cs, server_streaming=ss)
                for name, cs, ss in (("Unary", False, False), ("BidiStream", True, True),
                                     ("ServerStream", False, True),
                                     ("ClientStream", True, False))]
     workers_used = args.sidecar_workers
     curve = len(workers_used) > 1
-    for name, with_methods in (("outbound", True), ("outbound-unknown", False)):
+    for name, with_methods, data_path in (("outbound", True, "relay"),
+                                          ("outbound-unknown", False, "relay"),
+                                          ("outbound-grpc", True, "grpc")):
         if name not in wanted:
             continue
         registry = await registry_with(pb.Instance(
             service="echo", instance_id="backend", address=app, proto_services=[ECHO],
             methods=methods if with_methods else []))
         for workers in workers_used if name == "outbound" else workers_used[:1]:
-            sidecar = await client_sidecar(registry, workers)
+            sidecar = await client_sidecar(registry, workers, data_path)
             label = f"{name}-w{workers}" if curve and name == "outbound" else name
             wanted.add(label)
             targets.append(Target(label, sidecar.addresses["outbound"], process_tree(sidecar)))
@@ -300,8 +300,6 @@ async def main_async(args: argparse.Namespace) -> int:
             for rep in range(args.reps):
                 for w in workloads:
                     for t in targets:
-                        if t.max_size is not None and w.size > t.max_size:
-                            continue
                         await run_load(t.address, w, 0.5)  # warm the connections
                         before = cpu_seconds(t.pids)
                         lat = sorted(await run_load(t.address, w, args.duration,

@@ -1,4 +1,4 @@
-"""What the reference proxies of bench_proxy.py (bare_proxy, tcp_proxy, h2_relay) share."""
+"""What the reference proxies of bench_proxy.py (bare_proxy, tcp_proxy) share."""
 from __future__ import annotations
 
 import asyncio

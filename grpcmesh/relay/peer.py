@@ -94,9 +94,18 @@ class Peer(asyncio.Protocol):
         self.encoder = hpack.Encoder()
         self.encoder.header_table_size = 0  # what we send uses no dynamic table either
         self.acked = False  # the peer applied our SETTINGS (its blocks need no dynamic table)
-        self.settings_seen = asyncio.get_running_loop().create_future()
+        self.got_settings = False  # the peer's first SETTINGS arrived
+        self._settings_waiter: asyncio.Future[bool] | None = None
         self._partial: tuple[int, bool, bytearray] | None = None  # HEADERS awaiting CONTINUATION
         self._decoded: dict[bytes, Headers] = {}
+
+    async def handshake(self) -> bool:
+        """Whether the peer's SETTINGS arrive (False: the connection closed first)."""
+        if self.got_settings or self.gone:
+            return self.got_settings
+        if self._settings_waiter is None:
+            self._settings_waiter = asyncio.get_running_loop().create_future()
+        return await self._settings_waiter
 
     # -- output -------------------------------------------------------------------------------
 
@@ -228,8 +237,8 @@ class Peer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
-        if not self.settings_seen.done():
-            self.settings_seen.set_result(False)
+        if self._settings_waiter is not None and not self._settings_waiter.done():
+            self._settings_waiter.set_result(False)
         legs = list(self.streams.values())
         self.streams.clear()
         self.blocked.clear()
@@ -358,8 +367,10 @@ class Peer(asyncio.Protocol):
                 elif key == f.MAX_CONCURRENT_STREAMS:
                     self.peer_max_streams = value
             self.queue(f.frame(f.SETTINGS, f.ACK, 0))
-            if not self.settings_seen.done():
-                self.settings_seen.set_result(True)
+            if not self.got_settings:
+                self.got_settings = True
+                if self._settings_waiter is not None and not self._settings_waiter.done():
+                    self._settings_waiter.set_result(True)
         elif kind == f.PING:
             if not flags & f.ACK:
                 self.queue(f.frame(f.PING, f.ACK, 0, payload))

@@ -368,7 +368,7 @@ class Upstreams:
                 self.handshake_timeout)
             conn = opened
             self._all.add(conn)
-            if not await asyncio.wait_for(conn.settings_seen, self.handshake_timeout):
+            if not await asyncio.wait_for(conn.handshake(), self.handshake_timeout):
                 raise ConnectionError("closed before its HTTP/2 SETTINGS")
         except (OSError, TimeoutError, ValueError) as err:
             if conn is not None:

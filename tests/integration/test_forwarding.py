@@ -1,13 +1,14 @@
 """Transparent forwarding through client sidecar -> server sidecar -> app, on real servers.
 
-Every test that uses the probe runs twice: with method kinds learned from the probe's reflection
-(typed handlers and upstream calls) and with kinds unknown (the generic stream-stream path)."""
+Every test that uses the probe runs on each data path (see `variant`): the frame relay, and the
+grpc.aio forwarder with method kinds known and unknown."""
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -25,28 +26,37 @@ from tests.probe import HEADERS, METHODS, SERVICE, TRAILERS, Probe, rich_status
 REQUEST_MD = (("x-request", "r"), ("x-request-bin", b"\x00\x01\x02"))
 
 
-@pytest.fixture(params=[True, False], ids=["kinds-known", "kinds-unknown"])
-def kind_known(request: pytest.FixtureRequest) -> bool:
-    """Whether the sidecars know the probe's method kinds: learned from its reflection (typed
-    handlers and upstream calls), or unknown (the generic stream-stream path)."""
-    return bool(request.param)
+@dataclass(frozen=True)
+class Variant:
+    data_path: str  # the sidecars' data path
+    kinds_known: bool  # whether the probe serves reflection, so that its method kinds are known
+
+
+@pytest.fixture(params=[Variant("relay", True), Variant("grpc", True), Variant("grpc", False)],
+                ids=["relay", "grpc-kinds-known", "grpc-kinds-unknown"])
+def variant(request: pytest.FixtureRequest) -> Variant:
+    """The relay (the default data path), and the grpc.aio data path with method kinds learned
+    from the probe's reflection (typed handlers and upstream calls) or unknown (the generic
+    stream-stream path)."""
+    return cast(Variant, request.param)
 
 
 @pytest_asyncio.fixture
-async def probe(kind_known: bool) -> AsyncIterator[Probe]:
-    p = Probe(reflection=kind_known)
+async def probe(variant: Variant) -> AsyncIterator[Probe]:
+    p = Probe(reflection=variant.kinds_known)
     await p.start()
     yield p
     await p.stop()
 
 
-async def _probe_client(mesh: Mesh, probe: Probe, **client_settings: Any) -> Sidecar:
+async def _probe_client(mesh: Mesh, probe: Probe, variant: Variant, **client_settings: Any
+                        ) -> Sidecar:
     """A sidecar for the probe and a client-only sidecar routing test.v1.Probe to it, once
     each knows the method kinds exactly when the probe serves reflection."""
     # Like a real app with reflection, the probe then needs no --proto-service.
-    server = await mesh.sidecar("probe", probe,
+    server = await mesh.sidecar("probe", probe, data_path=variant.data_path,
                                 proto_services=() if probe.reflection else (SERVICE,))
-    client = await mesh.sidecar("client", **client_settings)
+    client = await mesh.sidecar("client", data_path=variant.data_path, **client_settings)
     await mesh.serving(client, "probe", 1)
     for name, kind in METHODS.items():
         path = f"/{SERVICE}/{name}"
@@ -57,9 +67,10 @@ async def _probe_client(mesh: Mesh, probe: Probe, **client_settings: Any) -> Sid
 
 
 @pytest_asyncio.fixture
-async def channel(mesh: Mesh, probe: Probe) -> AsyncIterator[grpc.aio.Channel]:
+async def channel(mesh: Mesh, probe: Probe, variant: Variant
+                  ) -> AsyncIterator[grpc.aio.Channel]:
     """A client channel to a client-only sidecar that routes test.v1.Probe to the probe."""
-    client = await _probe_client(mesh, probe)
+    client = await _probe_client(mesh, probe, variant)
     async with grpc.aio.insecure_channel(client.outbound_address) as ch:
         yield ch
 
@@ -345,12 +356,12 @@ async def test_early_rejections_keep_their_status_through_known_method_kinds(
 
 @pytest.mark.asyncio
 async def test_oversized_request_metadata_is_refused_by_the_proxy(
-        mesh: Mesh, probe: Probe) -> None:
+        mesh: Mesh, probe: Probe, variant: Variant) -> None:
     """The proxy checks metadata size itself (grpcio's own check can be bypassed by HEADERS
     sent before SETTINGS are acknowledged); a lower limit shows the proxy's check at work."""
     from grpcmesh.proxy.forward import ForwardSettings
 
-    client = await _probe_client(mesh, probe, forward=ForwardSettings(max_metadata_bytes=4096))
+    client = await _probe_client(mesh, probe, variant, forward=ForwardSettings(max_metadata_bytes=4096))
     big = tuple((f"x-big-{i}", "v" * 1000) for i in range(5))  # ~5.2 KB
     async with grpc.aio.insecure_channel(client.outbound_address) as ch:
         unary = ch.unary_unary(f"/{SERVICE}/Unary")
