@@ -126,6 +126,23 @@ async def test_bidirectional_streaming_interleaves(channel: grpc.aio.Channel,
 
 
 @pytest.mark.asyncio
+async def test_large_messages_stream_both_ways_under_flow_control(
+        channel: grpc.aio.Channel) -> None:
+    """64 messages of 256 KiB each way, with 8 in flight: more than every stream and connection
+    window on the way, so it completes only if window updates are relayed correctly."""
+    call = channel.stream_stream(f"/{SERVICE}/Bidi")(timeout=20)
+    messages = [bytes([i]) * (256 * 1024) for i in range(64)]
+    for message in messages[:8]:
+        await call.write(message)
+    for i, message in enumerate(messages):
+        assert await call.read() == b"re:" + message
+        if i + 8 < len(messages):
+            await call.write(messages[i + 8])
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+
+
+@pytest.mark.asyncio
 async def test_error_status_message_and_rich_details_pass_unchanged(
         channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -1,0 +1,232 @@
+"""The relay's per-connection logic on fake transports: flow control with backpressure, frame
+order, header blocks. No sockets, no event loop."""
+from __future__ import annotations
+
+from typing import Any
+
+import hpack
+
+from grpcmesh.relay import frames as f
+from grpcmesh.relay.peer import CONN_WINDOW, STREAM_WINDOW, Flusher, Leg, Peer
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        """(type, flags, stream, payload) of everything written since the last call."""
+        out, data, self.written = [], self.written, b""
+        pos = 0
+        while pos < len(data):
+            length = int.from_bytes(data[pos:pos + 3], "big")
+            out.append((data[pos + 3], data[pos + 4],
+                        int.from_bytes(data[pos + 5:pos + 9], "big"),
+                        data[pos + 9:pos + 9 + length]))
+            pos += 9 + length
+        return out
+
+
+class Recorder(Peer):
+    def __init__(self, flusher: Flusher) -> None:
+        super().__init__(flusher)
+        self.events: list[tuple[Any, ...]] = []
+
+    def on_data(self, leg: Leg, payload: bytes, end: bool, length: int) -> None:
+        self.events.append(("data", leg.sid, payload, end, length))
+
+    def on_headers(self, sid: int, block: bytes, end: bool) -> None:
+        self.events.append(("headers", sid, block, end))
+
+    def on_reset(self, leg: Leg, code: int) -> None:
+        self.events.append(("reset", leg.sid, code))
+
+
+def pair() -> tuple[Flusher, Recorder, FakeTransport, Recorder, FakeTransport]:
+    """A source peer and a destination peer, as the two sides of a relayed call."""
+    flusher = Flusher()
+    src, dst = Recorder(flusher), Recorder(flusher)
+    ts, td = FakeTransport(), FakeTransport()
+    src.connection_made(ts)  # type: ignore[arg-type]
+    dst.connection_made(td)  # type: ignore[arg-type]
+    return flusher, src, ts, dst, td
+
+
+def legs(src: Peer, dst: Peer, sid: int = 1) -> tuple[Leg, Leg]:
+    a, b = Leg(src, sid, None), Leg(dst, sid, None)
+    src.streams[sid], dst.streams[sid] = a, b
+    a.other, b.other = b, a
+    return a, b
+
+
+def data_payloads(frames: list[tuple[int, int, int, bytes]]) -> list[bytes]:
+    return [p for kind, _, _, p in frames if kind == f.DATA]
+
+
+def test_data_within_the_windows_goes_out_at_once_and_is_credited() -> None:
+    flusher, src, ts, dst, td = pair()
+    a, b = legs(src, dst)
+    dst.send_data(b, b"hello", False, a, 5)
+    flusher.flush()
+    assert td.frames() == [(f.DATA, 0, 1, b"hello")]
+    assert (b.window, dst.window) == (f.DEFAULT_WINDOW - 5, f.DEFAULT_WINDOW - 5)
+    assert (a.unacked, src.conn_unacked) == (5, 5)
+    assert ts.frames() == []  # credit below half a window is not sent yet
+
+
+def test_data_beyond_the_window_waits_and_the_source_is_credited_only_as_it_is_sent() -> None:
+    flusher, src, _ts, dst, td = pair()
+    a, b = legs(src, dst)
+    b.window = 50
+    dst.send_data(b, b"x" * 120, True, a, 120)
+    flusher.flush()
+    assert data_payloads(td.frames()) == [b"x" * 50]
+    assert a.unacked == 50 and dst.blocked
+    # The destination opens its stream window by 100; the connection window allows it all.
+    dst.data_received(f.window_update(1, 100))
+    frames = td.frames()
+    assert [(k, fl, p) for k, fl, _, p in frames if k == f.DATA] == [(f.DATA, f.END_STREAM,
+                                                                      b"x" * 70)]
+    assert a.unacked == 120 and not dst.blocked and not b.pending
+    assert b.ended_out
+
+
+def test_the_connection_window_blocks_every_stream_until_it_opens() -> None:
+    flusher, src, _ts, dst, td = pair()
+    a1, b1 = legs(src, dst, 1)
+    a3, b3 = legs(src, dst, 3)
+    dst.window = 10
+    dst.send_data(b1, b"a" * 10, False, a1, 10)
+    dst.send_data(b3, b"b" * 10, False, a3, 10)
+    flusher.flush()
+    assert data_payloads(td.frames()) == [b"a" * 10]
+    dst.data_received(f.window_update(0, 4))
+    assert data_payloads(td.frames()) == [b"b" * 4]
+    dst.data_received(f.window_update(0, 100))
+    assert data_payloads(td.frames()) == [b"b" * 6]
+    assert (a1.unacked, a3.unacked) == (10, 10)
+
+
+def test_trailers_wait_behind_data_that_waits_for_window() -> None:
+    flusher, src, _ts, dst, td = pair()
+    a, b = legs(src, dst)
+    b.window = 0
+    dst.send_data(b, b"body", False, a, 4)
+    dst.send_headers(b, b"\x88", True)  # :status 200, as a stand-in block
+    flusher.flush()
+    assert td.frames() == []
+    dst.data_received(f.window_update(1, 4))
+    assert [k for k, *_ in td.frames()] == [f.DATA, f.HEADERS]
+    assert b.ended_out
+
+
+def test_credit_is_returned_in_batches_of_half_a_window() -> None:
+    flusher, src, ts, dst, _td = pair()
+    a, _b = legs(src, dst)
+    src.credit(a, STREAM_WINDOW // 2 - 1)
+    flusher.flush()
+    assert ts.frames() == []
+    src.credit(a, 1)
+    flusher.flush()
+    assert ts.frames() == [(f.WINDOW_UPDATE, 0, 1, (STREAM_WINDOW // 2).to_bytes(4, "big"))]
+    src.credit(None, CONN_WINDOW // 2 - STREAM_WINDOW // 2 - 1)  # e.g. frames of ended streams
+    flusher.flush()
+    assert ts.frames() == []
+    src.credit(None, 1)  # the connection's credit counts every stream's
+    flusher.flush()
+    assert ts.frames() == [(f.WINDOW_UPDATE, 0, 0, (CONN_WINDOW // 2).to_bytes(4, "big"))]
+
+
+def test_a_finished_stream_gets_no_stream_credit_only_connection_credit() -> None:
+    flusher, src, _ts, dst, _td = pair()
+    a, _b = legs(src, dst)
+    a.ended_in = True
+    src.credit(a, STREAM_WINDOW)
+    flusher.flush()
+    assert a.unacked == 0 and src.conn_unacked == STREAM_WINDOW
+
+
+def test_reset_drops_what_waits_and_returns_its_connection_credit() -> None:
+    flusher, src, _ts, dst, td = pair()
+    a, b = legs(src, dst)
+    b.window = 0
+    dst.send_data(b, b"z" * 30, False, a, 30)
+    dst.reset(b, f.CANCEL)
+    flusher.flush()
+    assert td.frames() == [(f.RST_STREAM, 0, 1, f.CANCEL.to_bytes(4, "big"))]
+    assert 1 not in dst.streams and not dst.blocked
+    assert (a.unacked, src.conn_unacked) == (0, 30)
+
+
+def test_a_settings_change_of_the_initial_window_moves_every_stream_window() -> None:
+    _flusher, src, _ts, dst, td = pair()
+    a, b = legs(src, dst)
+    b.window = 0
+    dst.peer_initial = 0
+    dst.send_data(b, b"q" * 8, False, a, 8)
+    dst.data_received(f.settings_frame([(f.INITIAL_WINDOW_SIZE, 8)]))
+    frames = td.frames()
+    assert (f.SETTINGS, f.ACK, 0, b"") in frames
+    assert data_payloads(frames) == [b"q" * 8]
+
+
+def test_incoming_frames_are_dispatched_and_padding_is_removed() -> None:
+    _flusher, src, _ts, _dst, _td = pair()
+    leg = Leg(src, 1, None)
+    src.streams[1] = leg
+    padded = bytes([3]) + b"abc" + b"\0\0\0"
+    src.data_received(f.frame(f.DATA, f.PADDED | f.END_STREAM, 1, padded)
+                      + f.frame(f.DATA, 0, 9, b"late"))  # stream 9: unknown
+    assert src.events == [("data", 1, b"abc", True, 7)]
+    assert leg.ended_in
+    assert src.conn_unacked == 4  # the unknown stream's bytes are credited on the connection
+
+
+def test_header_blocks_are_reassembled_from_continuations() -> None:
+    _flusher, src, _ts, _dst, _td = pair()
+    block = b"b" * 40_000
+    src.data_received(f.header_frames(5, block, True, 16_384))
+    assert src.events == [("headers", 5, block, True)]
+
+
+def test_ping_is_answered_and_a_bad_preface_ends_the_connection() -> None:
+    _flusher, src, ts, _dst, _td = pair()
+    src.data_received(f.frame(f.PING, 0, 0, b"12345678"))
+    assert (f.PING, f.ACK, 0, b"12345678") in ts.frames()
+    src.expect_preface = True
+    src.buf.clear()
+    src.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    frames = ts.frames()
+    assert frames[-1][0] == f.GOAWAY
+    assert int.from_bytes(frames[-1][3][4:8], "big") == f.PROTOCOL_ERROR
+    assert ts.closed
+
+
+def test_blocks_are_forwarded_verbatim_once_the_peer_applied_table_size_zero() -> None:
+    _flusher, src, _ts, _dst, _td = pair()
+    headers = [(":path", "/pkg.S/M"), ("x-k", "v")]
+    indexing = hpack.Encoder()  # uses the dynamic table, as a peer may before our SETTINGS
+    first = indexing.encode(headers)
+    got, verbatim = src.read_block(first)
+    assert got == headers and not verbatim  # not acknowledged yet: re-encode
+    src.data_received(f.frame(f.SETTINGS, f.ACK, 0))
+    indexing.header_table_size = 0  # the peer applies our SETTINGS_HEADER_TABLE_SIZE=0
+    second = indexing.encode(headers)
+    got, verbatim = src.read_block(second)
+    assert got == headers and not verbatim  # this block emptied the table
+    third = indexing.encode(headers)
+    got, verbatim = src.read_block(third)
+    assert got == headers and verbatim
+    assert src.read_block(third, need=False) == (None, True)
+    again, _ = src.read_block(third)
+    assert again is got  # decoded once, then cached
