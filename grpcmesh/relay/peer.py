@@ -55,8 +55,8 @@ class Flusher:
 class Leg:
     """A call's stream on one connection."""
 
-    __slots__ = ("call", "ended_in", "ended_out", "other", "peer", "pending", "sid", "unacked",
-                 "window")
+    __slots__ = ("call", "ended_in", "ended_out", "other", "peer", "pending", "recv", "sid",
+                 "unacked", "window")
 
     def __init__(self, peer: Peer, sid: int, call: Any) -> None:
         self.peer = peer
@@ -64,6 +64,7 @@ class Leg:
         self.call = call
         self.window = peer.peer_initial  # what we may still send on it
         self.unacked = 0  # bytes received on it not yet credited back
+        self.recv = STREAM_WINDOW  # what the peer may still send on it
         self.other: Leg | None = None  # the call's leg on the other connection
         # (frames, end_stream, source leg, credit, is_headers): waiting for window
         self.pending: list[tuple[bytes, bool, Leg | None, int, bool]] = []
@@ -90,6 +91,7 @@ class Peer(asyncio.Protocol):
         self.peer_max_frame = f.DEFAULT_FRAME_SIZE
         self.peer_max_streams: int | None = None
         self.conn_unacked = 0
+        self.recv_window = f.DEFAULT_WINDOW  # what the peer may still send on the connection
         self.decoder = hpack.Decoder()
         self.encoder = hpack.Encoder()
         self.encoder.header_table_size = 0  # what we send uses no dynamic table either
@@ -116,6 +118,7 @@ class Peer(asyncio.Protocol):
             self.flusher.dirty.append(self)
 
     def hello(self, settings: list[tuple[int, int]]) -> bytes:
+        self.recv_window = CONN_WINDOW
         return f.settings_frame(settings) + f.window_update(0, CONN_WINDOW - f.DEFAULT_WINDOW)
 
     def send_data(self, leg: Leg, payload: bytes, end: bool, src: Leg | None, credit: int
@@ -191,10 +194,12 @@ class Peer(asyncio.Protocol):
             leg.unacked += n
             if leg.unacked >= STREAM_WINDOW // 2:
                 self.queue(f.window_update(leg.sid, leg.unacked))
+                leg.recv += leg.unacked
                 leg.unacked = 0
         self.conn_unacked += n
         if self.conn_unacked >= CONN_WINDOW // 2:
             self.queue(f.window_update(0, self.conn_unacked))
+            self.recv_window += self.conn_unacked
             self.conn_unacked = 0
 
     def reset(self, leg: Leg, code: int) -> None:
@@ -276,9 +281,18 @@ class Peer(asyncio.Protocol):
                     leg = self.streams.get(sid)
                     if flags & f.PADDED:
                         payload = f.strip_padding(flags, payload, "DATA")
+                    # A peer that overruns the windows would make us buffer without bound.
+                    self.recv_window -= length
+                    if self.recv_window < 0:
+                        raise f.ProtocolError("DATA beyond the connection's flow-control "
+                                              "window", f.FLOW_CONTROL_ERROR)
                     if leg is None or leg.ended_in:
                         self.credit(None, length)  # a stream we are done with
                     else:
+                        leg.recv -= length
+                        if leg.recv < 0:
+                            raise f.ProtocolError(f"DATA beyond stream {sid}'s flow-control "
+                                                  "window", f.FLOW_CONTROL_ERROR)
                         if flags & f.END_STREAM:
                             leg.ended_in = True
                         self.on_data(leg, payload, bool(flags & f.END_STREAM), length)
@@ -297,6 +311,11 @@ class Peer(asyncio.Protocol):
         except hpack.HPACKError as err:
             del buf[:]
             self.close(f.COMPRESSION_ERROR, f"bad header block: {err}")
+            return
+        except Exception:  # a bug of ours: this connection ends, the relay goes on
+            log.exception("relay error; closing the connection")
+            del buf[:]
+            self.close(f.INTERNAL_ERROR, "internal error in the relay")
             return
         del buf[:pos]
         self.flusher.flush()

@@ -152,16 +152,19 @@ class Downstream(Peer):
     def on_headers(self, sid: int, block: bytes, end: bool) -> None:
         leg = self.streams.get(sid)
         if leg is not None:  # trailers from the client: HTTP/2 allows them, gRPC sends none
-            headers, verbatim = self.read_block(block, need=False)
             call = leg.call
+            up = call.up
+            headers, verbatim = self.read_block(block, need=up is None)
             if end:
                 leg.ended_in = True
-            if call.up is not None:
-                up = call.up
-                up.peer.send_headers(up, block if verbatim else up.peer.encoder.encode(headers),
-                                     end)
+            if up is not None:
+                if not verbatim:
+                    assert headers is not None
+                    block = up.peer.encoder.encode(headers)
+                up.peer.send_headers(up, block, end)
             elif call.early is not None:
-                call.early.append((headers if headers is not None else block, end, 0))
+                assert headers is not None
+                call.early.append((headers, end, 0))
             return
         if sid % 2 == 0 or sid <= self.last_sid:
             raise f.ProtocolError(f"a client opened stream {sid} after {self.last_sid}")
@@ -380,6 +383,11 @@ class Upstreams:
         finally:
             self._connecting.pop(address, None)
         self._failed.pop(address, None)
+        previous = self._current.get(address)
+        if previous is not None:  # full (SETTINGS_MAX_CONCURRENT_STREAMS): it drains
+            previous.draining = True
+            if not previous.streams:
+                previous.close()
         self._current[address] = opened
         return opened
 

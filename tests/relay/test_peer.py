@@ -230,3 +230,16 @@ def test_blocks_are_forwarded_verbatim_once_the_peer_applied_table_size_zero() -
     assert src.read_block(third, need=False) == (None, True)
     again, _ = src.read_block(third)
     assert again is got  # decoded once, then cached
+
+
+def test_a_peer_that_overruns_the_stream_window_loses_the_connection() -> None:
+    _flusher, src, ts, _dst, _td = pair()
+    leg = Leg(src, 1, None)
+    src.streams[1] = leg
+    src.recv_window = CONN_WINDOW
+    chunk = f.frame(f.DATA, 0, 1, b"x" * 16_384)
+    src.data_received(chunk * (STREAM_WINDOW // 16_384))  # exactly the window: fine
+    assert not ts.closed and leg.recv == 0
+    src.data_received(f.frame(f.DATA, 0, 1, b"x"))
+    goaway = [p for kind, _, _, p in ts.frames() if kind == f.GOAWAY]
+    assert int.from_bytes(goaway[0][4:8], "big") == f.FLOW_CONTROL_ERROR and ts.closed
