@@ -365,9 +365,13 @@ class Peer(asyncio.Protocol):
                 self.on_reset(gone, int.from_bytes(payload[:4], "big"))
         elif kind == f.SETTINGS:
             if flags & f.ACK:
-                # Not enforced through max_allowed_table_size: grpc-core's encoder does not
-                # always announce the smaller size; the empty-table check covers it.
-                self.acked = True
+                # The peer now encodes with a table of at most 0 bytes. Its blocks announce
+                # that with a size update, but a block forwarded undecoded is not read, so the
+                # decoder is told here; otherwise its literals "with incremental indexing"
+                # would fill a table the peer no longer has.
+                if not self.acked:
+                    self.acked = True
+                    self.decoder.header_table.maxsize = 0
                 return
             for key, value in f.parse_settings(payload):
                 if key == f.INITIAL_WINDOW_SIZE:

@@ -219,12 +219,15 @@ def test_blocks_are_forwarded_verbatim_once_the_peer_applied_table_size_zero() -
     first = indexing.encode(headers)
     got, verbatim = src.read_block(first)
     assert got == headers and not verbatim  # not acknowledged yet: re-encode
+    assert src.decoder.header_table.dynamic_entries  # the block indexed its headers
     src.data_received(f.frame(f.SETTINGS, f.ACK, 0))
+    assert not src.decoder.header_table.dynamic_entries  # the peer's table is 0 bytes now
     indexing.header_table_size = 0  # the peer applies our SETTINGS_HEADER_TABLE_SIZE=0
     second = indexing.encode(headers)
     got, verbatim = src.read_block(second)
-    assert got == headers and not verbatim  # this block emptied the table
-    third = indexing.encode(headers)
+    assert got == headers and verbatim
+    third = indexing.encode(headers)  # literals "with incremental indexing" index nothing now
+    assert src.read_block(third, need=False) == (None, True)
     got, verbatim = src.read_block(third)
     assert got == headers and verbatim
     assert src.read_block(third, need=False) == (None, True)
