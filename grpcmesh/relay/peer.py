@@ -6,10 +6,11 @@ sends us on a stream is credited back to it (WINDOW_UPDATE) only once it has bee
 the other side, which may only be sent as much as its own windows allow. So the relay buffers at
 most one stream window per stream and one connection window per connection.
 
-Header blocks: the relay advertises SETTINGS_HEADER_TABLE_SIZE=0, so once a peer acknowledged
-that (and emptied its table), its header blocks reference no dynamic table and are forwarded
-byte for byte, and the same block always decodes to the same headers (so decoded blocks are
-cached). Blocks sent before that are decoded and re-encoded.
+Header blocks: the relay advertises SETTINGS_HEADER_TABLE_SIZE=0. Once a peer acknowledged
+that and its next header block, decoded, showed that it emptied its table, its blocks reference
+no dynamic table: they are forwarded byte for byte, and the same block always decodes to the
+same headers (so decoded blocks are cached). Blocks before that, and every block of a peer that
+ignores the setting, are decoded and re-encoded.
 """
 from __future__ import annotations
 
@@ -27,9 +28,13 @@ log = logging.getLogger(__name__)
 STREAM_WINDOW = 1 << 20  # what we let a peer send per stream before it hears from us
 CONN_WINDOW = 16 << 20  # ... and per connection
 MAX_BLOCK = 256 * 1024  # a header block beyond this ends the connection (ENHANCE_YOUR_CALM)
+# Decoded header lists up to this size are read, so that one over the proxy's metadata limit
+# fails its call (RESOURCE_EXHAUSTED), not the connection.
+MAX_HEADER_LIST = 1 << 20
 _CACHE_SIZE = 4096
 
 Headers = list[tuple[str, str]]
+_CONNECTION_FRAMES = frozenset({f.SETTINGS, f.PING, f.GOAWAY})
 
 
 class Flusher:
@@ -92,10 +97,11 @@ class Peer(asyncio.Protocol):
         self.peer_max_streams: int | None = None
         self.conn_unacked = 0
         self.recv_window = f.DEFAULT_WINDOW  # what the peer may still send on the connection
-        self.decoder = hpack.Decoder()
+        self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
         self.encoder = hpack.Encoder()
         self.encoder.header_table_size = 0  # what we send uses no dynamic table either
-        self.acked = False  # the peer applied our SETTINGS (its blocks need no dynamic table)
+        self.acked = False  # the peer applied our SETTINGS
+        self.verbatim = False  # ... and a block of its showed its table emptied: see read_block
         self.got_settings = False  # the peer's first SETTINGS arrived
         self._settings_waiter: asyncio.Future[bool] | None = None
         self._partial: tuple[int, bool, bytearray] | None = None  # HEADERS awaiting CONTINUATION
@@ -246,11 +252,11 @@ class Peer(asyncio.Protocol):
             self._settings_waiter.set_result(False)
         legs = list(self.streams.values())
         self.streams.clear()
-        self.blocked.clear()
+        for leg in legs:
+            self.reset_pending(leg)  # what waited to be sent here is credited to its source
+        self.lost(legs)  # legs still tell how far they got: ended_in means the peer finished
         for leg in legs:
             leg.ended_in = leg.ended_out = True
-            leg.pending.clear()
-        self.lost(legs)
         self.flusher.flush()
 
     def data_received(self, data: bytes) -> None:
@@ -277,7 +283,12 @@ class Peer(asyncio.Protocol):
                 sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
                 payload = bytes(buf[pos + 9:end])
                 pos = end
+                if length > f.DEFAULT_FRAME_SIZE:  # the SETTINGS_MAX_FRAME_SIZE we advertise
+                    raise f.ProtocolError(f"a frame of {length} bytes; the limit is "
+                                          f"{f.DEFAULT_FRAME_SIZE}", f.FRAME_SIZE_ERROR)
                 if kind == f.DATA:
+                    if self._partial is not None:
+                        raise f.ProtocolError("DATA inside a header block")
                     leg = self.streams.get(sid)
                     if flags & f.PADDED:
                         payload = f.strip_padding(flags, payload, "DATA")
@@ -287,15 +298,20 @@ class Peer(asyncio.Protocol):
                         raise f.ProtocolError("DATA beyond the connection's flow-control "
                                               "window", f.FLOW_CONTROL_ERROR)
                     if leg is None or leg.ended_in:
+                        if leg is None and (sid == 0 or self.idle(sid)):
+                            raise f.ProtocolError(f"DATA on stream {sid}, which is not open")
                         self.credit(None, length)  # a stream we are done with
                     else:
                         leg.recv -= length
                         if leg.recv < 0:
                             raise f.ProtocolError(f"DATA beyond stream {sid}'s flow-control "
                                                   "window", f.FLOW_CONTROL_ERROR)
-                        if flags & f.END_STREAM:
+                        end_stream = bool(flags & f.END_STREAM)
+                        if end_stream:
                             leg.ended_in = True
-                        self.on_data(leg, payload, bool(flags & f.END_STREAM), length)
+                        self.on_data(leg, payload, end_stream, length)
+                        if end_stream and leg.ended_out:
+                            self.forget(leg)
                 elif kind == f.HEADERS or kind == f.CONTINUATION:
                     self._header_frame(kind, sid, flags, payload)
                 else:
@@ -344,8 +360,12 @@ class Peer(asyncio.Protocol):
             if len(payload) != 4:
                 raise f.ProtocolError("WINDOW_UPDATE of the wrong size", f.FRAME_SIZE_ERROR)
             increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+            if increment == 0:  # a stream error by RFC 9113, which may end the connection
+                raise f.ProtocolError(f"WINDOW_UPDATE of 0 on stream {sid}")
             if sid == 0:
                 self.window += increment
+                if self.window > f.MAX_WINDOW:
+                    raise f.ProtocolError("connection window over 2^31-1", f.FLOW_CONTROL_ERROR)
                 for leg in list(self.blocked):
                     self._drain(leg)
                     if self.window <= 0:
@@ -354,24 +374,34 @@ class Peer(asyncio.Protocol):
                 one = self.streams.get(sid)
                 if one is not None:
                     one.window += increment
+                    if one.window > f.MAX_WINDOW:
+                        raise f.ProtocolError(f"stream {sid}'s window over 2^31-1",
+                                              f.FLOW_CONTROL_ERROR)
                     if one.pending:
                         self._drain(one)
         elif kind == f.RST_STREAM:
+            if len(payload) != 4:
+                raise f.ProtocolError("RST_STREAM of the wrong size", f.FRAME_SIZE_ERROR)
+            if sid == 0:
+                raise f.ProtocolError("RST_STREAM on stream 0")
             gone = self.streams.get(sid)
             if gone is not None:
+                finished = gone.ended_in  # the peer had already ended its side
                 gone.ended_in = gone.ended_out = True
                 self.reset_pending(gone)
                 self.forget(gone)
-                self.on_reset(gone, int.from_bytes(payload[:4], "big"))
+                self.on_reset(gone, int.from_bytes(payload, "big"), finished)
+            elif self.idle(sid):
+                raise f.ProtocolError(f"RST_STREAM on stream {sid}, which was never opened")
+        elif kind in _CONNECTION_FRAMES and sid != 0:
+            raise f.ProtocolError(f"a connection-level frame (type {kind}) on stream {sid}")
         elif kind == f.SETTINGS:
             if flags & f.ACK:
-                # The peer now encodes with a table of at most 0 bytes. Its blocks announce
-                # that with a size update, but a block forwarded undecoded is not read, so the
-                # decoder is told here; otherwise its literals "with incremental indexing"
-                # would fill a table the peer no longer has.
-                if not self.acked:
-                    self.acked = True
-                    self.decoder.header_table.maxsize = 0
+                if payload:
+                    raise f.ProtocolError("SETTINGS ACK with a payload", f.FRAME_SIZE_ERROR)
+                # The peer now encodes with a table of at most 0 bytes; read_block waits for
+                # a block that shows it before forwarding blocks undecoded.
+                self.acked = True
                 return
             for key, value in f.parse_settings(payload):
                 if key == f.INITIAL_WINDOW_SIZE:
@@ -386,7 +416,11 @@ class Peer(asyncio.Protocol):
                         for leg in list(self.blocked):
                             self._drain(leg)
                 elif key == f.MAX_FRAME_SIZE:
+                    if not f.DEFAULT_FRAME_SIZE <= value <= f.LARGEST_FRAME_SIZE:
+                        raise f.ProtocolError(f"SETTINGS_MAX_FRAME_SIZE of {value}")
                     self.peer_max_frame = value
+                elif key == f.ENABLE_PUSH and value > 1:
+                    raise f.ProtocolError(f"SETTINGS_ENABLE_PUSH of {value}")
                 elif key == f.MAX_CONCURRENT_STREAMS:
                     self.peer_max_streams = value
             self.queue(f.frame(f.SETTINGS, f.ACK, 0))
@@ -395,11 +429,15 @@ class Peer(asyncio.Protocol):
                 if self._settings_waiter is not None and not self._settings_waiter.done():
                     self._settings_waiter.set_result(True)
         elif kind == f.PING:
+            if len(payload) != 8:
+                raise f.ProtocolError("PING of the wrong size", f.FRAME_SIZE_ERROR)
             if not flags & f.ACK:
                 self.queue(f.frame(f.PING, f.ACK, 0, payload))
             else:
                 self.on_ping_ack(payload)
         elif kind == f.GOAWAY:
+            if len(payload) < 8:
+                raise f.ProtocolError("GOAWAY too short", f.FRAME_SIZE_ERROR)
             last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
             code = int.from_bytes(payload[4:8], "big")
             self.on_goaway(last, code, payload[8:])
@@ -410,7 +448,7 @@ class Peer(asyncio.Protocol):
     def read_block(self, block: bytes, need: bool = True) -> tuple[Headers | None, bool]:
         """(the headers, or None when not needed and not decoded; whether the block can be
         forwarded byte for byte). Every block must pass here: it keeps the HPACK state."""
-        if self.acked and not self.decoder.header_table.dynamic_entries:
+        if self.verbatim:
             if not need:
                 return None, True
             headers = self._decoded.get(block)
@@ -420,20 +458,33 @@ class Peer(asyncio.Protocol):
                     self._decoded.clear()
                 self._decoded[block] = headers
             return headers, True
-        headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
+        decoder = self.decoder
+        headers = [(str(k), str(v)) for k, v in decoder.decode(block)]
+        if self.acked and decoder.header_table.maxsize == 0:
+            # The block began with the size update RFC 7541 (4.2) asks for after our SETTINGS:
+            # from now on the peer's blocks refer to no dynamic table, and any that announces
+            # a table is an error (COMPRESSION_ERROR). A peer that never sends the update keeps
+            # having its blocks decoded and re-encoded, which is slower but correct.
+            self.verbatim = True
+            decoder.max_allowed_table_size = 0
+            return headers, True
         return headers, False
 
     # -- filled in by the two sides -----------------------------------------------------------
 
     def on_data(self, leg: Leg, payload: bytes, end: bool, length: int) -> None: ...
     def on_headers(self, sid: int, block: bytes, end: bool) -> None: ...
-    def on_reset(self, leg: Leg, code: int) -> None: ...
+    def on_reset(self, leg: Leg, code: int, finished: bool) -> None: ...
     def on_goaway(self, last: int, code: int, debug: bytes) -> None: ...
     def on_ping_ack(self, payload: bytes) -> None: ...
     def stream_closed(self, leg: Leg) -> None: ...
     def lost(self, legs: list[Leg]) -> None: ...
     def last_stream(self) -> int:
         return 0
+
+    def idle(self, sid: int) -> bool:
+        """Whether stream sid was never opened (RFC 9113 5.1)."""
+        return False
 
 
 def call_soon_flushed(flusher: Flusher, fn: Callable[[], None]) -> None:

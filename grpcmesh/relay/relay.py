@@ -105,7 +105,11 @@ class Call:
     def cancel_upstream(self) -> None:
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
-        self.early = None
+        early, self.early = self.early, None
+        if early:  # request DATA that waited for an upstream: dropped, so credited back
+            peer = self.down.peer
+            for _, _, length in early:
+                peer.credit(None, length)
         up = self.up
         if up is not None and not (up.ended_in and up.ended_out):
             up.peer.reset(up, f.CANCEL)
@@ -149,25 +153,37 @@ class Downstream(Peer):
     def last_stream(self) -> int:
         return self.last_sid
 
+    def idle(self, sid: int) -> bool:
+        return sid % 2 == 0 or sid > self.last_sid
+
     def on_headers(self, sid: int, block: bytes, end: bool) -> None:
         leg = self.streams.get(sid)
         if leg is not None:  # trailers from the client: HTTP/2 allows them, gRPC sends none
+            # Decoded, though rare, so that a block that breaks HPACK ends this connection
+            # rather than being forwarded to an upstream connection that other clients share.
+            headers, verbatim = self.read_block(block)
+            assert headers is not None
+            if leg.ended_in:
+                raise f.ProtocolError(f"HEADERS on stream {sid} after its END_STREAM",
+                                      f.STREAM_CLOSED)
             call = leg.call
             up = call.up
-            headers, verbatim = self.read_block(block, need=up is None)
             if end:
                 leg.ended_in = True
             if up is not None:
                 if not verbatim:
-                    assert headers is not None
                     block = up.peer.encoder.encode(headers)
                 up.peer.send_headers(up, block, end)
             elif call.early is not None:
-                assert headers is not None
                 call.early.append((headers, end, 0))
+            if end and leg.ended_out:
+                self.forget(leg)
             return
-        if sid % 2 == 0 or sid <= self.last_sid:
-            raise f.ProtocolError(f"a client opened stream {sid} after {self.last_sid}")
+        if sid % 2 == 0:
+            raise f.ProtocolError(f"a client opened stream {sid}, an even number")
+        if sid <= self.last_sid:  # a stream that is over: its frames are ignored (RFC 9113 5.1)
+            self.read_block(block, need=False)
+            return
         self.last_sid = sid
         headers, verbatim = self.read_block(block)
         assert headers is not None
@@ -193,7 +209,7 @@ class Downstream(Peer):
         else:
             self.credit(leg, length)
 
-    def on_reset(self, leg: Leg, code: int) -> None:
+    def on_reset(self, leg: Leg, code: int, finished: bool) -> None:
         leg.call.client_gone()
 
     def stream_closed(self, leg: Leg) -> None:
@@ -202,10 +218,13 @@ class Downstream(Peer):
             self.close()
 
     def lost(self, legs: list[Leg]) -> None:
-        self.relay.downstreams.discard(self)
+        relay = self.relay
+        relay.downstreams.discard(self)
         for leg in legs:
             leg.call.client_gone()
-            self.relay.call_done()
+            relay.call_done()
+        if relay.all_gone is not None and not relay.downstreams:
+            relay.all_gone.set()
 
     def drain(self) -> None:
         """Graceful close: GOAWAY announcing that no new streams are taken, a PING, and on its
@@ -239,6 +258,9 @@ class Upstream(Peer):
         self.queue(f.PREFACE + self.hello([*_OUR_SETTINGS, (f.ENABLE_PUSH, 0)]))
         self.flusher.flush()
 
+    def idle(self, sid: int) -> bool:
+        return sid % 2 == 0 or sid >= self.next_id
+
     def usable(self) -> bool:
         return (not self.draining and not self.gone and self.next_id < f.MAX_WINDOW
                 and (self.peer_max_streams is None or len(self.streams) < self.peer_max_streams))
@@ -256,13 +278,14 @@ class Upstream(Peer):
             return
         call: Call = leg.call
         down = call.down
+        if leg.ended_in:
+            raise f.ProtocolError(f"HEADERS on stream {sid} after its END_STREAM",
+                                  f.STREAM_CLOSED)
         if end:
             leg.ended_in = True
             assert headers is not None
             code, pushback = status_of(headers)
             call.finish(code, pushback)
-            if leg.ended_out:
-                self.forget(leg)
         else:
             call.headers_out = True
         peer = down.peer
@@ -270,6 +293,8 @@ class Upstream(Peer):
             assert headers is not None  # a block that is not forwarded as it is was decoded
             block = peer.encoder.encode(headers)
         peer.send_headers(down, block, end)
+        if end and leg.ended_out:
+            self.forget(leg)
 
     def on_data(self, leg: Leg, payload: bytes, end: bool, length: int) -> None:
         call: Call = leg.call
@@ -283,10 +308,17 @@ class Upstream(Peer):
                 self.credit(leg, length)
                 call.too_big(False, size)
                 return
+        if end:  # a response without trailers: gRPC reads it as UNKNOWN, and so does the pick
+            call.finish(_SC.UNKNOWN)
         down = call.down
         down.peer.send_data(down, payload, end, leg, length)
 
-    def on_reset(self, leg: Leg, code: int) -> None:
+    def on_reset(self, leg: Leg, code: int, finished: bool) -> None:
+        if finished:
+            # The response is complete (trailers received): this only says "stop sending the
+            # request" (RFC 9113 8.1), which gRPC servers do when a client has not half-closed.
+            # What waits for the client's window is still delivered; the client ends the call.
+            return
         call: Call = leg.call
         call.finish(_SC.UNAVAILABLE if code == f.REFUSED_STREAM
                     else _SC.CANCELLED if code == f.CANCEL else _SC.INTERNAL)
@@ -319,6 +351,8 @@ class Upstream(Peer):
     def lost(self, legs: list[Leg]) -> None:
         self.pool.retire(self)
         for leg in legs:
+            if leg.ended_in:  # its response is complete, and may still be on its way out
+                continue
             call: Call = leg.call
             call.finish(_SC.UNAVAILABLE)
             if not call.closed:
@@ -340,26 +374,39 @@ class Upstreams:
         self._all: set[Upstream] = set()
         self._connecting: dict[str, asyncio.Task[Upstream | None]] = {}
         self._failed: dict[str, tuple[float, float]] = {}  # address -> (retry at, backoff)
+        self._dropped: set[str] = set()  # discarded while a connect to it was under way
 
     def ready(self, address: str) -> Upstream | None:
         conn = self._current.get(address)
         return conn if conn is not None and conn.usable() else None
 
     async def connect(self, address: str, timeout: float) -> Upstream | None:
-        conn = self.ready(address)
-        if conn is not None:
-            return conn
-        failed = self._failed.get(address)
-        if failed is not None and self.clock.now() < failed[0]:
-            return None
-        task = self._connecting.get(address)
-        if task is None:
-            task = self._connecting[address] = asyncio.get_running_loop().create_task(
-                self._open(address))
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            return None
+        """A connection to address that can take a stream now, or None: refused, timed out,
+        or address was discarded meanwhile."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            conn = self.ready(address)
+            if conn is not None:
+                return conn
+            failed = self._failed.get(address)
+            if failed is not None and self.clock.now() < failed[0]:
+                return None
+            task = self._connecting.get(address)
+            if task is None:
+                task = self._connecting[address] = loop.create_task(self._open(address))
+            try:
+                conn = await asyncio.wait_for(asyncio.shield(task), give_up - loop.time())
+            except TimeoutError:
+                return None
+            if conn is None:
+                return None
+            # Every waiter gets the new connection; it may have filled up (its
+            # SETTINGS_MAX_CONCURRENT_STREAMS), gone away or closed before this one's turn.
+            if conn.usable():
+                return conn
+            if loop.time() >= give_up:
+                return None
 
     async def _open(self, address: str) -> Upstream | None:
         host, _, port = address.rpartition(":")
@@ -382,7 +429,12 @@ class Upstreams:
             return None
         finally:
             self._connecting.pop(address, None)
+            dropped = address in self._dropped
+            self._dropped.discard(address)
         self._failed.pop(address, None)
+        if dropped:  # discarded while connecting: nothing may use it
+            opened.close()
+            return None
         previous = self._current.get(address)
         if previous is not None:  # full (SETTINGS_MAX_CONCURRENT_STREAMS): it drains
             previous.draining = True
@@ -401,6 +453,8 @@ class Upstreams:
     def discard(self, address: str, grace: float = 10.0) -> None:
         """Stop using address: its connection closes once its streams end (or after grace)."""
         self._failed.pop(address, None)
+        if address in self._connecting:
+            self._dropped.add(address)
         conn = self._current.pop(address, None)
         if conn is not None:
             conn.draining = True
@@ -433,7 +487,7 @@ class Relay:
         self.downstreams: set[Downstream] = set()
         self.in_flight = 0
         self.draining = False
-        self._idle: asyncio.Event | None = None
+        self.all_gone: asyncio.Event | None = None  # set when draining and every client is gone
         self._sock: socket.socket | None = None
         self._server: asyncio.Server | None = None
 
@@ -472,13 +526,16 @@ class Relay:
             self._server.close()
         self.draining = True
         if grace:
+            # Each client connection closes itself once its client has seen the final GOAWAY
+            # (so it sends nothing more) and its streams are over: that is when no call can
+            # be lost, which in_flight reaching 0 alone does not show.
+            self.all_gone = asyncio.Event()
             for down in list(self.downstreams):
                 down.drain()
             self.flusher.flush()
-            if self.in_flight:
-                self._idle = asyncio.Event()
+            if self.downstreams:
                 try:
-                    await asyncio.wait_for(self._idle.wait(), grace)
+                    await asyncio.wait_for(self.all_gone.wait(), grace)
                 except TimeoutError:
                     log.warning("%d calls still in flight after the %.1fs grace period",
                                 self.in_flight, grace)
@@ -496,8 +553,6 @@ class Relay:
 
     def call_done(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0 and self._idle is not None:
-            self._idle.set()
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -567,7 +622,7 @@ class Relay:
             return
         call.early = []
         call.task = asyncio.get_running_loop().create_task(
-            self._connect_then_start(call, target, block, headers))
+            self._connect_then_start(call, target, endpoint, block, headers))
 
     def _start(self, call: Call, up: Upstream, endpoint: Endpoint, block: bytes | None,
                headers: Headers) -> None:
@@ -586,15 +641,12 @@ class Relay:
             else:
                 up.send_headers(leg, up.encoder.encode(item), end)
 
-    async def _connect_then_start(self, call: Call, target: Target, block: bytes | None,
-                                  headers: Headers) -> None:
+    async def _connect_then_start(self, call: Call, target: Target, endpoint: Endpoint | None,
+                                  block: bytes | None, headers: Headers) -> None:
         """The slow path: the picked endpoint has no connection yet (or refuses one)."""
         try:
             refused: list[Endpoint] = []
-            while True:
-                endpoint = target.pick(refused)
-                if endpoint is None:
-                    break
+            while endpoint is not None:
                 wait = self.settings.connect_timeout
                 if call.deadline is not None:
                     wait = min(wait, max(0.0, call.deadline - self.clock.now()))
@@ -609,6 +661,7 @@ class Relay:
                     self._start(call, up, endpoint, block, headers)
                     return
                 refused.append(endpoint)
+                endpoint = target.pick(refused)
             if refused:
                 if call.deadline is not None and self.clock.now() >= call.deadline:
                     call.reply_error(_SC.DEADLINE_EXCEEDED,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import hpack
+import pytest
 
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.peer import CONN_WINDOW, STREAM_WINDOW, Flusher, Leg, Peer
@@ -48,7 +49,7 @@ class Recorder(Peer):
     def on_headers(self, sid: int, block: bytes, end: bool) -> None:
         self.events.append(("headers", sid, block, end))
 
-    def on_reset(self, leg: Leg, code: int) -> None:
+    def on_reset(self, leg: Leg, code: int, finished: bool) -> None:
         self.events.append(("reset", leg.sid, code))
 
 
@@ -221,11 +222,12 @@ def test_blocks_are_forwarded_verbatim_once_the_peer_applied_table_size_zero() -
     assert got == headers and not verbatim  # not acknowledged yet: re-encode
     assert src.decoder.header_table.dynamic_entries  # the block indexed its headers
     src.data_received(f.frame(f.SETTINGS, f.ACK, 0))
-    assert not src.decoder.header_table.dynamic_entries  # the peer's table is 0 bytes now
+    # Acknowledged, but only a block that shows the size update proves the table is empty.
     indexing.header_table_size = 0  # the peer applies our SETTINGS_HEADER_TABLE_SIZE=0
     second = indexing.encode(headers)
-    got, verbatim = src.read_block(second)
+    got, verbatim = src.read_block(second, need=False)  # decoded all the same
     assert got == headers and verbatim
+    assert not src.decoder.header_table.dynamic_entries
     third = indexing.encode(headers)  # literals "with incremental indexing" index nothing now
     assert src.read_block(third, need=False) == (None, True)
     got, verbatim = src.read_block(third)
@@ -233,6 +235,29 @@ def test_blocks_are_forwarded_verbatim_once_the_peer_applied_table_size_zero() -
     assert src.read_block(third, need=False) == (None, True)
     again, _ = src.read_block(third)
     assert again is got  # decoded once, then cached
+
+
+def test_a_peer_that_keeps_its_table_after_the_ack_has_every_block_re_encoded() -> None:
+    _flusher, src, ts, _dst, _td = pair()
+    ignoring = hpack.Encoder()  # never applies our SETTINGS_HEADER_TABLE_SIZE=0
+    src.data_received(f.frame(f.SETTINGS, f.ACK, 0))
+    for value in ("a", "b", "a"):
+        headers = [(":path", "/pkg.S/M"), ("x-k", value)]
+        got, verbatim = src.read_block(ignoring.encode(headers), need=False)
+        assert got == headers and not verbatim  # its blocks refer to its table: re-encoded
+    assert not ts.closed
+
+
+def test_a_peer_that_announces_a_table_after_emptying_it_is_refused() -> None:
+    _flusher, src, _ts, _dst, _td = pair()
+    peer = hpack.Encoder()
+    src.data_received(f.frame(f.SETTINGS, f.ACK, 0))
+    peer.header_table_size = 0
+    src.read_block(peer.encode([(":path", "/pkg.S/M")]))
+    assert src.verbatim
+    peer.header_table_size = 4096  # against our setting
+    with pytest.raises(hpack.HPACKError):  # which data_received answers with COMPRESSION_ERROR
+        src.read_block(peer.encode([(":path", "/pkg.S/M")]))
 
 
 def test_a_peer_that_overruns_the_stream_window_loses_the_connection() -> None:
@@ -246,3 +271,30 @@ def test_a_peer_that_overruns_the_stream_window_loses_the_connection() -> None:
     src.data_received(f.frame(f.DATA, 0, 1, b"x"))
     goaway = [p for kind, _, _, p in ts.frames() if kind == f.GOAWAY]
     assert int.from_bytes(goaway[0][4:8], "big") == f.FLOW_CONTROL_ERROR and ts.closed
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    (f.window_update(0, 0), f.PROTOCOL_ERROR),
+    (f.window_update(0, f.MAX_WINDOW), f.FLOW_CONTROL_ERROR),  # over 2^31-1 with the default
+    (f.frame(f.PING, 0, 0, b"short"), f.FRAME_SIZE_ERROR),
+    (f.frame(f.PING, 0, 1, b"12345678"), f.PROTOCOL_ERROR),
+    (f.frame(f.RST_STREAM, 0, 1, b"\0"), f.FRAME_SIZE_ERROR),
+    (f.frame(f.SETTINGS, f.ACK, 0, b"\0" * 6), f.FRAME_SIZE_ERROR),
+    (f.settings_frame([(f.MAX_FRAME_SIZE, 100)]), f.PROTOCOL_ERROR),
+    (f.settings_frame([(f.ENABLE_PUSH, 2)]), f.PROTOCOL_ERROR),
+    (f.frame(f.GOAWAY, 0, 0, b"\0" * 4), f.FRAME_SIZE_ERROR),
+])
+def test_malformed_control_frames_end_the_connection_with_their_error(frame: bytes,
+                                                                      code: int) -> None:
+    _flusher, src, ts, _dst, _td = pair()
+    src.data_received(frame)
+    goaway = [p for kind, _, _, p in ts.frames() if kind == f.GOAWAY]
+    assert int.from_bytes(goaway[0][4:8], "big") == code and ts.closed
+
+
+def test_a_stream_window_over_the_maximum_ends_the_connection() -> None:
+    _flusher, src, ts, _dst, _td = pair()
+    src.streams[1] = Leg(src, 1, None)
+    src.data_received(f.window_update(1, f.MAX_WINDOW))
+    goaway = [p for kind, _, _, p in ts.frames() if kind == f.GOAWAY]
+    assert int.from_bytes(goaway[0][4:8], "big") == f.FLOW_CONTROL_ERROR

@@ -1,0 +1,283 @@
+"""Whole calls through the relay on fake transports: a client connection, a Relay and one
+upstream connection, driven frame by frame. No sockets. After each scenario nothing may be left
+behind: no stream in a map, no call counted in flight, and every byte a peer sent credited
+back to its connection window."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import hpack
+
+from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.balance.pool import Pool
+from grpcmesh.registry.model import Health, Instance
+from grpcmesh.relay import frames as f
+from grpcmesh.relay.peer import CONN_WINDOW, Peer
+from grpcmesh.relay.relay import Downstream, Relay, Upstream, status_of
+from grpcmesh.routing import Target
+
+ADDRESS = "127.0.0.1:9"
+REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/pkg.S/M"),
+           (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")]
+OK = [("grpc-status", "0")]
+RESPONSE = [(":status", "200"), ("content-type", "application/grpc")]
+
+
+def message(body: bytes) -> bytes:
+    return b"\0" + len(body).to_bytes(4, "big") + body
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+        self.protocol: Peer | None = None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        """As asyncio's: the protocol hears connection_lost soon after, not during the call."""
+        if not self.closed:
+            self.closed = True
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            assert self.protocol is not None
+            loop.call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        out, data, self.written = [], self.written, b""
+        pos = 0
+        while pos < len(data):
+            length = int.from_bytes(data[pos:pos + 3], "big")
+            out.append((data[pos + 3], data[pos + 4],
+                        int.from_bytes(data[pos + 5:pos + 9], "big"),
+                        data[pos + 9:pos + 9 + length]))
+            pos += 9 + length
+        return out
+
+
+def attach(peer: Peer) -> FakeTransport:
+    transport = FakeTransport()
+    transport.protocol = peer
+    peer.connection_made(transport)  # type: ignore[arg-type]
+    return transport
+
+
+class Mesh:
+    """A relay with one client connection and one upstream connection that is up."""
+
+    def __init__(self, client_settings: list[tuple[int, int]] | None = None) -> None:
+        self.pool = Pool("svc")
+        self.pool.upsert(Instance("svc", "e1", ADDRESS, health=Health.SERVING))
+        self.endpoint: Endpoint = self.pool.endpoints["e1"]
+        self.target = Target("svc", (self.pool,))
+        self.relay = Relay(lambda path, override: self.target)
+        self.up = Upstream(ADDRESS, self.relay.upstreams)
+        self.up_t = attach(self.up)
+        self.relay.upstreams._current[ADDRESS] = self.up  # as if it had been connected
+        self.up.data_received(f.settings_frame([]))  # the endpoint's SETTINGS
+        self.down = Downstream(self.relay)
+        self.down_t = attach(self.down)
+        self.client = hpack.Encoder()
+        self.server = hpack.Encoder()
+        self.down.data_received(f.PREFACE + f.settings_frame(client_settings or []))
+        self.down_t.frames()
+        self.up_t.frames()
+
+    def request(self, sid: int = 1, body: bytes | None = None, end: bool = False) -> None:
+        data = f.frame(f.HEADERS, f.END_HEADERS, sid, self.client.encode(REQUEST))
+        if body is not None:
+            data += f.frame(f.DATA, f.END_STREAM if end else 0, sid, body)
+        self.down.data_received(data)
+
+    def respond(self, *frames: bytes) -> None:
+        self.up.data_received(b"".join(frames))
+
+    def headers(self, sid: int, headers: list[tuple[str, str]], end: bool = False) -> bytes:
+        flags = f.END_HEADERS | (f.END_STREAM if end else 0)
+        return f.frame(f.HEADERS, flags, sid, self.server.encode(headers))
+
+    def assert_clean(self) -> None:
+        for peer in (self.down, self.up):
+            assert not peer.streams and not peer.blocked
+            assert peer.recv_window + peer.conn_unacked == CONN_WINDOW
+        assert self.relay.in_flight == 0
+        assert self.endpoint.in_flight == 0
+
+
+def client_status(frames: list[tuple[int, int, int, bytes]]) -> grpc.StatusCode:
+    decoder = hpack.Decoder()
+    code = None
+    for kind, flags, _, payload in frames:
+        if kind == f.HEADERS:
+            headers = [(str(k), str(v)) for k, v in decoder.decode(payload)]
+            if flags & f.END_STREAM:
+                code, _ = status_of(headers)
+    assert code is not None, "no trailers reached the client"
+    return code
+
+
+def test_a_unary_call_is_relayed_and_leaves_nothing_behind() -> None:
+    mesh = Mesh()
+    mesh.request(body=message(b"hi"), end=True)
+    sent = mesh.up_t.frames()
+    assert [k for k, *_ in sent] == [f.HEADERS, f.DATA]
+    mesh.respond(mesh.headers(1, RESPONSE), f.frame(f.DATA, 0, 1, message(b"yo")),
+                 mesh.headers(1, OK, end=True))
+    got = mesh.down_t.frames()
+    assert [k for k, *_ in got] == [f.HEADERS, f.DATA, f.HEADERS]
+    assert client_status(got) == grpc.StatusCode.OK
+    assert mesh.endpoint.calls == 1
+    mesh.assert_clean()
+
+
+def test_a_client_half_close_after_the_response_ended_frees_the_call() -> None:
+    mesh = Mesh()
+    mesh.request(body=message(b"hi"))  # a stream the client has not half-closed
+    mesh.respond(mesh.headers(1, RESPONSE), mesh.headers(1, OK, end=True))
+    assert client_status(mesh.down_t.frames()) == grpc.StatusCode.OK
+    mesh.down.data_received(f.frame(f.DATA, f.END_STREAM, 1, b""))
+    mesh.respond(f.rst_stream(1, f.NO_ERROR))
+    mesh.assert_clean()
+
+
+def test_an_upstream_reset_after_its_trailers_keeps_what_waits_for_the_client() -> None:
+    mesh = Mesh(client_settings=[(f.INITIAL_WINDOW_SIZE, 0)])  # the client reads nothing yet
+    mesh.request(body=message(b"hi"))
+    mesh.respond(mesh.headers(1, RESPONSE), f.frame(f.DATA, 0, 1, message(b"yo")),
+                 mesh.headers(1, OK, end=True), f.rst_stream(1, f.NO_ERROR))
+    assert [k for k, *_ in mesh.down_t.frames()] == [f.HEADERS]  # DATA waits for window
+    mesh.down.data_received(f.window_update(1, 100))
+    got = mesh.down_t.frames()
+    assert [k for k, *_ in got] == [f.DATA, f.HEADERS]
+    assert got[0][3] == message(b"yo")
+    assert client_status(got) == grpc.StatusCode.OK
+    mesh.down.data_received(f.rst_stream(1, f.NO_ERROR))  # the client ends its side
+    mesh.assert_clean()
+
+
+def test_an_upstream_connection_lost_after_its_trailers_keeps_them() -> None:
+    mesh = Mesh(client_settings=[(f.INITIAL_WINDOW_SIZE, 0)])
+    mesh.request(body=message(b"hi"))  # not half-closed: the upstream stream stays open
+    mesh.respond(mesh.headers(1, RESPONSE), f.frame(f.DATA, 0, 1, message(b"yo")),
+                 mesh.headers(1, OK, end=True))
+    mesh.up.connection_lost(None)
+    mesh.down.data_received(f.window_update(1, 100))
+    assert client_status(mesh.down_t.frames()) == grpc.StatusCode.OK
+    assert mesh.endpoint.calls == 1 and mesh.endpoint.failures == 0
+    mesh.down.data_received(f.frame(f.DATA, f.END_STREAM, 1, b""))
+    assert not mesh.down.streams and mesh.relay.in_flight == 0
+    assert mesh.down.recv_window + mesh.down.conn_unacked == CONN_WINDOW
+
+
+def test_an_upstream_connection_lost_mid_call_is_unavailable_naming_the_endpoint() -> None:
+    mesh = Mesh()
+    mesh.request(body=message(b"hi"), end=True)
+    mesh.respond(mesh.headers(1, RESPONSE))
+    mesh.up.connection_lost(None)
+    got = mesh.down_t.frames()
+    assert client_status(got) == grpc.StatusCode.UNAVAILABLE
+    decoder = hpack.Decoder()
+    trailers = dict(decoder.decode(got[-1][3]) if len(got) == 1 else
+                    [h for _, _, _, p in got for h in decoder.decode(p)])
+    assert ADDRESS in str(trailers["grpc-message"])
+    assert mesh.endpoint.failures == 1
+    assert not mesh.down.streams and mesh.relay.in_flight == 0 and mesh.endpoint.in_flight == 0
+
+
+def test_a_client_gone_with_response_data_waiting_credits_the_upstream_connection() -> None:
+    mesh = Mesh(client_settings=[(f.INITIAL_WINDOW_SIZE, 0)])
+    mesh.request(body=message(b"hi"), end=True)
+    mesh.respond(mesh.headers(1, RESPONSE), f.frame(f.DATA, 0, 1, message(b"x" * 10_000)))
+    assert mesh.down.blocked  # the response waits for the client's window
+    mesh.down.connection_lost(None)
+    resets = [(sid, p) for k, _, sid, p in mesh.up_t.frames() if k == f.RST_STREAM]
+    assert resets == [(1, f.CANCEL.to_bytes(4, "big"))]
+    mesh.assert_clean()
+
+
+def test_request_data_buffered_for_a_call_that_fails_is_credited_back() -> None:
+    async def scenario() -> None:
+        mesh = Mesh()
+        mesh.pool.remove("e1")  # no instance: the call fails after its DATA was buffered
+        body = b"x" * 10_000
+        mesh.request(body=message(body))
+        await asyncio.sleep(0)  # the slow path runs and answers UNAVAILABLE
+        assert client_status(mesh.down_t.frames()) == grpc.StatusCode.UNAVAILABLE
+        assert mesh.down.recv_window + mesh.down.conn_unacked == CONN_WINDOW
+        assert not mesh.down.streams and mesh.relay.in_flight == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_a_frame_over_the_advertised_size_ends_the_connection() -> None:
+    mesh = Mesh()
+    mesh.request()
+    mesh.down.data_received(f.frame(f.DATA, 0, 1, b"x" * (f.DEFAULT_FRAME_SIZE + 1)))
+    goaway = [p for k, _, _, p in mesh.down_t.frames() if k == f.GOAWAY]
+    assert int.from_bytes(goaway[0][4:8], "big") == f.FRAME_SIZE_ERROR
+    assert mesh.down_t.closed
+
+
+def test_frames_on_a_stream_the_relay_reset_are_ignored() -> None:
+    mesh = Mesh()
+    mesh.request(body=message(b"hi"))
+    mesh.respond(f.rst_stream(1, f.INTERNAL_ERROR))  # the client's stream is reset too
+    assert [k for k, *_ in mesh.down_t.frames()] == [f.RST_STREAM]
+    late = f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, mesh.client.encode([("x", "y")]))
+    mesh.down.data_received(f.frame(f.DATA, 0, 1, b"late") + late)
+    assert not mesh.down_t.closed
+    mesh.assert_clean()
+
+
+def test_data_on_a_stream_never_opened_ends_the_connection() -> None:
+    mesh = Mesh()
+    mesh.down.data_received(f.frame(f.DATA, 0, 7, b"x"))
+    goaway = [p for k, _, _, p in mesh.down_t.frames() if k == f.GOAWAY]
+    assert int.from_bytes(goaway[0][4:8], "big") == f.PROTOCOL_ERROR
+
+
+def test_oversized_metadata_fails_the_call_not_the_connection() -> None:
+    mesh = Mesh()
+    big = [*REQUEST, ("x-big", "v" * 100_000)]  # over hpack's default 64 KiB header list
+    blocks = mesh.client.encode(big)
+    chunks = [blocks[i:i + f.DEFAULT_FRAME_SIZE] for i in range(0, len(blocks), 16_384)]
+    data = f.frame(f.HEADERS, 0, 1, chunks[0])
+    for i, chunk in enumerate(chunks[1:], 1):
+        data += f.frame(f.CONTINUATION, f.END_HEADERS if i == len(chunks) - 1 else 0, 1, chunk)
+    mesh.down.data_received(data)
+    assert client_status(mesh.down_t.frames()) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not mesh.down_t.closed
+
+
+def test_graceful_stop_serves_streams_sent_before_the_final_goaway() -> None:
+    async def scenario() -> None:
+        mesh = Mesh()
+        stopping = asyncio.ensure_future(mesh.relay.stop(5.0))
+        await asyncio.sleep(0)
+        first = mesh.down_t.frames()
+        assert [k for k, *_ in first] == [f.GOAWAY, f.PING]
+        assert int.from_bytes(first[0][3][:4], "big") == f.MAX_WINDOW
+        mesh.request(sid=1, body=message(b"hi"), end=True)  # sent before it saw the GOAWAY
+        mesh.down.data_received(f.frame(f.PING, f.ACK, 0, first[1][3]))
+        final = [p for k, _, _, p in mesh.down_t.frames() if k == f.GOAWAY]
+        assert int.from_bytes(final[0][:4], "big") == 1  # stream 1 will be served
+        await asyncio.sleep(0.01)
+        assert not stopping.done()  # the call is still in flight
+        mesh.respond(mesh.headers(1, RESPONSE), mesh.headers(1, OK, end=True))
+        assert client_status(mesh.down_t.frames()) == grpc.StatusCode.OK
+        await asyncio.wait_for(stopping, 2)
+        assert mesh.down_t.closed
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
