@@ -111,7 +111,7 @@ def recovery_seconds(calls: Calls, t0: float, change_at: float, n: int, odd: str
     while t + 2 <= last:
         window = [w for s, w in zip(calls.started, calls.who) if t <= s < t + 2]
         if window and sum(1 for w in window if w == odd) / len(window) >= 0.8 / n:
-            return round(t - t0 - change_at, 1)
+            return max(0.0, round(t - t0 - change_at, 1))
         t += 0.5
     return None
 

@@ -7,7 +7,7 @@ the other side, which may only be sent as much as its own windows allow. So the 
 most one stream window per stream and one connection window per connection.
 
 Header blocks: the relay advertises SETTINGS_HEADER_TABLE_SIZE=0. Once a peer acknowledged
-that and its next header block, decoded, showed that it emptied its table, its blocks reference
+that and a header block of its, decoded, showed that it emptied its table, its blocks reference
 no dynamic table: they are forwarded byte for byte, and the same block always decodes to the
 same headers (so decoded blocks are cached). Blocks before that, and every block of a peer that
 ignores the setting, are decoded and re-encoded.
@@ -61,7 +61,7 @@ class Leg:
     """A call's stream on one connection."""
 
     __slots__ = ("call", "ended_in", "ended_out", "other", "peer", "pending", "recv", "sid",
-                 "unacked", "window")
+                 "then_reset", "unacked", "window")
 
     def __init__(self, peer: Peer, sid: int, call: Any) -> None:
         self.peer = peer
@@ -75,6 +75,7 @@ class Leg:
         self.pending: list[tuple[bytes, bool, Leg | None, int, bool]] = []
         self.ended_in = False  # the peer ended its side (END_STREAM or RST)
         self.ended_out = False  # we ended ours
+        self.then_reset = False  # once ended_out, RST_STREAM(NO_ERROR): stop sending to us
 
 
 class Peer(asyncio.Protocol):
@@ -218,8 +219,8 @@ class Peer(asyncio.Protocol):
 
     def reset_pending(self, leg: Leg) -> None:
         for _, _, src, credit, _ in leg.pending:
-            if src is not None:
-                src.peer.credit(None, credit)
+            if src is not None:  # the stream too, if its sender goes on (credit checks)
+                src.peer.credit(src, credit)
         leg.pending.clear()
         self.blocked.pop(leg, None)
 
@@ -227,6 +228,18 @@ class Peer(asyncio.Protocol):
         leg.ended_out = True
         if leg.ended_in:
             self.forget(leg)
+        elif leg.then_reset:
+            self.reset(leg, f.NO_ERROR)
+
+    def end_then_reset(self, leg: Leg) -> None:
+        """What the peer sends on leg is no longer wanted: once what is queued for it has gone
+        out, RST_STREAM(NO_ERROR), as a gRPC server does after its trailers (RFC 9113 8.1)."""
+        if leg.ended_in:
+            return
+        if leg.ended_out:
+            self.reset(leg, f.NO_ERROR)
+        else:
+            leg.then_reset = True
 
     def forget(self, leg: Leg) -> None:
         if self.streams.get(leg.sid) is leg:
@@ -275,6 +288,9 @@ class Peer(asyncio.Protocol):
             n = len(buf)
             while n - pos >= 9:
                 length = int.from_bytes(buf[pos:pos + 3], "big")
+                if length > f.DEFAULT_FRAME_SIZE:  # the SETTINGS_MAX_FRAME_SIZE we advertise
+                    raise f.ProtocolError(f"a frame of {length} bytes; the limit is "
+                                          f"{f.DEFAULT_FRAME_SIZE}", f.FRAME_SIZE_ERROR)
                 end = pos + 9 + length
                 if end > n:
                     break
@@ -283,9 +299,6 @@ class Peer(asyncio.Protocol):
                 sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
                 payload = bytes(buf[pos + 9:end])
                 pos = end
-                if length > f.DEFAULT_FRAME_SIZE:  # the SETTINGS_MAX_FRAME_SIZE we advertise
-                    raise f.ProtocolError(f"a frame of {length} bytes; the limit is "
-                                          f"{f.DEFAULT_FRAME_SIZE}", f.FRAME_SIZE_ERROR)
                 if kind == f.DATA:
                     if self._partial is not None:
                         raise f.ProtocolError("DATA inside a header block")

@@ -26,7 +26,7 @@ from grpcmesh.balance.endpoint import CallHandle, Endpoint
 from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.proxy.forward import PUSHBACK, ForwardSettings
 from grpcmesh.relay import frames as f
-from grpcmesh.relay.peer import STREAM_WINDOW, Flusher, Headers, Leg, Peer
+from grpcmesh.relay.peer import STREAM_WINDOW, Flusher, Headers, Leg, Peer, call_soon_flushed
 from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
 from grpcmesh.server_util import check_bindable
 
@@ -41,6 +41,9 @@ _HTTP_STATUS = {"400": _SC.INTERNAL, "401": _SC.UNAUTHENTICATED, "403": _SC.PERM
                 "503": _SC.UNAVAILABLE, "504": _SC.UNAVAILABLE}
 _OUR_SETTINGS = [(f.HEADER_TABLE_SIZE, 0), (f.INITIAL_WINDOW_SIZE, STREAM_WINDOW)]
 _DRAIN_PING = b"grpcmesh"
+# A client that has not answered the drain's PING by then (a vanished peer, a half-open TCP
+# connection) gets the final GOAWAY anyway, so it cannot hold a shutdown for the whole grace.
+DRAIN_PING_TIMEOUT = 1.0
 
 
 def status_of(headers: Headers) -> tuple[grpc.StatusCode, int | None]:
@@ -228,12 +231,19 @@ class Downstream(Peer):
 
     def drain(self) -> None:
         """Graceful close: GOAWAY announcing that no new streams are taken, a PING, and on its
-        answer a final GOAWAY with the last stream taken (RFC 9113 6.8)."""
+        answer (or after DRAIN_PING_TIMEOUT without one) a final GOAWAY with the last stream
+        taken (RFC 9113 6.8). The connection closes once its streams are over."""
         self.queue(f.goaway(f.MAX_WINDOW))
         self.queue(f.frame(f.PING, 0, 0, _DRAIN_PING))
+        asyncio.get_running_loop().call_later(DRAIN_PING_TIMEOUT, call_soon_flushed,
+                                              self.flusher, self.final_goaway)
 
     def on_ping_ack(self, payload: bytes) -> None:
-        if payload == _DRAIN_PING and self.refuse_above is None:
+        if payload == _DRAIN_PING:
+            self.final_goaway()
+
+    def final_goaway(self) -> None:
+        if self.refuse_above is None and not self.gone:
             self.refuse_above = self.last_sid
             self.queue(f.goaway(self.last_sid))
             if not self.streams:
@@ -264,6 +274,13 @@ class Upstream(Peer):
     def usable(self) -> bool:
         return (not self.draining and not self.gone and self.next_id < f.MAX_WINDOW
                 and (self.peer_max_streams is None or len(self.streams) < self.peer_max_streams))
+
+    def full(self) -> bool:
+        """Up, but at the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (a limit of 0 is not
+        "full": such an endpoint takes no calls at all)."""
+        limit = self.peer_max_streams
+        return (not self.draining and not self.gone and limit is not None and limit > 0
+                and len(self.streams) >= limit)
 
     def open_stream(self, call: Call) -> Leg:
         leg = Leg(self, self.next_id, call)
@@ -317,7 +334,9 @@ class Upstream(Peer):
         if finished:
             # The response is complete (trailers received): this only says "stop sending the
             # request" (RFC 9113 8.1), which gRPC servers do when a client has not half-closed.
-            # What waits for the client's window is still delivered; the client ends the call.
+            # What waits for the client's window is still delivered, then the client is told.
+            down = leg.call.down
+            down.peer.end_then_reset(down)
             return
         call: Call = leg.call
         call.finish(_SC.UNAVAILABLE if code == f.REFUSED_STREAM
@@ -352,6 +371,8 @@ class Upstream(Peer):
         self.pool.retire(self)
         for leg in legs:
             if leg.ended_in:  # its response is complete, and may still be on its way out
+                down = leg.call.down
+                down.peer.end_then_reset(down)
                 continue
             call: Call = leg.call
             call.finish(_SC.UNAVAILABLE)
@@ -405,8 +426,8 @@ class Upstreams:
             # SETTINGS_MAX_CONCURRENT_STREAMS), gone away or closed before this one's turn.
             if conn.usable():
                 return conn
-            if loop.time() >= give_up:
-                return None
+            if not conn.full() or loop.time() >= give_up:
+                return None  # gone or going away: this endpoint refuses, for now
 
     async def _open(self, address: str) -> Upstream | None:
         host, _, port = address.rpartition(":")
@@ -537,8 +558,8 @@ class Relay:
                 try:
                     await asyncio.wait_for(self.all_gone.wait(), grace)
                 except TimeoutError:
-                    log.warning("%d calls still in flight after the %.1fs grace period",
-                                self.in_flight, grace)
+                    log.warning("%d calls still in flight after the %.1fs grace period; "
+                                "cancelling them", self.in_flight, grace)
         for down in list(self.downstreams):
             if not grace and down.transport is not None:
                 down.transport.abort()

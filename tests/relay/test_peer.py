@@ -157,7 +157,7 @@ def test_a_finished_stream_gets_no_stream_credit_only_connection_credit() -> Non
     assert a.unacked == 0 and src.conn_unacked == STREAM_WINDOW
 
 
-def test_reset_drops_what_waits_and_returns_its_connection_credit() -> None:
+def test_reset_drops_what_waits_and_returns_its_credit() -> None:
     flusher, src, _ts, dst, td = pair()
     a, b = legs(src, dst)
     b.window = 0
@@ -166,7 +166,10 @@ def test_reset_drops_what_waits_and_returns_its_connection_credit() -> None:
     flusher.flush()
     assert td.frames() == [(f.RST_STREAM, 0, 1, f.CANCEL.to_bytes(4, "big"))]
     assert 1 not in dst.streams and not dst.blocked
-    assert (a.unacked, src.conn_unacked) == (0, 30)
+    assert (a.unacked, src.conn_unacked) == (30, 30)  # its sender may go on: stream credit too
+    a.ended_in = True
+    dst.send_data(b, b"y" * 5, False, a, 5)  # a finished sender gets connection credit only
+    assert (a.unacked, src.conn_unacked) == (30, 35)
 
 
 def test_a_settings_change_of_the_initial_window_moves_every_stream_window() -> None:

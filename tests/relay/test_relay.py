@@ -9,11 +9,13 @@ from typing import Any
 
 import grpc
 import hpack
+import pytest
 
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.pool import Pool
 from grpcmesh.registry.model import Health, Instance
 from grpcmesh.relay import frames as f
+from grpcmesh.relay import relay as relay_module
 from grpcmesh.relay.peer import CONN_WINDOW, Peer
 from grpcmesh.relay.relay import Downstream, Relay, Upstream, status_of
 from grpcmesh.routing import Target
@@ -160,10 +162,11 @@ def test_an_upstream_reset_after_its_trailers_keeps_what_waits_for_the_client() 
     assert [k for k, *_ in mesh.down_t.frames()] == [f.HEADERS]  # DATA waits for window
     mesh.down.data_received(f.window_update(1, 100))
     got = mesh.down_t.frames()
-    assert [k for k, *_ in got] == [f.DATA, f.HEADERS]
+    assert [k for k, *_ in got] == [f.DATA, f.HEADERS, f.RST_STREAM]
     assert got[0][3] == message(b"yo")
     assert client_status(got) == grpc.StatusCode.OK
-    mesh.down.data_received(f.rst_stream(1, f.NO_ERROR))  # the client ends its side
+    assert got[2][3] == f.NO_ERROR.to_bytes(4, "big")  # then: stop sending, as a server does
+    mesh.down.data_received(f.frame(f.DATA, 0, 1, message(b"late")))  # sent before it knew
     mesh.assert_clean()
 
 
@@ -174,9 +177,10 @@ def test_an_upstream_connection_lost_after_its_trailers_keeps_them() -> None:
                  mesh.headers(1, OK, end=True))
     mesh.up.connection_lost(None)
     mesh.down.data_received(f.window_update(1, 100))
-    assert client_status(mesh.down_t.frames()) == grpc.StatusCode.OK
+    got = mesh.down_t.frames()
+    assert client_status(got) == grpc.StatusCode.OK
+    assert got[-1][0] == f.RST_STREAM
     assert mesh.endpoint.calls == 1 and mesh.endpoint.failures == 0
-    mesh.down.data_received(f.frame(f.DATA, f.END_STREAM, 1, b""))
     assert not mesh.down.streams and mesh.relay.in_flight == 0
     assert mesh.down.recv_window + mesh.down.conn_unacked == CONN_WINDOW
 
@@ -221,13 +225,15 @@ def test_request_data_buffered_for_a_call_that_fails_is_credited_back() -> None:
     asyncio.run(asyncio.wait_for(scenario(), 5))
 
 
-def test_a_frame_over_the_advertised_size_ends_the_connection() -> None:
+def test_a_frame_over_the_advertised_size_ends_the_connection_before_it_is_read() -> None:
     mesh = Mesh()
     mesh.request()
-    mesh.down.data_received(f.frame(f.DATA, 0, 1, b"x" * (f.DEFAULT_FRAME_SIZE + 1)))
+    header = (f.DEFAULT_FRAME_SIZE + 1).to_bytes(3, "big") + bytes((f.DATA, 0)) + \
+        (1).to_bytes(4, "big")
+    mesh.down.data_received(header + b"x" * 100)  # the rest is never waited for
     goaway = [p for k, _, _, p in mesh.down_t.frames() if k == f.GOAWAY]
     assert int.from_bytes(goaway[0][4:8], "big") == f.FRAME_SIZE_ERROR
-    assert mesh.down_t.closed
+    assert mesh.down_t.closed and not mesh.down.buf
 
 
 def test_frames_on_a_stream_the_relay_reset_are_ignored() -> None:
@@ -279,5 +285,21 @@ def test_graceful_stop_serves_streams_sent_before_the_final_goaway() -> None:
         assert client_status(mesh.down_t.frames()) == grpc.StatusCode.OK
         await asyncio.wait_for(stopping, 2)
         assert mesh.down_t.closed
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_graceful_stop_does_not_wait_the_grace_for_a_client_that_never_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_module, "DRAIN_PING_TIMEOUT", 0.05)
+
+    async def scenario() -> None:
+        mesh = Mesh()  # an idle client that will not answer the PING
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(mesh.relay.stop(30.0), 5)
+        assert loop.time() - started < 1.0
+        final = [p for k, _, _, p in mesh.down_t.frames() if k == f.GOAWAY][-1]
+        assert int.from_bytes(final[:4], "big") == 0 and mesh.down_t.closed
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
