@@ -5,7 +5,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -41,19 +43,36 @@ def announce(**addresses: str) -> None:
 
 
 async def run_until_signal(stop: Callable[[], Awaitable[None]],
-                           done: asyncio.Event | None = None) -> None:
-    """Wait for SIGTERM/SIGINT (or done), then run stop()."""
+                           *done: asyncio.Event) -> None:
+    """Wait for SIGTERM/SIGINT (or any of done), then run stop()."""
     loop = asyncio.get_running_loop()
     signalled = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signalled.set)
     waiters = [asyncio.ensure_future(signalled.wait())]
-    if done is not None:
-        waiters.append(asyncio.ensure_future(done.wait()))
+    waiters += [asyncio.ensure_future(event.wait()) for event in done]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
         w.cancel()
     await stop()
+
+
+def primary_gone() -> asyncio.Event:
+    """Set when a secondary worker's primary is gone, however it ended (even SIGKILL): the
+    primary holds the write end of the worker's stdin and never writes, so EOF means it
+    exited. The worker then drains and stops, instead of living on as an orphan."""
+    loop = asyncio.get_running_loop()
+    gone = asyncio.Event()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        if not os.read(fd, 4096):
+            loop.remove_reader(fd)
+            log.warning("the primary sidecar process exited; this worker stops")
+            gone.set()
+
+    loop.add_reader(fd, readable)
+    return gone
 
 
 async def cmd_registry(args: argparse.Namespace) -> int:
@@ -127,7 +146,10 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
     async def stop() -> None:
         await sidecar.shutdown(on_deregistered=workers.signal_stop)
         await workers.wait(args.drain_delay + args.grace_period + 5.0)
-    await run_until_signal(stop, sidecar.stopped)
+    events = [sidecar.stopped]
+    if args.secondary:
+        events.append(primary_gone())
+    await run_until_signal(stop, *events)
     if sidecar.failure is not None:
         raise CliError(str(sidecar.failure))
     return 0

@@ -26,6 +26,7 @@ class Stats:
     def __init__(self) -> None:
         self.latencies: dict[str, list[float]] = collections.defaultdict(list)
         self.errors: collections.Counter[str] = collections.Counter()
+        self.last_error: dict[str, str] = {}  # code -> the latest message with it
 
     def report(self, elapsed: float) -> str:
         total = sum(len(v) for v in self.latencies.values())
@@ -38,6 +39,7 @@ class Stats:
         lines = [f"after {elapsed:.0f}s: {total} calls, {total / max(elapsed, 1e-9):.0f}/s, "
                  f"{sum(self.errors.values())} errors"
                  + (f" {dict(self.errors)}" if self.errors else "")]
+        lines += [f"  last {code}: {message}" for code, message in sorted(self.last_error.items())]
         lines.append(table(["INSTANCE", "CALLS", "SHARE", "P50 MS", "P99 MS"], rows))
         return "\n".join(lines)
 
@@ -52,6 +54,7 @@ async def _client(target: str, stats: Stats, stop: asyncio.Event) -> None:
                 stats.latencies[resp.instance].append(time.perf_counter() - start)
             except grpc.aio.AioRpcError as err:
                 stats.errors[err.code().name] += 1
+                stats.last_error[err.code().name] = err.details() or ""
                 await asyncio.sleep(0.1)
 
 

@@ -10,14 +10,24 @@ connection stays on one worker.
 
 Shutdown: the primary deregisters, signals the workers, and every process waits the drain
 delay, then finishes its calls in flight within the grace period. A worker that dies on its own
-ends the primary too, so that a supervisor sees the failure.
+ends the primary too, so that a supervisor sees the failure. A primary that dies (even by
+SIGKILL, or a SIGTERM during start-up) closes its end of each worker's stdin, and the workers
+drain and stop on that EOF, so none lives on as an orphan holding the ports.
+
+Workers are spawned with subprocess.Popen, not the event loop's subprocess support: CPython
+starts the child with vfork, so no pthread_atfork handler runs in it. uvloop's spawn (libuv)
+forks, which runs grpc-core's fork handlers in the child while the primary's channels are busy;
+about one start in ten then died in the child (`ares_resolver.cc: Check failed: channel_ !=
+nullptr`) before it could exec.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
@@ -26,31 +36,40 @@ log = logging.getLogger(__name__)
 
 class Workers:
     def __init__(self, on_failure: Callable[[str], None]) -> None:
-        self._procs: list[asyncio.subprocess.Process] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
         self.admins: list[tuple[int, str]] = []  # (pid, admin address) of each worker
         self._watchers: list[asyncio.Task[None]] = []
         self._on_failure = on_failure
         self._stopping = False
+        # Blocking reads and waits on the workers' pipes and pids run here: one thread per
+        # worker for its exit, one for reading ready lines.
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def start(self, count: int, argv: Sequence[str], timeout: float = 30.0) -> None:
         """Start count secondary workers: `grpcmesh ARGV --secondary` (stderr is inherited)."""
+        loop = asyncio.get_running_loop()
+        threads = self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=count + 1, thread_name_prefix="grpcmesh-workers")
         for i in range(count):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "grpcmesh", *argv, "--secondary",
-                stdout=asyncio.subprocess.PIPE)
+            # Popen on purpose (see the module docstring); it returns as soon as vfork does.
+            proc = subprocess.Popen(  # noqa: ASYNC220
+                [sys.executable, "-m", "grpcmesh", *argv, "--secondary"], stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE)  # its lifeline: EOF when this process is gone
             self._procs.append(proc)
-            assert proc.stdout is not None
+            stdout = proc.stdout
+            assert stdout is not None
             try:
-                line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+                line = await asyncio.wait_for(loop.run_in_executor(threads, stdout.readline),
+                                              timeout)
                 self.admins.append((proc.pid, json.loads(line)["admin"]))
             except (TimeoutError, ValueError, KeyError):
                 raise RuntimeError(f"sidecar worker {i + 1} did not start") from None
-            self._watchers.append(asyncio.get_running_loop().create_task(self._watch(i, proc)))
+            self._watchers.append(loop.create_task(self._watch(i, proc)))
         log.info("started %d secondary workers (pids %s)", count,
                  ", ".join(str(p.pid) for p in self._procs))
 
-    async def _watch(self, i: int, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
+    async def _watch(self, i: int, proc: subprocess.Popen[bytes]) -> None:
+        code = await asyncio.get_running_loop().run_in_executor(self._threads, proc.wait)
         if not self._stopping:
             self._on_failure(f"sidecar worker {i + 1} (pid {proc.pid}) exited with {code}")
 
@@ -58,18 +77,25 @@ class Workers:
         """Tell every worker to drain and stop (they deregister nothing: the primary does)."""
         self._stopping = True
         for proc in self._procs:
-            if proc.returncode is None:
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
     async def wait(self, timeout: float) -> None:
         self.signal_stop()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
         for proc in self._procs:
-            try:
-                await asyncio.wait_for(proc.wait(), timeout)
-            except TimeoutError:
+            while proc.poll() is None and loop.time() < give_up:
+                await asyncio.sleep(0.05)
+            if proc.poll() is None:
                 log.warning("sidecar worker %d did not stop in %.0fs; killing it", proc.pid,
                             timeout)
                 proc.kill()
-                await proc.wait()
+                proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         for task in self._watchers:
             task.cancel()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)

@@ -112,3 +112,36 @@ async def test_both_workers_forward_and_sigterm_drains_both(
     assert await server.stop(timeout=20) == 0
     assert [r.instance for r in await asyncio.gather(*slow)] == ["a"] * 6
     assert not any(Path(f"/proc/{pid}").exists() for pid in server_workers)
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_worker_stops_when_its_primary_is_killed() -> None:
+    daemons: list[procs.Daemon] = []
+    try:
+        registry = await procs.start("registry", "registry", "--listen", "127.0.0.1:0")
+        daemons.append(registry)
+        client = await procs.start(
+            "client", "sidecar", "--service", "client", "--registry",
+            registry.addresses["registry"], "--outbound", "127.0.0.1:0", "--admin",
+            "127.0.0.1:0", "--workers", "2", "--drain-delay", "0.1")
+        daemons.append(client)
+        (secondary,) = secondary_pids(client.proc.pid)
+        client.proc.kill()  # no chance to stop its workers itself
+        await client.proc.wait()
+        for _ in range(300):
+            if not alive(secondary):
+                break
+            await asyncio.sleep(0.05)
+        assert not alive(secondary), "the worker outlived its primary"
+    finally:
+        await procs.stop_all(daemons)
