@@ -9,33 +9,7 @@ import pytest
 
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.peer import CONN_WINDOW, STREAM_WINDOW, Flusher, Leg, Peer
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str) -> Any:
-        return None
-
-    def frames(self) -> list[tuple[int, int, int, bytes]]:
-        """(type, flags, stream, payload) of everything written since the last call."""
-        out, data, self.written = [], self.written, b""
-        pos = 0
-        while pos < len(data):
-            length = int.from_bytes(data[pos:pos + 3], "big")
-            out.append((data[pos + 3], data[pos + 4],
-                        int.from_bytes(data[pos + 5:pos + 9], "big"),
-                        data[pos + 9:pos + 9 + length]))
-            pos += 9 + length
-        return out
+from tests.relay.fakes import FakeTransport
 
 
 class Recorder(Peer):

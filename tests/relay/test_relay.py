@@ -5,7 +5,6 @@ back to its connection window."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 import hpack
@@ -16,9 +15,10 @@ from grpcmesh.balance.pool import Pool
 from grpcmesh.registry.model import Health, Instance
 from grpcmesh.relay import frames as f
 from grpcmesh.relay import relay as relay_module
-from grpcmesh.relay.peer import CONN_WINDOW, Peer
+from grpcmesh.relay.peer import CONN_WINDOW
 from grpcmesh.relay.relay import Downstream, Relay, Upstream, status_of
 from grpcmesh.routing import Target
+from tests.relay.fakes import attach
 
 ADDRESS = "127.0.0.1:9"
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/pkg.S/M"),
@@ -29,51 +29,6 @@ RESPONSE = [(":status", "200"), ("content-type", "application/grpc")]
 
 def message(body: bytes) -> bytes:
     return b"\0" + len(body).to_bytes(4, "big") + body
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-        self.protocol: Peer | None = None
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        """As asyncio's: the protocol hears connection_lost soon after, not during the call."""
-        if not self.closed:
-            self.closed = True
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            assert self.protocol is not None
-            loop.call_soon(self.protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.close()
-
-    def get_extra_info(self, name: str) -> Any:
-        return None
-
-    def frames(self) -> list[tuple[int, int, int, bytes]]:
-        out, data, self.written = [], self.written, b""
-        pos = 0
-        while pos < len(data):
-            length = int.from_bytes(data[pos:pos + 3], "big")
-            out.append((data[pos + 3], data[pos + 4],
-                        int.from_bytes(data[pos + 5:pos + 9], "big"),
-                        data[pos + 9:pos + 9 + length]))
-            pos += 9 + length
-        return out
-
-
-def attach(peer: Peer) -> FakeTransport:
-    transport = FakeTransport()
-    transport.protocol = peer
-    peer.connection_made(transport)  # type: ignore[arg-type]
-    return transport
 
 
 class Mesh:

@@ -1,0 +1,52 @@
+"""A transport that records what the relay writes, for tests without sockets."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from grpcmesh.relay.peer import Peer
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+        self.protocol: Peer | None = None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        """As asyncio's: the protocol hears connection_lost soon after, not during the call."""
+        if not self.closed:
+            self.closed = True
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            assert self.protocol is not None
+            loop.call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        out, data, self.written = [], self.written, b""
+        pos = 0
+        while pos < len(data):
+            length = int.from_bytes(data[pos:pos + 3], "big")
+            out.append((data[pos + 3], data[pos + 4],
+                        int.from_bytes(data[pos + 5:pos + 9], "big"),
+                        data[pos + 9:pos + 9 + length]))
+            pos += 9 + length
+        return out
+
+
+def attach(peer: Peer) -> FakeTransport:
+    transport = FakeTransport()
+    transport.protocol = peer
+    peer.connection_made(transport)  # type: ignore[arg-type]
+    return transport
