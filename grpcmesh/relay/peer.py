@@ -267,6 +267,7 @@ class Peer(asyncio.Protocol):
         self.streams.clear()
         for leg in legs:
             self.reset_pending(leg)  # what waited to be sent here is credited to its source
+        self.blocked.clear()
         self.lost(legs)  # legs still tell how far they got: ended_in means the peer finished
         for leg in legs:
             leg.ended_in = leg.ended_out = True
