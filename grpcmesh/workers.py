@@ -37,12 +37,13 @@ log = logging.getLogger(__name__)
 class Workers:
     def __init__(self, on_failure: Callable[[str], None]) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._exits: list[asyncio.Future[int]] = []  # each worker's exit status, when it exits
         self.admins: list[tuple[int, str]] = []  # (pid, admin address) of each worker
         self._watchers: list[asyncio.Task[None]] = []
         self._on_failure = on_failure
         self._stopping = False
-        # Blocking reads and waits on the workers' pipes and pids run here: one thread per
-        # worker for its exit, one for reading ready lines.
+        # The blocking waits run here: one thread per worker waits for its exit, one reads
+        # the ready lines.
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def start(self, count: int, argv: Sequence[str], timeout: float = 30.0) -> None:
@@ -56,6 +57,7 @@ class Workers:
                 [sys.executable, "-m", "grpcmesh", *argv, "--secondary"], stdout=subprocess.PIPE,
                 stdin=subprocess.PIPE)  # its lifeline: EOF when this process is gone
             self._procs.append(proc)
+            self._exits.append(loop.run_in_executor(threads, proc.wait))
             stdout = proc.stdout
             assert stdout is not None
             try:
@@ -64,12 +66,13 @@ class Workers:
                 self.admins.append((proc.pid, json.loads(line)["admin"]))
             except (TimeoutError, ValueError, KeyError):
                 raise RuntimeError(f"sidecar worker {i + 1} did not start") from None
-            self._watchers.append(loop.create_task(self._watch(i, proc)))
+            self._watchers.append(loop.create_task(self._watch(i, proc, self._exits[i])))
         log.info("started %d secondary workers (pids %s)", count,
                  ", ".join(str(p.pid) for p in self._procs))
 
-    async def _watch(self, i: int, proc: subprocess.Popen[bytes]) -> None:
-        code = await asyncio.get_running_loop().run_in_executor(self._threads, proc.wait)
+    async def _watch(self, i: int, proc: subprocess.Popen[bytes], exited: asyncio.Future[int]
+                     ) -> None:
+        code = await asyncio.shield(exited)
         if not self._stopping:
             self._on_failure(f"sidecar worker {i + 1} (pid {proc.pid}) exited with {code}")
 
@@ -84,14 +87,14 @@ class Workers:
         self.signal_stop()
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
-        for proc in self._procs:
-            while proc.poll() is None and loop.time() < give_up:
-                await asyncio.sleep(0.05)
-            if proc.poll() is None:
+        for proc, exited in zip(self._procs, self._exits):
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), max(0.0, give_up - loop.time()))
+            except TimeoutError:
                 log.warning("sidecar worker %d did not stop in %.0fs; killing it", proc.pid,
                             timeout)
                 proc.kill()
-                proc.wait()
+                await exited
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
                     pipe.close()
