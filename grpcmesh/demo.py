@@ -16,6 +16,7 @@ import grpc
 from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import procs
+from grpcmesh.admin import admin_get
 from grpcmesh.output import table
 from grpcmesh.registry.client import RegistryClient
 
@@ -76,6 +77,18 @@ async def _wait_serving(registry: str, service: str, count: int, timeout: float)
         await client.close()
 
 
+async def _wait_ready(admin: str, timeout: float) -> None:
+    """Until the sidecar has its routes (a 503 from /ready until then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            await admin_get(admin, "/ready")
+            return
+        except (OSError, ValueError, TimeoutError):
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the client sidecar was not ready within {timeout:.0f}s")
+
+
 async def _start_all(daemons: list[procs.Daemon], specs: list[tuple[str, ...]]
                      ) -> list[procs.Daemon]:
     """Start daemons in parallel; every one that started is in daemons, even if another failed."""
@@ -116,6 +129,7 @@ async def run_demo(duration: float, concurrency: int) -> int:
             "--workers", "1")  # one balancer, so `grpcmesh endpoints` shows every call
         daemons.append(client_sidecar)
         await _wait_serving(reg, "echo", len(apps), timeout=20)
+        await _wait_ready(client_sidecar.addresses["admin"], timeout=20)
         outbound = client_sidecar.addresses["outbound"]
         print(f"registry {reg}; client calls grpcmesh.example.v1.Echo/Unary through its "
               f"sidecar at {outbound} with {concurrency} calls in flight")

@@ -3,14 +3,23 @@
 The relay joins two connections per call, a client's (Downstream) and an upstream's, and each
 call has one stream on each: a Leg. Bytes are relayed with end-to-end backpressure: what a peer
 sends us on a stream is credited back to it (WINDOW_UPDATE) only once it has been written to
-the other side, which may only be sent as much as its own windows allow. So the relay buffers at
-most one stream window per stream and one connection window per connection.
+the other side, which may only be sent as much as its own windows allow, and nothing at all
+while that side's output is over limits.write_buffer_bytes (a peer that does not read). So the
+relay holds at most one stream window per stream. Connection windows are credited as DATA
+arrives: a connection shared by many calls (an upstream) is never held up by one call whose
+client does not read, and its memory is bounded by its streams' windows.
+
+A peer whose output is over the limit is not read either, so it cannot make us answer more
+(PING, SETTINGS); control frames queued for it while it does not read are counted, and past
+limits.max_unread_control_bytes the connection is aborted. limits.py has the rules that end an
+abusive connection (empty frames, CONTINUATION chains, control-frame floods).
 
 Header blocks: the relay advertises SETTINGS_HEADER_TABLE_SIZE=0. Once a peer acknowledged
 that and a header block of its, decoded, showed that it emptied its table, its blocks reference
 no dynamic table: they are forwarded byte for byte, and the same block always decodes to the
-same headers (so decoded blocks are cached). Blocks before that, and every block of a peer that
-ignores the setting, are decoded and re-encoded.
+same headers (so accepted blocks are cached, blocks.py). Blocks before that, and every block of
+a peer that ignores the setting, are decoded and re-encoded (without Huffman coding: hpack's
+encoder is quadratic in a value's length).
 """
 from __future__ import annotations
 
@@ -21,17 +30,20 @@ from typing import Any, cast
 
 import hpack
 
+from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.relay import frames as f
+from grpcmesh.relay.blocks import BlockCache
+from grpcmesh.relay.limits import FrameGuard, RelayLimits
 
 log = logging.getLogger(__name__)
 
-STREAM_WINDOW = 1 << 20  # what we let a peer send per stream before it hears from us
-CONN_WINDOW = 16 << 20  # ... and per connection
+# The connection window we grant: credited on receipt, so it bounds no memory (stream windows
+# do); large, so that it never slows a connection down.
+CONN_WINDOW = 16 << 20
 MAX_BLOCK = 256 * 1024  # a header block beyond this ends the connection (ENHANCE_YOUR_CALM)
 # Decoded header lists up to this size are read, so that one over the proxy's metadata limit
 # fails its call (RESOURCE_EXHAUSTED), not the connection.
 MAX_HEADER_LIST = 1 << 20
-_CACHE_SIZE = 4096
 
 Headers = list[tuple[str, str]]
 _CONNECTION_FRAMES = frozenset({f.SETTINGS, f.PING, f.GOAWAY})
@@ -47,14 +59,19 @@ class Flusher:
         self.dirty: list[Peer] = []
 
     def flush(self) -> None:
-        dirty, self.dirty = self.dirty, []
-        for peer in dirty:
-            peer.queued = False
-            if peer.out:
-                data = b"".join(peer.out)
-                peer.out.clear()
-                if peer.transport is not None and not peer.gone:
-                    peer.transport.write(data)
+        while self.dirty:
+            dirty, self.dirty = self.dirty, []
+            for peer in dirty:
+                peer.queued = False
+                if peer.out:
+                    data = b"".join(peer.out)
+                    peer.out.clear()
+                    peer.out_bytes = 0
+                    if peer.transport is not None and not peer.gone:
+                        peer.transport.write(data)  # may call peer.pause_writing()
+                if peer.starved and not peer.paused:
+                    peer.starved = False  # DATA that waited for this flush: its turn now
+                    peer.drain_blocked()
 
 
 class Leg:
@@ -69,7 +86,7 @@ class Leg:
         self.call = call
         self.window = peer.peer_initial  # what we may still send on it
         self.unacked = 0  # bytes received on it not yet credited back
-        self.recv = STREAM_WINDOW  # what the peer may still send on it
+        self.recv = peer.limits.stream_window  # what the peer may still send on it
         self.other: Leg | None = None  # the call's leg on the other connection
         # (frames, end_stream, source leg, credit, is_headers): waiting for window
         self.pending: list[tuple[bytes, bool, Leg | None, int, bool]] = []
@@ -83,13 +100,24 @@ class Peer(asyncio.Protocol):
 
     expect_preface = False
 
-    def __init__(self, flusher: Flusher) -> None:
+    def __init__(self, flusher: Flusher, limits: RelayLimits = RelayLimits(),
+                 cache: BlockCache | None = None, clock: Clock = MonotonicClock()) -> None:
         self.flusher = flusher
+        self.limits = limits
+        self.cache = cache if cache is not None else BlockCache()
+        self.clock = clock
+        self.guard = FrameGuard(limits, clock.now())
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.out: list[bytes] = []
+        self.out_bytes = 0  # in `out`, not yet written to the transport
         self.queued = False
         self.gone = False  # the connection is closed
+        self.closing = False  # close() was called: nothing more is written
+        self.paused = False  # the transport's buffer is over write_buffer_bytes (pause_writing)
+        self.paused_at = 0.0
+        self.starved = False  # DATA waits for `out` to be written (see _room)
+        self.unread_control = 0  # control-frame bytes queued while paused
         self.streams: dict[int, Leg] = {}
         self.blocked: dict[Leg, None] = {}  # legs with pending frames, in order
         self.window = f.DEFAULT_WINDOW  # connection send window
@@ -106,7 +134,6 @@ class Peer(asyncio.Protocol):
         self.got_settings = False  # the peer's first SETTINGS arrived
         self._settings_waiter: asyncio.Future[bool] | None = None
         self._partial: tuple[int, bool, bytearray] | None = None  # HEADERS awaiting CONTINUATION
-        self._decoded: dict[bytes, Headers] = {}
 
     async def handshake(self) -> bool:
         """Whether the peer's SETTINGS arrive (False: the connection closed first)."""
@@ -119,14 +146,65 @@ class Peer(asyncio.Protocol):
     # -- output -------------------------------------------------------------------------------
 
     def queue(self, data: bytes) -> None:
+        if self.closing:
+            return
         self.out.append(data)
+        self.out_bytes += len(data)
         if not self.queued:
             self.queued = True
             self.flusher.dirty.append(self)
 
+    def queue_control(self, data: bytes) -> None:
+        """A frame that carries nothing for a call (a reply, a WINDOW_UPDATE, a reset): queued
+        whatever the output's size, but a peer that does not read them loses its connection."""
+        self.queue(data)
+        if self.paused:
+            self.unread_control += len(data)
+            if self.unread_control > self.limits.max_unread_control_bytes and not self.closing:
+                self.close(f.ENHANCE_YOUR_CALM, f"over {self.limits.max_unread_control_bytes} "
+                                                "bytes of control frames left unread")
+
+    def encode(self, headers: Headers) -> bytes:
+        return bytes(self.encoder.encode(headers, huffman=False))
+
     def hello(self, settings: list[tuple[int, int]]) -> bytes:
         self.recv_window = CONN_WINDOW
         return f.settings_frame(settings) + f.window_update(0, CONN_WINDOW - f.DEFAULT_WINDOW)
+
+    def settings(self) -> list[tuple[int, int]]:
+        """What we ask of the peer in our SETTINGS."""
+        return [(f.HEADER_TABLE_SIZE, 0), (f.INITIAL_WINDOW_SIZE, self.limits.stream_window)]
+
+    def _room(self) -> int:
+        """How many DATA bytes may be queued for the peer now."""
+        if self.paused:
+            return 0
+        room = self.limits.write_buffer_bytes - self.out_bytes
+        if room <= 0:
+            self.starved = True  # Flusher.flush drains the blocked legs once `out` is written
+            return 0
+        return room
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed write_buffer_bytes: the peer does not read. Stop
+        reading it (it cannot make us answer more) and stop crediting what is meant for it."""
+        self.paused = True
+        self.paused_at = self.clock.now()
+        self.unread_control = 0
+        if self.transport is not None and not self.gone:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self.gone and not self.closing:
+            self.transport.resume_reading()
+        call_soon_flushed(self.flusher, self.drain_blocked)
+
+    def drain_blocked(self) -> None:
+        for leg in list(self.blocked):
+            self._drain(leg)
+            if self.window <= 0 or self.paused or self.starved:
+                break
 
     def send_data(self, leg: Leg, payload: bytes, end: bool, src: Leg | None, credit: int
                   ) -> None:
@@ -137,7 +215,8 @@ class Peer(asyncio.Protocol):
                 src.peer.credit(src, credit)
             return
         n = len(payload)
-        if not leg.pending and n <= leg.window and n <= self.window:
+        if not leg.pending and n <= leg.window and n <= self.window and \
+                not self.paused and self.out_bytes + n <= self.limits.write_buffer_bytes:
             leg.window -= n
             self.window -= n
             self.queue(f.frame(f.DATA, f.END_STREAM if end else 0, leg.sid, payload))
@@ -172,7 +251,7 @@ class Peer(asyncio.Protocol):
                     self.ended(leg)
                 continue
             n = len(payload)
-            room = min(leg.window, self.window)
+            room = min(leg.window, self.window, self._room())
             if n <= room:
                 pending.pop(0)
                 leg.window -= n
@@ -193,26 +272,29 @@ class Peer(asyncio.Protocol):
                 return
         self.blocked.pop(leg, None)
 
-    def credit(self, leg: Leg | None, n: int) -> None:
-        """n bytes received from this peer (on leg) have been relayed or dropped."""
-        if n <= 0:
+    def credit(self, leg: Leg, n: int) -> None:
+        """n bytes received from this peer on leg have been relayed or dropped: it may send as
+        many more on that stream (the connection's window was credited on receipt)."""
+        if n <= 0 or leg.ended_in:
             return
-        if leg is not None and not leg.ended_in:
-            leg.unacked += n
-            if leg.unacked >= STREAM_WINDOW // 2:
-                self.queue(f.window_update(leg.sid, leg.unacked))
-                leg.recv += leg.unacked
-                leg.unacked = 0
+        leg.unacked += n
+        if leg.unacked >= self.limits.stream_window // 2:
+            self.queue_control(f.window_update(leg.sid, leg.unacked))
+            leg.recv += leg.unacked
+            leg.unacked = 0
+
+    def _received(self, n: int) -> None:
+        """n bytes of DATA arrived: the connection window is credited at once."""
         self.conn_unacked += n
         if self.conn_unacked >= CONN_WINDOW // 2:
-            self.queue(f.window_update(0, self.conn_unacked))
+            self.queue_control(f.window_update(0, self.conn_unacked))
             self.recv_window += self.conn_unacked
             self.conn_unacked = 0
 
     def reset(self, leg: Leg, code: int) -> None:
         """End leg with RST_STREAM (unless it already ended on both sides)."""
         if not (leg.ended_out and leg.ended_in):
-            self.queue(f.rst_stream(leg.sid, code))
+            self.queue_control(f.rst_stream(leg.sid, code))
         self.reset_pending(leg)
         leg.ended_in = leg.ended_out = True
         self.forget(leg)
@@ -247,12 +329,16 @@ class Peer(asyncio.Protocol):
             self.stream_closed(leg)
 
     def close(self, code: int = f.NO_ERROR, why: str = "") -> None:
-        if self.transport is not None and not self.gone:
+        if self.transport is not None and not self.gone and not self.closing:
             if code != f.NO_ERROR:
                 log.info("closing an HTTP/2 connection: %s", why)
                 self.queue(f.goaway(self.last_stream(), code, why.encode()[:200]))
             self.flusher.flush()
-            self.transport.close()
+            self.closing = True
+            if self.paused:  # it does not read: what is queued would never leave
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     # -- input --------------------------------------------------------------------------------
 
@@ -261,6 +347,9 @@ class Peer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
+        self.buf = bytearray()
+        self.out.clear()
+        self._partial = None
         if self._settings_waiter is not None and not self._settings_waiter.done():
             self._settings_waiter.set_result(False)
         legs = list(self.streams.values())
@@ -311,10 +400,14 @@ class Peer(asyncio.Protocol):
                     if self.recv_window < 0:
                         raise f.ProtocolError("DATA beyond the connection's flow-control "
                                               "window", f.FLOW_CONTROL_ERROR)
+                    self._received(length)
+                    if not payload and not flags & f.END_STREAM:
+                        self.guard.payload(True)
+                    elif length:
+                        self.guard.payload(False)
                     if leg is None or leg.ended_in:
                         if leg is None and (sid == 0 or self.idle(sid)):
                             raise f.ProtocolError(f"DATA on stream {sid}, which is not open")
-                        self.credit(None, length)  # a stream we are done with
                     else:
                         leg.recv -= length
                         if leg.recv < 0:
@@ -330,7 +423,7 @@ class Peer(asyncio.Protocol):
                     self._header_frame(kind, sid, flags, payload)
                 else:
                     self._control_frame(kind, flags, sid, payload)
-                if self.gone:
+                if self.gone or self.closing:
                     return
             if self._partial is not None and len(self._partial[2]) > MAX_BLOCK:
                 raise f.ProtocolError("header block too large", f.ENHANCE_YOUR_CALM)
@@ -357,11 +450,14 @@ class Peer(asyncio.Protocol):
             payload = f.strip_padding(flags, payload, "HEADERS")
             if flags & f.PRIORITY:
                 payload = payload[5:]
+            self.guard.headers()
             self._partial = (sid, bool(flags & f.END_STREAM), bytearray(payload))
         else:
             if self._partial is None or self._partial[0] != sid:
                 raise f.ProtocolError("CONTINUATION without its HEADERS")
+            self.guard.continuation()
             self._partial[2].extend(payload)
+        self.guard.payload(not payload and not flags & (f.END_HEADERS | f.END_STREAM))
         if flags & f.END_HEADERS:
             sid, end, block = self._partial
             self._partial = None
@@ -370,6 +466,9 @@ class Peer(asyncio.Protocol):
     def _control_frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self._partial is not None:
             raise f.ProtocolError("a frame inside a header block")
+        if kind > f.CONTINUATION or kind == f.PRIORITY_FRAME or \
+                (kind in (f.PING, f.SETTINGS) and not flags & f.ACK):
+            self.guard.control(self.clock.now())
         if kind == f.WINDOW_UPDATE:
             if len(payload) != 4:
                 raise f.ProtocolError("WINDOW_UPDATE of the wrong size", f.FRAME_SIZE_ERROR)
@@ -401,10 +500,11 @@ class Peer(asyncio.Protocol):
             gone = self.streams.get(sid)
             if gone is not None:
                 finished = gone.ended_in  # the peer had already ended its side
+                answered = gone.ended_out  # ... and we ours
                 gone.ended_in = gone.ended_out = True
                 self.reset_pending(gone)
                 self.forget(gone)
-                self.on_reset(gone, int.from_bytes(payload, "big"), finished)
+                self.on_reset(gone, int.from_bytes(payload, "big"), finished, answered)
             elif self.idle(sid):
                 raise f.ProtocolError(f"RST_STREAM on stream {sid}, which was never opened")
         elif kind in _CONNECTION_FRAMES and sid != 0:
@@ -437,7 +537,7 @@ class Peer(asyncio.Protocol):
                     raise f.ProtocolError(f"SETTINGS_ENABLE_PUSH of {value}")
                 elif key == f.MAX_CONCURRENT_STREAMS:
                     self.peer_max_streams = value
-            self.queue(f.frame(f.SETTINGS, f.ACK, 0))
+            self.queue_control(f.frame(f.SETTINGS, f.ACK, 0))
             if not self.got_settings:
                 self.got_settings = True
                 if self._settings_waiter is not None and not self._settings_waiter.done():
@@ -446,7 +546,7 @@ class Peer(asyncio.Protocol):
             if len(payload) != 8:
                 raise f.ProtocolError("PING of the wrong size", f.FRAME_SIZE_ERROR)
             if not flags & f.ACK:
-                self.queue(f.frame(f.PING, f.ACK, 0, payload))
+                self.queue_control(f.frame(f.PING, f.ACK, 0, payload))
             else:
                 self.on_ping_ack(payload)
         elif kind == f.GOAWAY:
@@ -465,12 +565,9 @@ class Peer(asyncio.Protocol):
         if self.verbatim:
             if not need:
                 return None, True
-            headers = self._decoded.get(block)
+            headers = self.cache.get(block)
             if headers is None:
                 headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
-                if len(self._decoded) >= _CACHE_SIZE:
-                    self._decoded.clear()
-                self._decoded[block] = headers
             return headers, True
         decoder = self.decoder
         headers = [(str(k), str(v)) for k, v in decoder.decode(block)]
@@ -484,11 +581,16 @@ class Peer(asyncio.Protocol):
             return headers, True
         return headers, False
 
+    def keep(self, block: bytes, headers: Headers) -> None:
+        """block, read by read_block, was accepted: later copies of it need no decoding."""
+        if self.verbatim:
+            self.cache.accept(block, headers)
+
     # -- filled in by the two sides -----------------------------------------------------------
 
     def on_data(self, leg: Leg, payload: bytes, end: bool, length: int) -> None: ...
     def on_headers(self, sid: int, block: bytes, end: bool) -> None: ...
-    def on_reset(self, leg: Leg, code: int, finished: bool) -> None: ...
+    def on_reset(self, leg: Leg, code: int, finished: bool, answered: bool) -> None: ...
     def on_goaway(self, last: int, code: int, debug: bytes) -> None: ...
     def on_ping_ack(self, payload: bytes) -> None: ...
     def stream_closed(self, leg: Leg) -> None: ...

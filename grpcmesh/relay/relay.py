@@ -10,7 +10,10 @@ first response DATA (latency) and the trailers' grpc-status (outcome). Messages 
 deserialized, and the kind of a method does not matter: every call is just a stream.
 
 The proxy's own answers (no route, no healthy instance, oversized metadata or message, an
-upstream connection lost) are trailers-only responses with a status that names what failed.
+upstream connection lost) are trailers-only responses with a status that names what failed; a
+request that is not gRPC gets HTTP 415 (request.py). What one client may hold or make the relay
+do is bounded by RelayLimits (limits.py): streams, windows, buffered output, frame floods,
+rapid resets, connections and their timeouts.
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ from grpcmesh.balance.endpoint import CallHandle, Endpoint
 from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.proxy.forward import PUSHBACK, ForwardSettings
 from grpcmesh.relay import frames as f
-from grpcmesh.relay.peer import STREAM_WINDOW, Flusher, Headers, Leg, Peer, call_soon_flushed
+from grpcmesh.relay.blocks import BlockCache
+from grpcmesh.relay.limits import Abuse, RelayLimits, ResetGuard, clip
+from grpcmesh.relay.peer import Flusher, Headers, Leg, Peer, call_soon_flushed
+from grpcmesh.relay.request import Refused, read_request
 from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
 from grpcmesh.server_util import check_bindable
 
@@ -39,11 +45,16 @@ _SC = grpc.StatusCode
 _HTTP_STATUS = {"400": _SC.INTERNAL, "401": _SC.UNAUTHENTICATED, "403": _SC.PERMISSION_DENIED,
                 "404": _SC.UNIMPLEMENTED, "429": _SC.UNAVAILABLE, "502": _SC.UNAVAILABLE,
                 "503": _SC.UNAVAILABLE, "504": _SC.UNAVAILABLE}
-_OUR_SETTINGS = [(f.HEADER_TABLE_SIZE, 0), (f.INITIAL_WINDOW_SIZE, STREAM_WINDOW)]
 _DRAIN_PING = b"grpcmesh"
 # A client that has not answered the drain's PING by then (a vanished peer, a half-open TCP
 # connection) gets the final GOAWAY anyway, so it cannot hold a shutdown for the whole grace.
 DRAIN_PING_TIMEOUT = 1.0
+SWEEP_INTERVAL = 1.0  # how often timeouts are checked (Relay.sweep)
+_MAX_MESSAGE = 1024  # characters of grpc-message in the proxy's own answers
+
+
+def headers_path(headers: Headers) -> str:
+    return next((v for k, v in headers if k == ":path"), "")
 
 
 def status_of(headers: Headers) -> tuple[grpc.StatusCode, int | None]:
@@ -66,11 +77,13 @@ def status_of(headers: Headers) -> tuple[grpc.StatusCode, int | None]:
 class Call:
     """One gRPC call: the client's stream and, once an endpoint is picked, the upstream one."""
 
-    __slots__ = ("closed", "deadline", "down", "early", "end_headers", "handle", "headers_out",
-                 "limit", "method", "relay", "req_framing", "resp_framing", "task", "up")
+    __slots__ = ("born", "closed", "deadline", "down", "early", "end_headers", "handle",
+                 "headers_out", "limit", "method", "relay", "req_framing", "resp_framing", "task",
+                 "up")
 
     def __init__(self, relay: Relay, down: Downstream, sid: int) -> None:
         self.relay = relay
+        self.born = relay.clock.now()
         self.down = Leg(down, sid, self)
         self.up: Leg | None = None
         self.method = ""
@@ -89,18 +102,19 @@ class Call:
         if self.handle is not None and not self.handle.finished:
             self.handle.finish(self.relay.clock.now(), code, pushback)
 
-    def reply_error(self, code: grpc.StatusCode, message: str) -> None:
+    def reply_error(self, code: grpc.StatusCode, message: str, http: int = 200) -> None:
         """The proxy's own answer; the upstream stream, if any, is cancelled."""
         self.cancel_upstream()
         down = self.down
         peer = down.peer
         if down.ended_out:
             return
-        status = [("grpc-status", str(code.value[0])), ("grpc-message", f.encode_message(message))]
+        status = [("grpc-status", str(code.value[0])),
+                  ("grpc-message", f.encode_message(message[:_MAX_MESSAGE]))]
         if not self.headers_out:
-            status = [(":status", "200"), ("content-type", "application/grpc"), *status]
+            status = [(":status", str(http)), ("content-type", "application/grpc"), *status]
         peer.reset_pending(down)
-        peer.send_headers(down, peer.encoder.encode(status), True)
+        peer.send_headers(down, peer.encode(status), True)
         if not down.ended_in:  # tell the client to stop sending
             peer.reset(down, f.NO_ERROR)
         self.closed = True
@@ -110,9 +124,9 @@ class Call:
             self.task.cancel()
         early, self.early = self.early, None
         if early:  # request DATA that waited for an upstream: dropped, so credited back
-            peer = self.down.peer
+            down = self.down
             for _, _, length in early:
-                peer.credit(None, length)
+                down.peer.credit(down, length)
         up = self.up
         if up is not None and not (up.ended_in and up.ended_out):
             up.peer.reset(up, f.CANCEL)
@@ -137,18 +151,30 @@ class Downstream(Peer):
     expect_preface = True
 
     def __init__(self, relay: Relay) -> None:
-        super().__init__(relay.flusher)
+        super().__init__(relay.flusher, relay.limits, relay.cache, relay.clock)
         self.relay = relay
         self.last_sid = 0
         self.refuse_above: int | None = None  # after our final GOAWAY
+        self.resets = ResetGuard(relay.limits)
+        self.refused = 0  # streams refused over max_concurrent_streams after our SETTINGS
+        self.born = relay.clock.now()
+        self.idle_since: float | None = None  # see Relay.sweep
+        self.seen_opened = 0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        relay = self.relay
+        if len(relay.downstreams) >= self.limits.max_connections:
+            relay.over_capacity()
+            self.closing = True
+            transport.abort()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.relay.downstreams.add(self)
-        self.queue(self.hello(_OUR_SETTINGS))
+        relay.downstreams.add(self)
+        self.queue(self.hello([*self.settings(),
+                               (f.MAX_CONCURRENT_STREAMS, self.limits.max_concurrent_streams)]))
         if self.relay.draining:
             self.drain()
         self.flusher.flush()
@@ -175,7 +201,7 @@ class Downstream(Peer):
                 leg.ended_in = True
             if up is not None:
                 if not verbatim:
-                    block = up.peer.encoder.encode(headers)
+                    block = up.peer.encode(headers)
                 up.peer.send_headers(up, block, end)
             elif call.early is not None:
                 call.early.append((headers, end, 0))
@@ -191,8 +217,18 @@ class Downstream(Peer):
         headers, verbatim = self.read_block(block)
         assert headers is not None
         if self.refuse_above is not None and sid > self.refuse_above:
-            self.queue(f.rst_stream(sid, f.REFUSED_STREAM))
+            self.queue_control(f.rst_stream(sid, f.REFUSED_STREAM))
             return
+        limit = self.limits.max_concurrent_streams
+        if len(self.streams) >= limit:
+            self.queue_control(f.rst_stream(sid, f.REFUSED_STREAM))
+            if self.acked:  # it knew the limit: a client that ignores it is not let go on
+                self.refused += 1
+                if self.refused > limit:
+                    raise Abuse(f"over {limit} streams refused: the client ignores "
+                                f"SETTINGS_MAX_CONCURRENT_STREAMS={limit}")
+            return
+        self.resets.open()
         self.relay.open(self, sid, headers, block if verbatim else None, end)
 
     def on_data(self, leg: Leg, payload: bytes, end: bool, length: int) -> None:
@@ -212,8 +248,11 @@ class Downstream(Peer):
         else:
             self.credit(leg, length)
 
-    def on_reset(self, leg: Leg, code: int, finished: bool) -> None:
-        leg.call.client_gone()
+    def on_reset(self, leg: Leg, code: int, finished: bool, answered: bool) -> None:
+        call: Call = leg.call
+        call.client_gone()
+        if not answered:
+            self.resets.reset(self.relay.clock.now() - call.born)  # Abuse: rapid reset
 
     def stream_closed(self, leg: Leg) -> None:
         self.relay.call_done()
@@ -254,7 +293,7 @@ class Upstream(Peer):
     """The relay's connection to one endpoint address."""
 
     def __init__(self, address: str, pool: Upstreams) -> None:
-        super().__init__(pool.flusher)
+        super().__init__(pool.flusher, pool.limits, pool.cache, pool.clock)
         self.address = address
         self.pool = pool
         self.next_id = 1
@@ -265,7 +304,7 @@ class Upstream(Peer):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.queue(f.PREFACE + self.hello([*_OUR_SETTINGS, (f.ENABLE_PUSH, 0)]))
+        self.queue(f.PREFACE + self.hello([*self.settings(), (f.ENABLE_PUSH, 0)]))
         self.flusher.flush()
 
     def idle(self, sid: int) -> bool:
@@ -301,6 +340,7 @@ class Upstream(Peer):
         if end:
             leg.ended_in = True
             assert headers is not None
+            self.keep(block, headers)
             code, pushback = status_of(headers)
             call.finish(code, pushback)
         else:
@@ -308,7 +348,7 @@ class Upstream(Peer):
         peer = down.peer
         if not verbatim:
             assert headers is not None  # a block that is not forwarded as it is was decoded
-            block = peer.encoder.encode(headers)
+            block = peer.encode(headers)
         peer.send_headers(down, block, end)
         if end and leg.ended_out:
             self.forget(leg)
@@ -330,7 +370,7 @@ class Upstream(Peer):
         down = call.down
         down.peer.send_data(down, payload, end, leg, length)
 
-    def on_reset(self, leg: Leg, code: int, finished: bool) -> None:
+    def on_reset(self, leg: Leg, code: int, finished: bool, answered: bool) -> None:
         if finished:
             # The response is complete (trailers received): this only says "stop sending the
             # request" (RFC 9113 8.1), which gRPC servers do when a client has not half-closed.
@@ -387,9 +427,12 @@ class Upstreams:
     the address wait (200 ms, doubling up to 2 s) before it is tried again, as grpc channels
     back off, so that every call does not pay for a dead endpoint."""
 
-    def __init__(self, flusher: Flusher, clock: Clock, handshake_timeout: float = 10.0) -> None:
+    def __init__(self, flusher: Flusher, clock: Clock, handshake_timeout: float = 10.0,
+                 limits: RelayLimits = RelayLimits(), cache: BlockCache | None = None) -> None:
         self.flusher = flusher
         self.clock = clock
+        self.limits = limits
+        self.cache = cache if cache is not None else BlockCache()
         self.handshake_timeout = handshake_timeout
         self._current: dict[str, Upstream] = {}
         self._all: set[Upstream] = set()
@@ -464,6 +507,9 @@ class Upstreams:
         self._current[address] = opened
         return opened
 
+    def connections(self) -> list[Upstream]:
+        return list(self._all)
+
     def retire(self, conn: Upstream) -> None:
         """conn takes no new streams (GOAWAY, lost, or replaced)."""
         if self._current.get(conn.address) is conn:
@@ -498,19 +544,25 @@ class Relay:
 
     def __init__(self, router: Router, *, local: tuple[tuple[str, ...], Target] | None = None,
                  settings: ForwardSettings = ForwardSettings(),
+                 limits: RelayLimits = RelayLimits(),
+                 cache: BlockCache | None = None,
                  clock: Clock = MonotonicClock()) -> None:
         self.router = router
         self.local = local
         self.settings = settings
+        self.limits = limits
+        self.cache = cache if cache is not None else BlockCache()
         self.clock = clock
         self.flusher = Flusher()
-        self.upstreams = Upstreams(self.flusher, clock)
+        self.upstreams = Upstreams(self.flusher, clock, limits=limits, cache=self.cache)
         self.downstreams: set[Downstream] = set()
         self.in_flight = 0
         self.draining = False
         self.all_gone: asyncio.Event | None = None  # set when draining and every client is gone
         self._sock: socket.socket | None = None
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._refused_connections = 0
 
     # -- listening ----------------------------------------------------------------------------
 
@@ -527,7 +579,7 @@ class Relay:
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, int(port)))
-            sock.listen(1024)
+            sock.listen(self.limits.listen_backlog)
         except OSError as err:
             sock.close()
             raise OSError(f"cannot listen on {address} for {what}: "
@@ -538,13 +590,51 @@ class Relay:
 
     async def start(self) -> None:
         assert self._sock is not None, "bind() first"
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: Downstream(self), sock=self._sock)
+        loop = asyncio.get_running_loop()
+        # create_server listens again, with its own backlog (100) unless told
+        self._server = await loop.create_server(lambda: Downstream(self), sock=self._sock,
+                                                backlog=self.limits.listen_backlog)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+        call_soon_flushed(self.flusher, lambda: self.sweep(self.clock.now()))
+
+    def sweep(self, now: float) -> None:
+        """Once a second: close connections that wait too long for a preface or sit idle, and
+        those whose output has not drained for stall_timeout."""
+        limits = self.limits
+        if self._refused_connections:
+            log.warning("refused %d connections over --max-connections=%d",
+                        self._refused_connections, limits.max_connections)
+            self._refused_connections = 0
+        for down in list(self.downstreams):
+            if not down.got_settings:
+                if now - down.born > limits.handshake_timeout:
+                    down.close(f.PROTOCOL_ERROR, f"no HTTP/2 preface and SETTINGS within "
+                                                 f"{limits.handshake_timeout:g}s")
+                continue
+            if down.resets.opened != down.seen_opened or down.streams:
+                down.seen_opened = down.resets.opened
+                down.idle_since = None
+            elif down.idle_since is None:
+                down.idle_since = now
+            elif now - down.idle_since > limits.idle_timeout and down.refuse_above is None:
+                down.drain()  # graceful: GOAWAY, then the connection closes
+        for peer in [*self.downstreams, *self.upstreams.connections()]:
+            if peer.paused and now - peer.paused_at > limits.stall_timeout:
+                peer.close(f.ENHANCE_YOUR_CALM, f"output not read for {limits.stall_timeout:g}s")
+
+    def over_capacity(self) -> None:
+        """A connection beyond max_connections was refused (logged once per sweep)."""
+        self._refused_connections += 1
 
     async def stop(self, grace: float | None) -> None:
         """Take no new calls; let calls in flight finish within grace seconds (None: none)."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self.draining = True
         if grace:
             # Each client connection closes itself once its client has seen the final GOAWAY
@@ -586,32 +676,19 @@ class Relay:
         if end:
             leg.ended_in = True
             call.end_headers = True
-        path = ""
-        override = timeout = None
-        size = 0
-        grpc_body = False
-        for key, value in headers:
-            if key[0] == ":":
-                if key == ":path":
-                    path = value
-                continue
-            size += len(key) + len(value) + 32
-            if key == SERVICE_HEADER:
-                override = value
-            elif key == "grpc-timeout":
-                timeout = value
-            elif key == "content-type":
-                grpc_body = value.startswith("application/grpc")
-        call.method = path
         settings = self.settings
-        if size > settings.max_metadata_bytes:
-            call.reply_error(_SC.RESOURCE_EXHAUSTED,
-                             f"request metadata of {path} is {size} bytes; the proxy's limit "
-                             f"is {settings.max_metadata_bytes}")
+        try:
+            request = read_request(headers, settings.max_metadata_bytes,
+                                   self.limits.max_path_bytes)
+        except Refused as refused:
+            call.method = clip(headers_path(headers))
+            call.reply_error(refused.code, refused.message, refused.http)
             return
-        if timeout is not None:
+        path = call.method = request.path
+        override = request.override
+        if request.timeout is not None:
             try:
-                seconds = f.parse_timeout(timeout)
+                seconds = f.parse_timeout(request.timeout)
             except ValueError:
                 seconds = None  # the upstream judges it
             if seconds is not None:
@@ -629,16 +706,19 @@ class Relay:
             except RouteError as err:
                 call.reply_error(err.code, err.message)
                 return
-        if grpc_body:
-            call.limit = settings.max_message_bytes
-            call.req_framing = f.MessageFraming(call.limit)
-            call.resp_framing = f.MessageFraming(call.limit)
+        if block is not None:
+            down.keep(block, headers)
+        call.limit = settings.max_message_bytes
+        call.req_framing = f.MessageFraming(call.limit)
+        call.resp_framing = f.MessageFraming(call.limit)
         if override is not None:
             headers = [h for h in headers if h[0] != SERVICE_HEADER]
             block = None
         endpoint = target.pick()
         up = self.upstreams.ready(endpoint.address) if endpoint is not None else None
-        if up is not None and endpoint is not None:
+        # A suspect client's calls wait for one turn of the loop (the slow path's task), so
+        # that a reset in the same read ends them before an app sees them (limits.ResetGuard).
+        if up is not None and endpoint is not None and not down.resets.suspect:
             self._start(call, up, endpoint, block, headers)
             return
         call.early = []
@@ -648,7 +728,7 @@ class Relay:
     def _start(self, call: Call, up: Upstream, endpoint: Endpoint, block: bytes | None,
                headers: Headers) -> None:
         if block is None:
-            block = up.encoder.encode(headers)
+            block = up.encode(headers)
         leg = up.open_stream(call)
         call.up = leg
         leg.other = call.down
@@ -660,7 +740,7 @@ class Relay:
             if isinstance(item, bytes):
                 up.send_data(leg, item, end, call.down, length)
             else:
-                up.send_headers(leg, up.encoder.encode(item), end)
+                up.send_headers(leg, up.encode(item), end)
 
     async def _connect_then_start(self, call: Call, target: Target, endpoint: Endpoint | None,
                                   block: bytes | None, headers: Headers) -> None:

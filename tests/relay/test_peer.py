@@ -8,8 +8,11 @@ import hpack
 import pytest
 
 from grpcmesh.relay import frames as f
-from grpcmesh.relay.peer import CONN_WINDOW, STREAM_WINDOW, Flusher, Leg, Peer
+from grpcmesh.relay.limits import RelayLimits
+from grpcmesh.relay.peer import CONN_WINDOW, Flusher, Leg, Peer
 from tests.relay.fakes import FakeTransport
+
+STREAM_WINDOW = RelayLimits().stream_window
 
 
 class Recorder(Peer):
@@ -23,7 +26,7 @@ class Recorder(Peer):
     def on_headers(self, sid: int, block: bytes, end: bool) -> None:
         self.events.append(("headers", sid, block, end))
 
-    def on_reset(self, leg: Leg, code: int, finished: bool) -> None:
+    def on_reset(self, leg: Leg, code: int, finished: bool, answered: bool) -> None:
         self.events.append(("reset", leg.sid, code))
 
 
@@ -55,7 +58,7 @@ def test_data_within_the_windows_goes_out_at_once_and_is_credited() -> None:
     flusher.flush()
     assert td.frames() == [(f.DATA, 0, 1, b"hello")]
     assert (b.window, dst.window) == (f.DEFAULT_WINDOW - 5, f.DEFAULT_WINDOW - 5)
-    assert (a.unacked, src.conn_unacked) == (5, 5)
+    assert a.unacked == 5
     assert ts.frames() == []  # credit below half a window is not sent yet
 
 
@@ -105,7 +108,7 @@ def test_trailers_wait_behind_data_that_waits_for_window() -> None:
     assert b.ended_out
 
 
-def test_credit_is_returned_in_batches_of_half_a_window() -> None:
+def test_stream_credit_is_returned_in_batches_of_half_a_window() -> None:
     flusher, src, ts, dst, _td = pair()
     a, _b = legs(src, dst)
     src.credit(a, STREAM_WINDOW // 2 - 1)
@@ -114,21 +117,30 @@ def test_credit_is_returned_in_batches_of_half_a_window() -> None:
     src.credit(a, 1)
     flusher.flush()
     assert ts.frames() == [(f.WINDOW_UPDATE, 0, 1, (STREAM_WINDOW // 2).to_bytes(4, "big"))]
-    src.credit(None, CONN_WINDOW // 2 - STREAM_WINDOW // 2 - 1)  # e.g. frames of ended streams
-    flusher.flush()
-    assert ts.frames() == []
-    src.credit(None, 1)  # the connection's credit counts every stream's
-    flusher.flush()
-    assert ts.frames() == [(f.WINDOW_UPDATE, 0, 0, (CONN_WINDOW // 2).to_bytes(4, "big"))]
 
 
-def test_a_finished_stream_gets_no_stream_credit_only_connection_credit() -> None:
-    flusher, src, _ts, dst, _td = pair()
+def test_the_connection_window_is_credited_as_data_arrives_whatever_the_stream() -> None:
+    _flusher, src, ts, _dst, _td = pair()
+    src.recv_window = CONN_WINDOW
+    held = Leg(src, 1, None)  # a stream whose bytes are never relayed (its reader stalls)
+    src.streams[1] = held
+    chunk = f.frame(f.DATA, 0, 1, b"x" * 16_384)
+    frames = 0
+    while frames * 16_384 < CONN_WINDOW // 2:
+        held.recv = STREAM_WINDOW  # as if the stream were credited: only the connection counts
+        src.data_received(chunk)
+        frames += 1
+    assert (f.WINDOW_UPDATE, 0, 0, (frames * 16_384).to_bytes(4, "big")) in ts.frames()
+    assert held.unacked == 0  # stream credit still waits for the bytes to be relayed
+
+
+def test_a_finished_stream_gets_no_stream_credit() -> None:
+    flusher, src, ts, dst, _td = pair()
     a, _b = legs(src, dst)
     a.ended_in = True
     src.credit(a, STREAM_WINDOW)
     flusher.flush()
-    assert a.unacked == 0 and src.conn_unacked == STREAM_WINDOW
+    assert a.unacked == 0 and ts.frames() == []
 
 
 def test_reset_drops_what_waits_and_returns_its_credit() -> None:
@@ -140,10 +152,10 @@ def test_reset_drops_what_waits_and_returns_its_credit() -> None:
     flusher.flush()
     assert td.frames() == [(f.RST_STREAM, 0, 1, f.CANCEL.to_bytes(4, "big"))]
     assert 1 not in dst.streams and not dst.blocked
-    assert (a.unacked, src.conn_unacked) == (30, 30)  # its sender may go on: stream credit too
+    assert a.unacked == 30  # its sender may go on: it gets its stream credit
     a.ended_in = True
-    dst.send_data(b, b"y" * 5, False, a, 5)  # a finished sender gets connection credit only
-    assert (a.unacked, src.conn_unacked) == (30, 35)
+    dst.send_data(b, b"y" * 5, False, a, 5)  # a finished sender needs none
+    assert a.unacked == 30
 
 
 def test_a_settings_change_of_the_initial_window_moves_every_stream_window() -> None:
@@ -167,7 +179,7 @@ def test_incoming_frames_are_dispatched_and_padding_is_removed() -> None:
                       + f.frame(f.DATA, 0, 9, b"late"))  # stream 9: unknown
     assert src.events == [("data", 1, b"abc", True, 7)]
     assert leg.ended_in
-    assert src.conn_unacked == 4  # the unknown stream's bytes are credited on the connection
+    assert src.conn_unacked == 7 + 4  # every DATA byte is credited on the connection
 
 
 def test_header_blocks_are_reassembled_from_continuations() -> None:
@@ -211,7 +223,11 @@ def test_blocks_are_forwarded_verbatim_once_the_peer_applied_table_size_zero() -
     assert got == headers and verbatim
     assert src.read_block(third, need=False) == (None, True)
     again, _ = src.read_block(third)
-    assert again is got  # decoded once, then cached
+    assert again is not got and again == got  # not accepted yet (keep): decoded again
+    assert got is not None
+    src.keep(third, got)
+    again, _ = src.read_block(third)
+    assert again is got  # accepted once, then cached
 
 
 def test_a_peer_that_keeps_its_table_after_the_ack_has_every_block_re_encoded() -> None:
