@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -20,6 +21,8 @@ from grpcmesh.balance.picker import PICKER_KINDS
 from grpcmesh.commands import COMMANDS, CliError, UsageError
 from grpcmesh.proxy.forward import DEFAULT_MAX_MESSAGE_BYTES
 from grpcmesh.registry.client import parse_registry_addresses
+from grpcmesh.relay.limits import HELP as LIMITS_HELP
+from grpcmesh.relay.limits import RelayLimits
 
 DEFAULT_REGISTRY = "127.0.0.1:7700"
 # The mesh's own daemons run on uvloop: about 10% less CPU per forwarded call than asyncio's
@@ -157,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-metadata-bytes", type=_positive_int, default=16 * 1024,
                    help="largest request metadata accepted, counted as HPACK does "
                         "(default 16384)")
+    limits = p.add_argument_group("limits on what one peer may hold or do (docs/proxy.md)")
+    for setting in dataclasses.fields(RelayLimits):
+        default = setting.default
+        kind = _positive_float if isinstance(default, float) else int
+        limits.add_argument(f"--{setting.name.replace('_', '-')}", type=kind, default=default,
+                            metavar="N", help=f"{LIMITS_HELP[setting.name]} (default {default})")
     p.add_argument("--balancer", type=_balancer, action="append", default=[],
                    metavar="[SERVICE=]KIND",
                    help=f"picker: {', '.join(PICKER_KINDS)} (default peak_ewma); "

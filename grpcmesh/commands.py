@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from grpcmesh.balance.picker import BalancerSettings
 from grpcmesh.proxy.forward import ForwardSettings
 from grpcmesh.registry.client import RegistryClient
 from grpcmesh.registry.model import Instance, Method
+from grpcmesh.relay.limits import LimitError, RelayLimits
 from grpcmesh.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,12 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         per_service=tuple((service, kind) for service, kind in args.balancer if service),
         load=LoadSettings(decay=args.ewma_decay, default_rtt=args.ewma_default_rtt_ms / 1000,
                           failure_penalty=args.failure_penalty))
+    limits = RelayLimits(**{s.name: getattr(args, s.name)
+                            for s in dataclasses.fields(RelayLimits)})
+    try:
+        limits.check()
+    except LimitError as err:
+        raise UsageError(f"--{err.name.replace('_', '-')} {err}") from None
     sharing = args.workers > 1 or args.secondary
     sidecar = Sidecar(SidecarSettings(
         service=args.service, registry=tuple(args.registry), app=args.app,
@@ -124,6 +132,7 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         forward=ForwardSettings(max_message_bytes=args.max_message_bytes,
                                 max_metadata_bytes=args.max_metadata_bytes),
         data_path=args.data_path,
+        limits=limits,
         balancer=balancer))
     workers = Workers(sidecar.fail)
     try:

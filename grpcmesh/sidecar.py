@@ -29,6 +29,7 @@ from grpcmesh.proxy.channels import Channels
 from grpcmesh.proxy.forward import Forwarder, ForwardSettings, GrpcListener
 from grpcmesh.registry.client import Backoff, Registrar, RegistryClient, watch_forever
 from grpcmesh.registry.model import Health, Instance, Method
+from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.relay import Relay
 from grpcmesh.routing import RouteTable, Target
 from grpcmesh.server_util import reconnect_options, with_port
@@ -61,6 +62,7 @@ class SidecarSettings:
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     # relay: HTTP/2 frames relayed (grpcmesh.relay); grpc: calls re-made with grpc.aio
     data_path: str = "relay"
+    limits: RelayLimits = field(default_factory=RelayLimits)
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
 
 
@@ -106,7 +108,8 @@ class Sidecar:
             local = _fixed_target("this sidecar", settings.service,
                                   f"127.0.0.1:{self._local_port}")
             self.outbound_server = Relay(self._route, local=((HEALTH_PREFIX,), local),
-                                         settings=settings.forward, clock=self.clock)
+                                         settings=settings.forward, limits=settings.limits,
+                                         clock=self.clock)
         else:
             collect = _Collect()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, collect)
@@ -176,7 +179,8 @@ class Sidecar:
         s = self.settings
         target = _fixed_target(f"the local app at {app}", s.service, app)
         if s.data_path == "relay":
-            return Relay(lambda method, override: target, settings=s.forward, clock=self.clock)
+            return Relay(lambda method, override: target, settings=s.forward, limits=s.limits,
+                         clock=self.clock)
         channels = Channels(s.forward.max_message_bytes)
         # A secondary worker learns its app's method kinds from the primary's registration.
         forwarder = Forwarder(lambda method, override: target, channels,

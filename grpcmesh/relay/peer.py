@@ -344,6 +344,8 @@ class Peer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        # pause_writing() above this, resume_writing() once a quarter of it is left
+        self.transport.set_write_buffer_limits(high=self.limits.write_buffer_bytes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True

@@ -598,11 +598,14 @@ class Relay:
 
     def _sweep(self) -> None:
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
-        call_soon_flushed(self.flusher, lambda: self.sweep(self.clock.now()))
+        self.sweep(self.clock.now())
 
     def sweep(self, now: float) -> None:
         """Once a second: close connections that wait too long for a preface or sit idle, and
         those whose output has not drained for stall_timeout."""
+        call_soon_flushed(self.flusher, lambda: self._sweep_at(now))
+
+    def _sweep_at(self, now: float) -> None:
         limits = self.limits
         if self._refused_connections:
             log.warning("refused %d connections over --max-connections=%d",

@@ -9,12 +9,40 @@ from grpcmesh.relay.peer import Peer
 
 class FakeTransport:
     def __init__(self) -> None:
-        self.written = b""
+        self.written = bytearray()
         self.closed = False
+        self.aborted = False
         self.protocol: Peer | None = None
+        self.reading = True
+        # Unlike a socket, nothing is read by the other side until drain() says so.
+        self.buffered = 0
+        self.high: int | None = None
+        self.paused_writing = False
 
     def write(self, data: bytes) -> None:
         self.written += data
+        self.buffered += len(data)
+        if self.high is not None and self.buffered > self.high and not self.paused_writing:
+            self.paused_writing = True
+            assert self.protocol is not None
+            self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        """The peer read everything: as asyncio's transport, resume_writing() below low."""
+        self.buffered = 0
+        if self.paused_writing:
+            self.paused_writing = False
+            assert self.protocol is not None
+            self.protocol.resume_writing()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high = high
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def close(self) -> None:
         """As asyncio's: the protocol hears connection_lost soon after, not during the call."""
@@ -28,13 +56,14 @@ class FakeTransport:
             loop.call_soon(self.protocol.connection_lost, None)
 
     def abort(self) -> None:
+        self.aborted = True
         self.close()
 
     def get_extra_info(self, name: str) -> Any:
         return None
 
     def frames(self) -> list[tuple[int, int, int, bytes]]:
-        out, data, self.written = [], self.written, b""
+        out, data, self.written = [], bytes(self.written), bytearray()
         pos = 0
         while pos < len(data):
             length = int.from_bytes(data[pos:pos + 3], "big")

@@ -10,7 +10,7 @@ import pytest
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.peer import CONN_WINDOW, Flusher, Leg, Peer
-from tests.relay.fakes import FakeTransport
+from tests.relay.fakes import FakeTransport, attach
 
 STREAM_WINDOW = RelayLimits().stream_window
 
@@ -34,10 +34,7 @@ def pair() -> tuple[Flusher, Recorder, FakeTransport, Recorder, FakeTransport]:
     """A source peer and a destination peer, as the two sides of a relayed call."""
     flusher = Flusher()
     src, dst = Recorder(flusher), Recorder(flusher)
-    ts, td = FakeTransport(), FakeTransport()
-    src.connection_made(ts)  # type: ignore[arg-type]
-    dst.connection_made(td)  # type: ignore[arg-type]
-    return flusher, src, ts, dst, td
+    return flusher, src, attach(src), dst, attach(dst)
 
 
 def legs(src: Peer, dst: Peer, sid: int = 1) -> tuple[Leg, Leg]:
@@ -291,3 +288,83 @@ def test_a_stream_window_over_the_maximum_ends_the_connection() -> None:
     src.data_received(f.window_update(1, f.MAX_WINDOW))
     goaway = [p for kind, _, _, p in ts.frames() if kind == f.GOAWAY]
     assert int.from_bytes(goaway[0][4:8], "big") == f.FLOW_CONTROL_ERROR
+
+
+def goaway_code(frames: list[tuple[int, int, int, bytes]]) -> int | None:
+    codes = [int.from_bytes(p[4:8], "big") for kind, _, _, p in frames if kind == f.GOAWAY]
+    return codes[-1] if codes else None
+
+
+def test_data_for_a_peer_that_does_not_read_waits_and_its_source_is_not_credited() -> None:
+    flusher, src, _ts, dst, td = pair()
+    a, b = legs(src, dst)
+    b.window = dst.window = 10 * STREAM_WINDOW  # the peer granted plenty of window ...
+    high = dst.limits.write_buffer_bytes
+    sent = 0
+    while not td.paused_writing:  # ... but does not read its socket
+        dst.send_data(b, b"x" * 16_384, False, a, 16_384)
+        flusher.flush()
+        sent += 16_384
+    assert not td.reading  # a peer whose output is full is not read either
+    credited = a.unacked
+    dst.send_data(b, b"y" * 16_384, False, a, 16_384)
+    flusher.flush()
+    assert b.pending and a.unacked == credited  # waits: no credit for it
+    assert sent <= high + 16_384
+    td.frames()
+    td.drain()  # the peer reads: what waited goes out, and its source is credited
+    assert td.reading and not b.pending
+    assert data_payloads(td.frames()) == [b"y" * 16_384]
+
+
+def test_a_large_window_update_does_not_queue_more_than_the_write_buffer_at_once() -> None:
+    flusher, src, _ts, dst, td = pair()
+    dst.window = 0  # every stream waits for the connection window
+    pairs = [legs(src, dst, sid) for sid in range(1, 41, 2)]
+    for a, b in pairs:
+        b.window = STREAM_WINDOW
+        dst.send_data(b, b"z" * 100_000, False, a, 100_000)
+    flusher.flush()
+    assert td.frames() == []
+    dst.data_received(f.window_update(0, f.MAX_WINDOW - f.DEFAULT_WINDOW))
+    queued = sum(len(p) for p in data_payloads(td.frames()))
+    assert queued <= dst.limits.write_buffer_bytes + 100_000  # the rest waits for the reader
+    assert td.paused_writing and dst.blocked
+    td.drain()
+    assert sum(len(p) for p in data_payloads(td.frames())) > 0
+
+
+def test_control_frames_a_peer_does_not_read_end_its_connection() -> None:
+    flusher, src, ts, _dst, _td = pair()
+    ts.high = 1024
+    src.queue(b"\0" * 2048)  # output the peer does not read
+    flusher.flush()
+    assert src.paused and not ts.reading
+    pings = b"".join(f.frame(f.PING, 0, 0, b"%08d" % n) for n in range(9_000))  # a burst: fine
+    src.data_received(pings)  # (what was read before reading stopped)
+    assert ts.aborted  # no GOAWAY can reach a peer that does not read: the socket is dropped
+    assert ts.buffered <= 2048 + src.limits.max_unread_control_bytes + 17 + 9 + 8 + 200  # GOAWAY
+
+
+@pytest.mark.parametrize(("frames", "why"), [
+    (f.frame(f.HEADERS, 0, 1, b"\x82") + f.frame(f.CONTINUATION, 0, 1) * 20, "empty frames"),
+    (f.frame(f.HEADERS, 0, 1, b"\x82") + f.frame(f.CONTINUATION, 0, 1, b"\x82") * 100,
+     "CONTINUATION"),
+    (f.frame(f.PING, 0, 0, b"12345678") * 20_000, "control frames"),
+    (f.frame(8 + 30, 0, 0, b"unknown") * 20_000, "control frames"),
+])
+def test_frame_floods_end_the_connection_with_enhance_your_calm(frames: bytes, why: str) -> None:
+    _flusher, src, ts, _dst, _td = pair()
+    src.data_received(frames)
+    out = ts.frames()
+    assert goaway_code(out) == f.ENHANCE_YOUR_CALM and ts.closed
+    assert why in next(p for k, _, _, p in out if k == f.GOAWAY)[8:].decode()
+
+
+def test_empty_data_frames_in_a_row_end_the_connection() -> None:
+    _flusher, src, ts, _dst, _td = pair()
+    src.streams[1] = Leg(src, 1, None)
+    src.data_received(f.frame(f.DATA, 0, 1) * 10)  # the limit: fine
+    assert not ts.closed
+    src.data_received(f.frame(f.DATA, 0, 1))
+    assert goaway_code(ts.frames()) == f.ENHANCE_YOUR_CALM

@@ -12,9 +12,11 @@ import pytest
 
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.pool import Pool
+from grpcmesh.clock import FakeClock
 from grpcmesh.registry.model import Health, Instance
 from grpcmesh.relay import frames as f
 from grpcmesh.relay import relay as relay_module
+from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.peer import CONN_WINDOW
 from grpcmesh.relay.relay import Downstream, Relay, Upstream, status_of
 from grpcmesh.routing import Target
@@ -34,15 +36,18 @@ def message(body: bytes) -> bytes:
 class Mesh:
     """A relay with one client connection and one upstream connection that is up."""
 
-    def __init__(self, client_settings: list[tuple[int, int]] | None = None) -> None:
+    def __init__(self, client_settings: list[tuple[int, int]] | None = None,
+                 limits: RelayLimits = RelayLimits()) -> None:
         self.pool = Pool("svc")
         self.pool.upsert(Instance("svc", "e1", ADDRESS, health=Health.SERVING))
         self.endpoint: Endpoint = self.pool.endpoints["e1"]
         self.target = Target("svc", (self.pool,))
-        self.relay = Relay(lambda path, override: self.target)
+        self.clock = FakeClock()
+        self.relay = Relay(lambda path, override: self.target, limits=limits, clock=self.clock)
         self.up = Upstream(ADDRESS, self.relay.upstreams)
         self.up_t = attach(self.up)
         self.relay.upstreams._current[ADDRESS] = self.up  # as if it had been connected
+        self.relay.upstreams._all.add(self.up)
         self.up.data_received(f.settings_frame([]))  # the endpoint's SETTINGS
         self.down = Downstream(self.relay)
         self.down_t = attach(self.down)
@@ -52,8 +57,9 @@ class Mesh:
         self.down_t.frames()
         self.up_t.frames()
 
-    def request(self, sid: int = 1, body: bytes | None = None, end: bool = False) -> None:
-        data = f.frame(f.HEADERS, f.END_HEADERS, sid, self.client.encode(REQUEST))
+    def request(self, sid: int = 1, body: bytes | None = None, end: bool = False,
+                headers: list[tuple[str, str]] = REQUEST) -> None:
+        data = f.frame(f.HEADERS, f.END_HEADERS, sid, self.client.encode(headers))
         if body is not None:
             data += f.frame(f.DATA, f.END_STREAM if end else 0, sid, body)
         self.down.data_received(data)
@@ -214,7 +220,7 @@ def test_data_on_a_stream_never_opened_ends_the_connection() -> None:
 def test_oversized_metadata_fails_the_call_not_the_connection() -> None:
     mesh = Mesh()
     big = [*REQUEST, ("x-big", "v" * 100_000)]  # over hpack's default 64 KiB header list
-    blocks = mesh.client.encode(big)
+    blocks = mesh.client.encode(big, huffman=False)
     chunks = [blocks[i:i + f.DEFAULT_FRAME_SIZE] for i in range(0, len(blocks), 16_384)]
     data = f.frame(f.HEADERS, 0, 1, chunks[0])
     for i, chunk in enumerate(chunks[1:], 1):
@@ -260,3 +266,158 @@ def test_graceful_stop_does_not_wait_the_grace_for_a_client_that_never_answers(
         assert int.from_bytes(final[:4], "big") == 0 and mesh.down_t.closed
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def goaway_code(frames: list[tuple[int, int, int, bytes]]) -> int | None:
+    codes = [int.from_bytes(p[4:8], "big") for kind, _, _, p in frames if kind == f.GOAWAY]
+    return codes[-1] if codes else None
+
+
+def test_the_relay_advertises_its_stream_limit_and_refuses_streams_beyond_it() -> None:
+    mesh = Mesh(limits=RelayLimits(max_concurrent_streams=2))
+    down = Downstream(mesh.relay)
+    hello = attach(down).frames()
+    settings = f.parse_settings(next(p for k, fl, _, p in hello if k == f.SETTINGS))
+    assert (f.MAX_CONCURRENT_STREAMS, 2) in settings
+    mesh.down.data_received(f.frame(f.SETTINGS, f.ACK, 0))  # it knows the limit
+    for sid in (1, 3, 5):
+        mesh.request(sid)
+    assert [(k, sid) for k, _, sid, _ in mesh.down_t.frames()] == [(f.RST_STREAM, 5)]
+    assert len(mesh.up.streams) == 2  # the third never reached the upstream
+    for sid in range(7, 7 + 2 * 3, 2):  # a client that keeps ignoring it loses its connection
+        mesh.request(sid)
+    assert goaway_code(mesh.down_t.frames()) == f.ENHANCE_YOUR_CALM
+
+
+def test_a_rapid_reset_client_is_absorbed_then_disconnected() -> None:
+    async def scenario() -> None:
+        mesh = Mesh(limits=RelayLimits(reset_min_streams=100))
+        opened = 0
+        sid = 1
+        while not mesh.down_t.closed:
+            assert sid < 400, "never disconnected"
+            mesh.down.data_received(
+                f.frame(f.HEADERS, f.END_HEADERS, sid, mesh.client.encode(REQUEST))
+                + f.rst_stream(sid, f.CANCEL))
+            opened += 1
+            sid += 2
+            await asyncio.sleep(0)
+        assert goaway_code(mesh.down_t.frames()) == f.ENHANCE_YOUR_CALM
+        upstream = [s for k, _, s, _ in mesh.up_t.frames() if k == f.HEADERS]
+        # Until the client looked like an attack (10 early resets) its calls went upstream;
+        # after that, resets that came with their HEADERS were absorbed.
+        assert len(upstream) == 10 and opened == 100
+        await asyncio.sleep(0)
+        assert mesh.relay.in_flight == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_a_request_that_is_not_grpc_gets_http_415_and_goes_nowhere() -> None:
+    mesh = Mesh()
+    json = [(k, "application/json" if k == "content-type" else v) for k, v in REQUEST]
+    mesh.request(headers=json, body=b"{}" * 1000, end=True)
+    got = mesh.down_t.frames()
+    headers = client_trailers(got)
+    assert (":status", "415") in headers
+    assert "relays gRPC only" in dict(headers)["grpc-message"]
+    assert mesh.up_t.frames() == []
+    mesh.assert_clean()
+
+
+def test_a_long_path_is_refused_quickly_with_a_short_message() -> None:
+    mesh = Mesh()
+    long = [(k, "/" + "p" * 200_000 if k == ":path" else v) for k, v in REQUEST]
+    block = mesh.client.encode(long, huffman=False)  # hpack's Huffman coder is quadratic
+    mesh.down.data_received(f.header_frames(1, block, True, f.DEFAULT_FRAME_SIZE))
+    got = mesh.down_t.frames()
+    trailers = dict(client_trailers(got))
+    assert trailers["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    assert len(trailers["grpc-message"]) < 300
+    assert sum(len(p) for k, _, _, p in got if k == f.HEADERS) < 1000
+    assert not mesh.down_t.closed
+    mesh.assert_clean()
+
+
+def test_a_client_that_reads_nothing_does_not_hold_the_shared_upstream_connection() -> None:
+    mesh = Mesh(client_settings=[(f.INITIAL_WINDOW_SIZE, 0)])  # this client grants no window
+    window = mesh.relay.limits.stream_window
+    sids = list(range(1, 2 * 70, 2))
+    for sid in sids:  # 70 streams x 256 KiB: more than the upstream connection's 16 MiB
+        mesh.request(sid, body=message(b"go"), end=True)
+    mesh.up_t.frames()
+    body = message(b"r" * (window - 5))  # one message filling the stream window
+    for sid in sids:
+        mesh.respond(mesh.headers(sid, RESPONSE),
+                     *[f.frame(f.DATA, 0, sid, body[i:i + 16_384])
+                       for i in range(0, window, 16_384)])
+    assert not mesh.up_t.closed  # never beyond the windows the relay granted
+    updates = [p for k, _, sid, p in mesh.up_t.frames() if k == f.WINDOW_UPDATE and sid == 0]
+    assert sum(int.from_bytes(p, "big") for p in updates) >= 70 * window - (16 << 20)
+    held = sum(len(p[0]) for leg in mesh.down.blocked for p in leg.pending)
+    assert held == 70 * window  # one stream window each, no more
+    # Another call on the same upstream connection is answered at once.
+    other = Downstream(mesh.relay)
+    other_t = attach(other)
+    other.data_received(f.PREFACE + f.settings_frame([]))
+    other.data_received(f.frame(f.HEADERS, f.END_HEADERS, 1, hpack.Encoder().encode(REQUEST))
+                        + f.frame(f.DATA, f.END_STREAM, 1, message(b"hi")))
+    up_sid = max(mesh.up.streams)
+    mesh.respond(mesh.headers(up_sid, RESPONSE), f.frame(f.DATA, 0, up_sid, message(b"ok")),
+                 mesh.headers(up_sid, OK, end=True))
+    assert client_status(other_t.frames()) == grpc.StatusCode.OK
+    # The stalled client leaves: everything it held goes at once.
+    mesh.down.connection_lost(None)
+    assert not mesh.down.blocked and not mesh.up.streams
+
+
+def test_rejected_header_blocks_are_never_cached() -> None:
+    mesh = Mesh()
+    mesh.down.data_received(f.frame(f.SETTINGS, f.ACK, 0))
+    mesh.client.header_table_size = 0  # applies our setting: its blocks become verbatim
+    for n in range(20):
+        big = [*REQUEST, ("x-big", f"{n}" * 20_000)]  # over the metadata limit
+        block = mesh.client.encode(big, huffman=False)
+        mesh.down.data_received(f.header_frames(2 * n + 1, block, True, f.DEFAULT_FRAME_SIZE))
+    assert mesh.down.verbatim and len(mesh.relay.cache) == 0
+    mesh.request(99, body=message(b"ok"), end=True)  # an accepted block is kept
+    assert len(mesh.relay.cache) == 1
+
+
+def test_connections_without_a_preface_idle_or_stalled_are_closed_by_the_sweep() -> None:
+    asyncio.run(asyncio.wait_for(sweep_scenario(), 5))
+
+
+async def sweep_scenario() -> None:
+    limits = RelayLimits(handshake_timeout=5, idle_timeout=60, stall_timeout=30)
+    mesh = Mesh(limits=limits)
+    silent = Downstream(mesh.relay)
+    silent_t = attach(silent)
+    mesh.relay.sweep(mesh.clock.now())
+    assert not silent_t.closed
+    mesh.clock.advance(6)
+    mesh.relay.sweep(mesh.clock.now())
+    assert silent_t.closed and goaway_code(silent_t.frames()) == f.PROTOCOL_ERROR
+    # mesh.down finished its handshake: it is idle (no stream) from the first sweep on.
+    mesh.clock.advance(54)
+    mesh.relay.sweep(mesh.clock.now())
+    assert not mesh.down_t.closed and [k for k, *_ in mesh.down_t.frames()] == []
+    mesh.clock.advance(1)
+    mesh.relay.sweep(mesh.clock.now())
+    got = [k for k, *_ in mesh.down_t.frames()]
+    assert got == [f.GOAWAY, f.PING]  # a graceful close, as a drain
+    # An upstream whose output does not drain is aborted after stall_timeout.
+    mesh.up_t.high = 10
+    mesh.up.queue(b"\0" * 100)
+    mesh.relay.flusher.flush()
+    assert mesh.up.paused
+    mesh.clock.advance(31)
+    mesh.relay.sweep(mesh.clock.now())
+    assert mesh.up_t.aborted
+
+
+def test_connections_over_the_limit_are_dropped_at_once() -> None:
+    mesh = Mesh(limits=RelayLimits(max_connections=1))
+    extra = Downstream(mesh.relay)
+    extra_t = attach(extra)
+    assert extra_t.aborted and extra not in mesh.relay.downstreams
