@@ -44,6 +44,7 @@ MAX_BLOCK = 256 * 1024  # a header block beyond this ends the connection (ENHANC
 # Decoded header lists up to this size are read, so that one over the proxy's metadata limit
 # fails its call (RESOURCE_EXHAUSTED), not the connection.
 MAX_HEADER_LIST = 1 << 20
+LINGER = 1.0  # seconds a connection closed for an error keeps reading (see Peer.close)
 
 Headers = list[tuple[str, str]]
 _CONNECTION_FRAMES = frozenset({f.SETTINGS, f.PING, f.GOAWAY})
@@ -335,10 +336,21 @@ class Peer(asyncio.Protocol):
                 self.queue(f.goaway(self.last_stream(), code, why.encode()[:200]))
             self.flusher.flush()
             self.closing = True
+            transport = self.transport
             if self.paused:  # it does not read: what is queued would never leave
-                self.transport.abort()
+                transport.abort()
+            elif code != f.NO_ERROR and transport.can_write_eof():
+                # A lingering close (as nginx's): the GOAWAY goes out with a FIN, and what the
+                # peer still sends is read and dropped for a while, because closing a socket
+                # with unread input sends a TCP reset, which can destroy the GOAWAY before the
+                # peer reads it.
+                transport.write_eof()
+                asyncio.get_running_loop().call_later(LINGER, transport.abort)
             else:
-                self.transport.close()
+                transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # the peer is done sending: the transport closes
 
     # -- input --------------------------------------------------------------------------------
 
@@ -365,6 +377,8 @@ class Peer(asyncio.Protocol):
         self.flusher.flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # lingering after an error (see close)
         buf = self.buf
         buf += data
         pos = 0

@@ -5,6 +5,7 @@ import asyncio
 from typing import Any
 
 from grpcmesh.relay.peer import Peer
+from tests.h2raw import parse_frames
 
 
 class FakeTransport:
@@ -55,6 +56,9 @@ class FakeTransport:
             assert self.protocol is not None
             loop.call_soon(self.protocol.connection_lost, None)
 
+    def can_write_eof(self) -> bool:
+        return False
+
     def abort(self) -> None:
         self.aborted = True
         self.close()
@@ -63,14 +67,9 @@ class FakeTransport:
         return None
 
     def frames(self) -> list[tuple[int, int, int, bytes]]:
-        out, data, self.written = [], bytes(self.written), bytearray()
-        pos = 0
-        while pos < len(data):
-            length = int.from_bytes(data[pos:pos + 3], "big")
-            out.append((data[pos + 3], data[pos + 4],
-                        int.from_bytes(data[pos + 5:pos + 9], "big"),
-                        data[pos + 9:pos + 9 + length]))
-            pos += 9 + length
+        """The frames written since the last call."""
+        out, _ = parse_frames(bytes(self.written))
+        self.written = bytearray()
         return out
 
 
