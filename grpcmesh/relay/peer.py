@@ -363,6 +363,7 @@ class Peer(asyncio.Protocol):
         self.gone = True
         self.buf = bytearray()
         self.out.clear()
+        self.out_bytes = 0
         self._partial = None
         if self._settings_waiter is not None and not self._settings_waiter.done():
             self._settings_waiter.set_result(False)

@@ -624,6 +624,7 @@ class Relay:
                 down.idle_since = now
             elif now - down.idle_since > limits.idle_timeout and down.refuse_above is None:
                 down.drain()  # graceful: GOAWAY, then the connection closes
+                down.idle_since = None  # (drained once: the final GOAWAY comes within 1 s)
         for peer in [*self.downstreams, *self.upstreams.connections()]:
             if peer.paused and now - peer.paused_at > limits.stall_timeout:
                 peer.close(f.ENHANCE_YOUR_CALM, f"output not read for {limits.stall_timeout:g}s")
