@@ -184,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "ask the instance's reflection)")
             p.add_argument("--label", type=LABEL, action="append", default=[],
                            metavar="KEY=VALUE", help="instance label (repeatable)")
-        p.add_argument("--owner", default="", help="owner (default: the address)")
+        p.add_argument("--owner", default="", help=(
+            "owner of the registration (default: the address)" if name == "register" else
+            "the owner the instance was registered with; the registry refuses any other "
+            "(default: the address)"))
 
     p = sub.add_parser("services", help="list the mesh's services",
                        description="List services with their proto services and health.")

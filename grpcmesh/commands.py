@@ -220,8 +220,14 @@ async def cmd_deregister(args: argparse.Namespace) -> int:
     instance_id = args.instance_id or args.address
     if not instance_id:
         raise UsageError("give --instance-id or --address")
+    # The registry refuses a deregistration without the registration's owner, which is the
+    # address unless `register --owner` set another.
+    owner = args.owner or args.address
+    if not owner:
+        raise UsageError("give --owner (the owner the instance was registered with) or "
+                         "--address (its owner unless one was given)")
     await _registry_call(args, "Deregister", pb.DeregisterRequest(
-        service=args.service, instance_id=instance_id, owner=args.owner))
+        service=args.service, instance_id=instance_id, owner=owner))
     print(f"deregistered {args.service}/{instance_id}")
     return 0
 

@@ -198,10 +198,10 @@ class Registrar:
 
     async def deregister(self, timeout: float = 2.0) -> None:
         inst = self.instance
-        try:
+        try:  # the registry gave the registration its address as owner unless one was set
             await self._client.call("Deregister", pb.DeregisterRequest(
-                service=inst.service, instance_id=inst.instance_id, owner=inst.owner),
-                timeout=timeout)
+                service=inst.service, instance_id=inst.instance_id,
+                owner=inst.owner or inst.address), timeout=timeout)
             log.info("deregistered %s/%s", inst.service, inst.instance_id)
         except grpc.aio.AioRpcError as err:
             log.warning("deregister failed (%s %s); the lease will expire instead",

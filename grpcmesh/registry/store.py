@@ -231,21 +231,29 @@ class RegistryStore:
             return self.revision
         return self._set_health(key, health)
 
-    def deregister(self, service: str, instance_id: str, owner: str = "") -> int:
+    def deregister(self, service: str, instance_id: str, owner: str) -> int:
+        """Remove an instance for its owner: the owner it was registered with (by default its
+        address). Without the check any client could empty a service."""
         try:
             names.check_service(service, "service")
             names.check_instance_id(instance_id, "instance_id")
         except ValueError as err:
             raise _invalid(err) from None
+        if not owner:
+            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"owner is required to deregister instance_id {instance_id!r} of "
+                                f"service {service!r}: give the owner it was registered with "
+                                "(its address, unless an owner was given)")
         inst = self._instances.get((service, instance_id))
         if inst is None:
             raise RegistryError(grpc.StatusCode.NOT_FOUND,
                                 f"instance_id {instance_id!r} of service {service!r} is not "
                                 "registered")
-        if owner and owner != inst.owner:
+        if owner != inst.owner:
             raise RegistryError(grpc.StatusCode.PERMISSION_DENIED,
-                                f"instance_id {instance_id!r} of service {service!r} is owned by "
-                                f"{inst.owner!r}, not {owner!r}")
+                                f"instance_id {instance_id!r} of service {service!r} is not owned "
+                                f"by {owner!r}: only the owner it was registered with may "
+                                "deregister it")
         return self._remove(inst, "deregistered")
 
     def expire(self) -> int:

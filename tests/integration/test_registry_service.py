@@ -246,8 +246,10 @@ async def test_filtered_watch_sees_only_matching_instances(
         await stub.Register(pb.RegisterRequest(
             instance=instance("users", "u2", "127.0.0.1:9102", "shop.v1.Users"),
             ttl_seconds=LEASE), timeout=5)
-        await stub.Deregister(pb.DeregisterRequest(service="orders", instance_id="o1"), timeout=5)
-        await stub.Deregister(pb.DeregisterRequest(service="users", instance_id="u1"), timeout=5)
+        await stub.Deregister(pb.DeregisterRequest(service="orders", instance_id="o1",
+                                                   owner="127.0.0.1:9001"), timeout=5)
+        await stub.Deregister(pb.DeregisterRequest(service="users", instance_id="u1",
+                                                   owner="127.0.0.1:9101"), timeout=5)
         seen = [await watch.next(), await watch.next()]
         assert [(e.type, e.instances[0].instance_id) for e in seen] == [
             (UPSERT, "u2"), (DELETE, "u1")]
@@ -410,7 +412,7 @@ async def test_unknown_leases_and_instances_are_not_found(
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "health 0 is invalid" in (err.details() or "")
     err = await rpc_error(stub.Deregister(pb.DeregisterRequest(
-        service="orders", instance_id="nope"), timeout=5))
+        service="orders", instance_id="nope", owner="127.0.0.1:9001"), timeout=5))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert err.details() == "instance_id 'nope' of service 'orders' is not registered"
 
@@ -434,6 +436,40 @@ async def test_duplicate_instance_id_from_another_owner_is_refused(
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     resp = await stub.Resolve(pb.ResolveRequest(service="orders"), timeout=5)
     assert [(i.address, i.owner) for i in resp.instances] == [("127.0.0.1:9001", "alice")]
+
+
+@pytest.mark.asyncio
+async def test_deregister_needs_the_owner(stub: registry_pb2_grpc.RegistryStub) -> None:
+    """Without the owner any client could empty a service; the owner is the address unless the
+    registration gave another."""
+    await stub.Register(pb.RegisterRequest(instance=instance(
+        "orders", "o1", "127.0.0.1:9001", owner="alice"), ttl_seconds=LEASE), timeout=5)
+    await stub.Register(pb.RegisterRequest(instance=instance(
+        "orders", "o2", "127.0.0.1:9002"), ttl_seconds=LEASE), timeout=5)
+    err = await rpc_error(stub.Deregister(pb.DeregisterRequest(
+        service="orders", instance_id="o1"), timeout=5))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.details() or "").startswith(
+        "owner is required to deregister instance_id 'o1' of service 'orders'"), err.details()
+    for wrong in ("mallory", "127.0.0.1:9001"):
+        err = await rpc_error(stub.Deregister(pb.DeregisterRequest(
+            service="orders", instance_id="o1", owner=wrong), timeout=5))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert err.details() == (f"instance_id 'o1' of service 'orders' is not owned by "
+                                 f"{wrong!r}: only the owner it was registered with may "
+                                 "deregister it")
+    assert await resolve_ids(stub, "orders") == ["o1", "o2"]
+    watch = Watch(stub, service="orders")
+    try:
+        assert (await watch.next()).type == SNAPSHOT
+        await stub.Deregister(pb.DeregisterRequest(service="orders", instance_id="o1",
+                                                   owner="alice"), timeout=5)
+        await stub.Deregister(pb.DeregisterRequest(service="orders", instance_id="o2",
+                                                   owner="127.0.0.1:9002"), timeout=5)
+        assert [(e.type, e.instances[0].instance_id) for e in
+                (await watch.next(), await watch.next())] == [(DELETE, "o1"), (DELETE, "o2")]
+    finally:
+        watch.cancel()
 
 
 @pytest.mark.asyncio
