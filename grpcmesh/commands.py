@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -77,8 +78,14 @@ def primary_gone() -> asyncio.Event:
 
 async def cmd_registry(args: argparse.Namespace) -> int:
     from grpcmesh.reflection import MethodCatalog
+    from grpcmesh.registry.limits import RegistryLimits
     from grpcmesh.registry.server import RegistryServer, open_persistence
 
+    try:
+        limits = RegistryLimits(**{f.name: getattr(args, f.name)
+                                   for f in dataclasses.fields(RegistryLimits)})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     try:
         catalog = MethodCatalog.load(args.descriptor_set)
         persistence = open_persistence(args.store)
@@ -86,7 +93,8 @@ async def cmd_registry(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     if args.descriptor_set:
         log.info("method kinds of %s from --descriptor-set", ", ".join(catalog.services()))
-    server = RegistryServer(args.listen, persistence, warmup=args.warmup, catalog=catalog)
+    server = RegistryServer(args.listen, persistence, warmup=args.warmup, catalog=catalog,
+                            limits=limits)
     announce(registry=await server.start())
     await run_until_signal(server.stop)
     return 0

@@ -5,7 +5,18 @@ import enum
 from dataclasses import dataclass, field
 from typing import cast
 
+import grpc
+
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+
+
+class RegistryError(Exception):
+    """A request the registry refuses, with the gRPC status code that says why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class Health(enum.IntEnum):

@@ -13,6 +13,7 @@ from generated.grpcmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 from grpcmesh.clock import MonotonicClock
 from grpcmesh.reflection import MethodCatalog, enable_reflection
 from grpcmesh.registry.checker import HealthChecker
+from grpcmesh.registry.limits import RegistryLimits
 from grpcmesh.registry.service import RegistryService
 from grpcmesh.registry.store import Persistence, RegistryStore
 from grpcmesh.server_util import bind, server_options, with_port
@@ -35,9 +36,11 @@ def open_persistence(spec: str) -> Persistence | None:
 class RegistryServer:
     def __init__(self, listen: str = "127.0.0.1:7700", persistence: Persistence | None = None,
                  *, check_interval: float = 1.0, warmup: float = 10.0,
-                 catalog: MethodCatalog = MethodCatalog()) -> None:
+                 catalog: MethodCatalog = MethodCatalog(),
+                 limits: RegistryLimits = RegistryLimits()) -> None:
         self.listen = listen
-        self.store = RegistryStore(MonotonicClock(), random.Random(), persistence, warmup)
+        self.store = RegistryStore(MonotonicClock(), random.Random(), persistence, warmup,
+                                   limits)
         self._persistence = persistence
         self._checker = HealthChecker(self.store, poll_interval=check_interval)
         self._service = RegistryService(self.store, catalog)

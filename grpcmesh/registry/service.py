@@ -13,8 +13,9 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh import names
 from grpcmesh.reflection import MethodCatalog
-from grpcmesh.registry.model import Event, Health, Instance
-from grpcmesh.registry.store import RegistryError, RegistryStore, filter_event
+from grpcmesh.registry.limits import check_watchers
+from grpcmesh.registry.model import Event, Health, Instance, RegistryError
+from grpcmesh.registry.store import RegistryStore, filter_event
 
 T = TypeVar("T")
 
@@ -121,6 +122,10 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 names.check_proto_service(request.proto_service, "proto_service")
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        try:
+            check_watchers(len(self._watchers), self.store.limits)
+        except RegistryError as err:
+            await context.abort(err.code, err.message)
         watcher = _Watcher(request.service, request.proto_service)
         # Snapshot and subscription happen in one step of the event loop: nothing is missed.
         snapshot = filter_event(self.store.snapshot(), None, watcher.service,

@@ -137,6 +137,9 @@ def test_subcommand_help_explains_it(command: str) -> None:
     (("deregister", "--service", "echo", "--instance-id", "e1"), ["give --owner", "--address"]),
     (("registry", "--listen", "localhost"), ["--listen", "'localhost' is not HOST:PORT"]),
     (("registry", "--store", "bogus"), ["--store", "'bogus' is not 'memory' or 'sqlite:PATH'"]),
+    (("registry", "--max-watchers", "0"), ["--max-watchers", "'0' is not a whole number"]),
+    (("registry", "--max-instance-bytes", "2000000"),
+     ["--max-instance-bytes 2000000 is too large: at most 1048576"]),
     (("--log-level", "LOUD", "services"), ["--log-level", "'LOUD'"]),
 ])
 def test_bad_input_is_one_line_naming_the_problem(args: tuple[str, ...],

@@ -279,7 +279,8 @@ def test_registry_checked_registration_cannot_replace_a_live_lease(h: Harness) -
     ({"proto_services": ("shop..Orders",)}, 0, "instance.proto_services 'shop..Orders'"),
     ({"labels": (("-bad", "x"),)}, 0, "instance.labels key '-bad' is invalid"),
     ({"labels": (("ok", "a\nb"),)}, 0, "instance.labels[ok] value 'a\\nb'"),
-    ({"owner": "x" * 257}, 0, "instance.owner is longer than 256 characters"),
+    ({"owner": "x" * 257}, 0, ("instance.owner 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' "
+                               "is 257 characters long: at most 256 are allowed")),
     ({}, -1, "ttl_seconds -1 is out of range"),
     ({}, MAX_TTL_SECONDS + 1, f"ttl_seconds {MAX_TTL_SECONDS + 1} is out of range"),
     ({}, float("nan"), "ttl_seconds nan is out of range"),
