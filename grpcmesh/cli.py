@@ -21,6 +21,7 @@ from grpcmesh.balance.picker import PICKER_KINDS
 from grpcmesh.commands import COMMANDS, CliError, UsageError
 from grpcmesh.proxy.forward import DEFAULT_MAX_MESSAGE_BYTES
 from grpcmesh.registry.client import parse_registry_addresses
+from grpcmesh.registry.limits import RegistryLimits, flag
 from grpcmesh.relay.limits import HELP as LIMITS_HELP
 from grpcmesh.relay.limits import RelayLimits
 
@@ -120,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--descriptor_set_out=FILE): method kinds for instances registered "
                         "without them, such as apps that serve no reflection, so that sidecars "
                         "forward their calls on the unary fast path (repeatable)")
+    defaults = RegistryLimits()
+    for name, text in LIMIT_FLAGS:
+        p.add_argument(f"--{flag(name)}", type=_positive_int, default=getattr(defaults, name),
+                       metavar="N", help=f"{text} (default {getattr(defaults, name)})")
 
     p = sub.add_parser("sidecar", help="run a sidecar proxy beside an app",
                        description="Run a sidecar: outbound proxy for the app's calls, "
@@ -193,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "ask the instance's reflection)")
             p.add_argument("--label", type=LABEL, action="append", default=[],
                            metavar="KEY=VALUE", help="instance label (repeatable)")
-        p.add_argument("--owner", default="", help="owner (default: the address)")
+        p.add_argument("--owner", default="", help=(
+            "owner of the registration (default: the address)" if name == "register" else
+            "the owner the instance was registered with; the registry refuses any other "
+            "(default: the address)"))
 
     p = sub.add_parser("services", help="list the mesh's services",
                        description="List services with their proto services and health.")
@@ -234,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=_positive_int, default=4,
                    help="calls in flight (default 4)")
     return parser
+
+
+# The registry's limits (grpcmesh.registry.limits, docs/registry.md): RegistryLimits field, help.
+LIMIT_FLAGS = (
+    ("max_instance_bytes",
+     "largest registration, its Instance message serialized, in bytes (at most 1048576)"),
+    ("max_string_length",
+     "longest string in a registration: names, address, owner, label, method path"),
+    ("max_labels", "most labels per registration"),
+    ("max_proto_services", "most proto services per registration"),
+    ("max_methods", "most methods per registration"),
+    ("max_instances",
+     "most instances the registry holds; more registrations get RESOURCE_EXHAUSTED"),
+    ("max_watchers", "most Watch streams served at once; more get RESOURCE_EXHAUSTED"),
+)
 
 
 def _registry_flag(p: argparse.ArgumentParser) -> None:

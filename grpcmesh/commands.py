@@ -79,8 +79,14 @@ def primary_gone() -> asyncio.Event:
 
 async def cmd_registry(args: argparse.Namespace) -> int:
     from grpcmesh.reflection import MethodCatalog
+    from grpcmesh.registry.limits import RegistryLimits
     from grpcmesh.registry.server import RegistryServer, open_persistence
 
+    try:
+        limits = RegistryLimits(**{f.name: getattr(args, f.name)
+                                   for f in dataclasses.fields(RegistryLimits)})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     try:
         catalog = MethodCatalog.load(args.descriptor_set)
         persistence = open_persistence(args.store)
@@ -88,7 +94,8 @@ async def cmd_registry(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     if args.descriptor_set:
         log.info("method kinds of %s from --descriptor-set", ", ".join(catalog.services()))
-    server = RegistryServer(args.listen, persistence, warmup=args.warmup, catalog=catalog)
+    server = RegistryServer(args.listen, persistence, warmup=args.warmup, catalog=catalog,
+                            limits=limits)
     announce(registry=await server.start())
     await run_until_signal(server.stop)
     return 0
@@ -229,8 +236,14 @@ async def cmd_deregister(args: argparse.Namespace) -> int:
     instance_id = args.instance_id or args.address
     if not instance_id:
         raise UsageError("give --instance-id or --address")
+    # The registry refuses a deregistration without the registration's owner, which is the
+    # address unless `register --owner` set another.
+    owner = args.owner or args.address
+    if not owner:
+        raise UsageError("give --owner (the owner the instance was registered with) or "
+                         "--address (its owner unless one was given)")
     await _registry_call(args, "Deregister", pb.DeregisterRequest(
-        service=args.service, instance_id=instance_id, owner=args.owner))
+        service=args.service, instance_id=instance_id, owner=owner))
     print(f"deregistered {args.service}/{instance_id}")
     return 0
 

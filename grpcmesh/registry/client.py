@@ -16,6 +16,7 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh import names
 from grpcmesh.registry.model import Event, Health, Instance
+from grpcmesh.registry.snapshot import SnapshotAssembler, SnapshotError
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +102,27 @@ async def watch_forever(client: RegistryClient, on_event: Callable[[Event], None
                         request: pb.WatchRequest | None = None,
                         on_state: Callable[[bool], None] = lambda up: None) -> None:
     """Follow the registry until cancelled; after a reconnect the first event is a SNAPSHOT,
-    which replaces what was known. While the registry is away, nothing is forgotten."""
+    which replaces what was known. While the registry is away, nothing is forgotten.
+
+    A snapshot may come in parts: on_event gets it whole, once its last part has arrived, and
+    never a part of a snapshot whose stream broke."""
     backoff = Backoff()
     request = request or pb.WatchRequest()
     up = False
     warned = False
     while True:
+        snapshot = SnapshotAssembler()
+        call = client.stub().Watch(request)
         try:
-            async for msg in client.stub().Watch(request):
+            async for msg in call:
                 if not up:
                     up, warned = True, False
                     backoff.reset()
                     on_state(True)
                     log.info("watching registry %s", client.address)
-                on_event(Event.from_proto(msg))
+                event = snapshot.feed(Event.from_proto(msg))
+                if event is not None:
+                    on_event(event)
             log.warning("registry %s ended the watch; reconnecting", client.address)
         except grpc.aio.AioRpcError as err:
             # Logged once per outage (and once if it never answered); retries stay quiet.
@@ -122,6 +130,10 @@ async def watch_forever(client: RegistryClient, on_event: Callable[[Event], None
                     "registry %s watch failed: %s %s; keeping the last known endpoints and "
                     "retrying", client.address, err.code().name, err.details())
             warned = True
+            client.rotate()
+        except SnapshotError as err:
+            call.cancel()
+            log.warning("registry %s: %s; watching again", client.address, err)
             client.rotate()
         if up:
             up = False
@@ -198,10 +210,10 @@ class Registrar:
 
     async def deregister(self, timeout: float = 2.0) -> None:
         inst = self.instance
-        try:
+        try:  # the registry gave the registration its address as owner unless one was set
             await self._client.call("Deregister", pb.DeregisterRequest(
-                service=inst.service, instance_id=inst.instance_id, owner=inst.owner),
-                timeout=timeout)
+                service=inst.service, instance_id=inst.instance_id,
+                owner=inst.owner or inst.address), timeout=timeout)
             log.info("deregistered %s/%s", inst.service, inst.instance_id)
         except grpc.aio.AioRpcError as err:
             log.warning("deregister failed (%s %s); the lease will expire instead",

@@ -5,7 +5,18 @@ import enum
 from dataclasses import dataclass, field
 from typing import cast
 
+import grpc
+
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+
+
+class RegistryError(Exception):
+    """A request the registry refuses, with the gRPC status code that says why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class Health(enum.IntEnum):
@@ -84,17 +95,18 @@ class Event:
     instances: tuple[Instance, ...] = ()
     reason: str = ""
     partial: bool = False  # SNAPSHOT only: the registry is still warming up
+    more: bool = False  # SNAPSHOT only: a part, and more parts of the snapshot follow
 
     def to_proto(self) -> pb.WatchEvent:
         return pb.WatchEvent(type=cast(pb.WatchEvent.Type, int(self.type)), revision=self.revision,
                              instances=[i.to_proto() for i in self.instances],
-                             reason=self.reason, partial=self.partial)
+                             reason=self.reason, partial=self.partial, more=self.more)
 
     @classmethod
     def from_proto(cls, msg: pb.WatchEvent) -> Event:
         return cls(EventType(msg.type), msg.revision,
                    tuple(Instance.from_proto(i) for i in msg.instances), msg.reason,
-                   msg.partial)
+                   msg.partial, msg.more)
 
 
 @dataclass(frozen=True)

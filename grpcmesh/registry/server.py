@@ -9,11 +9,12 @@ import random
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from generated.grpcmesh.registry.v1 import registry_pb2, registry_pb2_grpc
+from generated.grpcmesh.registry.v1 import registry_pb2
 from grpcmesh.clock import MonotonicClock
 from grpcmesh.reflection import MethodCatalog, enable_reflection
 from grpcmesh.registry.checker import HealthChecker
-from grpcmesh.registry.service import RegistryService
+from grpcmesh.registry.limits import RegistryLimits
+from grpcmesh.registry.service import RegistryService, add_to_server
 from grpcmesh.registry.store import Persistence, RegistryStore
 from grpcmesh.server_util import bind, server_options, with_port
 
@@ -35,19 +36,21 @@ def open_persistence(spec: str) -> Persistence | None:
 class RegistryServer:
     def __init__(self, listen: str = "127.0.0.1:7700", persistence: Persistence | None = None,
                  *, check_interval: float = 1.0, warmup: float = 10.0,
-                 catalog: MethodCatalog = MethodCatalog()) -> None:
+                 catalog: MethodCatalog = MethodCatalog(),
+                 limits: RegistryLimits = RegistryLimits()) -> None:
         self.listen = listen
-        self.store = RegistryStore(MonotonicClock(), random.Random(), persistence, warmup)
+        self.store = RegistryStore(MonotonicClock(), random.Random(), persistence, warmup,
+                                   limits)
         self._persistence = persistence
         self._checker = HealthChecker(self.store, poll_interval=check_interval)
-        self._service = RegistryService(self.store, catalog)
+        self.service = RegistryService(self.store, catalog)
         self._server = grpc.aio.server(options=server_options())
         self._expiry: asyncio.Task[None] | None = None
         self.address = ""
         self._stopped = False
 
     async def start(self) -> str:
-        registry_pb2_grpc.add_RegistryServicer_to_server(self._service, self._server)
+        add_to_server(self.service, self._server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
         enable_reflection(self._server, [REGISTRY_SERVICE, health.SERVICE_NAME])
@@ -82,7 +85,7 @@ class RegistryServer:
         if self._expiry is not None:
             self._expiry.cancel()
         await self._checker.stop()
-        self._service.close()
+        self.service.close()
         await self._server.stop(grace)
         if self._persistence is not None and hasattr(self._persistence, "close"):
             self._persistence.close()

@@ -1,11 +1,16 @@
-"""The grpcmesh.registry.v1.Registry gRPC service: a thin shell over RegistryStore."""
+"""The grpcmesh.registry.v1.Registry gRPC service: a thin shell over RegistryStore.
+
+Watch answers with bytes serialized once and shared by every watcher (snapshot.py): each change
+once, and each snapshot once per revision and filter, in parts. Its handler is registered
+without a response serializer (add_to_server) so that grpcio sends those bytes as they are.
+"""
 from __future__ import annotations
 
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -13,10 +18,13 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh import names
 from grpcmesh.reflection import MethodCatalog
-from grpcmesh.registry.model import Event, Health, Instance
-from grpcmesh.registry.store import RegistryError, RegistryStore, filter_event
+from grpcmesh.registry.limits import check_watchers
+from grpcmesh.registry.model import Event, EventType, Health, Instance, RegistryError
+from grpcmesh.registry.snapshot import PART_BYTES, encode_instance, snapshot_parts
+from grpcmesh.registry.store import RegistryStore, filter_event, matches
 
 T = TypeVar("T")
+SERVICE = pb.DESCRIPTOR.services_by_name["Registry"].full_name
 
 # A watcher that falls this far behind gets a fresh SNAPSHOT instead of the backlog.
 WATCH_BACKLOG_LIMIT = 10_000
@@ -26,28 +34,61 @@ class _Watcher:
     def __init__(self, service: str, proto_service: str) -> None:
         self.service = service
         self.proto_service = proto_service
-        self.pending: collections.deque[Event] = collections.deque()
+        self.pending: collections.deque[bytes] = collections.deque()
         self.resync = False
         self.wakeup = asyncio.Event()
         self.closing = False
 
-    def on_event(self, event: Event, previous: Instance | None) -> None:
-        filtered = filter_event(event, previous, self.service, self.proto_service)
-        if filtered is None:
-            return
+    def push(self, data: bytes) -> None:
         if len(self.pending) >= WATCH_BACKLOG_LIMIT:
-            self.pending.clear()
-            self.resync = True
+            self.start_over()
         else:
-            self.pending.append(filtered)
+            self.pending.append(data)
+            self.wakeup.set()
+
+    def start_over(self) -> None:
+        """Send a fresh snapshot next: it holds everything pending, which is dropped."""
+        self.pending.clear()
+        self.resync = True
         self.wakeup.set()
 
 
+class _Capture:
+    """Takes the method handlers that the generated add_RegistryServicer_to_server makes."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_to_server(service: RegistryService, server: grpc.aio.Server) -> None:
+    """The generated handlers, but Watch yields serialized WatchEvents (bytes)."""
+    capture = _Capture()
+    registry_pb2_grpc.add_RegistryServicer_to_server(service, capture)
+    handlers = capture.handlers
+    handlers["Watch"] = grpc.unary_stream_rpc_method_handler(
+        service.Watch, request_deserializer=pb.WatchRequest.FromString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 class RegistryService(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, store: RegistryStore, catalog: MethodCatalog = MethodCatalog()) -> None:
+    def __init__(self, store: RegistryStore, catalog: MethodCatalog = MethodCatalog(),
+                 part_bytes: int = PART_BYTES) -> None:
         self.store = store
         self._catalog = catalog
+        self._part_bytes = part_bytes
         self._watchers: set[_Watcher] = set()
+        # Each instance's bytes (by key, for the Instance object they encode), and the current
+        # revision's snapshot parts per watch filter; cleared by every change.
+        self._encoded: dict[tuple[str, str], tuple[Instance, bytes]] = {}
+        self._snapshots: dict[tuple[str, str], list[bytes]] = {}
+        store.subscribe(self._on_event)
 
     def close(self) -> None:
         """End every Watch stream with UNAVAILABLE, so watchers go to another registry (or
@@ -55,6 +96,43 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         for watcher in self._watchers:
             watcher.closing = True
             watcher.wakeup.set()
+
+    # -- watch fan-out ------------------------------------------------------------------------
+
+    def _on_event(self, event: Event, previous: Instance | None) -> None:
+        self._snapshots.clear()
+        if event.type == EventType.SNAPSHOT:  # the warm-up ended: everyone starts over
+            for watcher in self._watchers:
+                watcher.start_over()
+            return
+        if event.type == EventType.DELETE:
+            self._encoded.pop(event.instances[0].key, None)
+        shared: bytes | None = None
+        for watcher in self._watchers:
+            seen = filter_event(event, previous, watcher.service, watcher.proto_service)
+            if seen is event:
+                if shared is None:
+                    shared = event.to_proto().SerializeToString()
+                watcher.push(shared)
+            elif seen is not None:  # a DELETE for a watcher whose filter it no longer matches
+                watcher.push(seen.to_proto().SerializeToString())
+
+    def _encode(self, instance: Instance) -> bytes:
+        cached = self._encoded.get(instance.key)
+        if cached is None or cached[0] is not instance:
+            cached = self._encoded[instance.key] = (instance, encode_instance(instance))
+        return cached[1]
+
+    def snapshot(self, service: str = "", proto_service: str = "") -> list[bytes]:
+        """The current snapshot for a watch filter, in serialized parts."""
+        key = (service, proto_service)
+        parts = self._snapshots.get(key)
+        if parts is None:
+            parts = self._snapshots[key] = snapshot_parts(
+                self.store.revision, self.store.warm_until is not None,
+                [self._encode(i) for i in self.store.instances()
+                 if matches(i, service, proto_service)], self._part_bytes)
+        return parts
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:
         try:
@@ -113,37 +191,36 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             revision=self.store.revision)
 
     async def Watch(self, request: pb.WatchRequest,
-                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         try:
             if request.service:
                 names.check_service(request.service, "service")
             if request.proto_service:
                 names.check_proto_service(request.proto_service, "proto_service")
+            check_watchers(len(self._watchers), self.store.limits)
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except RegistryError as err:
+            await context.abort(err.code, err.message)
         watcher = _Watcher(request.service, request.proto_service)
         # Snapshot and subscription happen in one step of the event loop: nothing is missed.
-        snapshot = filter_event(self.store.snapshot(), None, watcher.service,
-                                watcher.proto_service)
-        unsubscribe = self.store.subscribe(watcher.on_event)
+        parts = self.snapshot(watcher.service, watcher.proto_service)
         self._watchers.add(watcher)
         try:
-            assert snapshot is not None
-            yield snapshot.to_proto()
             while True:
+                for part in parts:
+                    yield part
                 await watcher.wakeup.wait()
                 watcher.wakeup.clear()
                 if watcher.closing:
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         "the registry is shutting down")
-                if watcher.resync:
+                parts = []
+                if watcher.resync:  # everything pending is in the current snapshot
                     watcher.resync = False
-                    again = filter_event(self.store.snapshot(), None, watcher.service,
-                                         watcher.proto_service)
-                    assert again is not None
-                    yield again.to_proto()
+                    watcher.pending.clear()
+                    parts = self.snapshot(watcher.service, watcher.proto_service)
                 while watcher.pending:
-                    yield watcher.pending.popleft().to_proto()
+                    yield watcher.pending.popleft()
         finally:
             self._watchers.discard(watcher)
-            unsubscribe()

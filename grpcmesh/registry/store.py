@@ -22,23 +22,20 @@ import grpc
 
 from grpcmesh import names
 from grpcmesh.clock import Clock
-from grpcmesh.registry.model import Event, EventType, Health, Instance, Lease, ServiceSummary
+from grpcmesh.registry.limits import RegistryLimits, check_registration, check_room
+from grpcmesh.registry.model import (
+    Event,
+    EventType,
+    Health,
+    Instance,
+    Lease,
+    RegistryError,
+    ServiceSummary,
+)
 
 MAX_TTL_SECONDS = 3600
-MAX_PROTO_SERVICES = 256
-MAX_LABELS = 64
-MAX_METHODS = 4096
 
 Listener = Callable[[Event, "Instance | None"], None]
-
-
-class RegistryError(Exception):
-    """A request the registry refuses, with the gRPC status code that says why."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Persistence(Protocol):
@@ -58,41 +55,34 @@ def _invalid(err: ValueError) -> RegistryError:
     return RegistryError(grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
 
-def validate_instance(instance: Instance) -> None:
-    """Raise RegistryError(INVALID_ARGUMENT) naming the first bad field."""
+def validate_instance(instance: Instance, limits: RegistryLimits = RegistryLimits()) -> None:
+    """Raise RegistryError(INVALID_ARGUMENT) naming the first bad field: beyond a limit first
+    (cheap, and it bounds the work of the rest), then not a valid name."""
+    check_registration(instance, limits)
     try:
         names.check_service(instance.service, "instance.service")
         names.check_instance_id(instance.instance_id, "instance.instance_id")
         names.check_address(instance.address, "instance.address")
-        if len(instance.proto_services) > MAX_PROTO_SERVICES:
-            raise ValueError(f"instance.proto_services has {len(instance.proto_services)} "
-                             f"entries: at most {MAX_PROTO_SERVICES} are allowed")
         for proto in instance.proto_services:
             names.check_proto_service(proto, "instance.proto_services")
-        if len(instance.labels) > MAX_LABELS:
-            raise ValueError(f"instance.labels has {len(instance.labels)} entries: "
-                             f"at most {MAX_LABELS} are allowed")
         for key, value in instance.labels:
             names.check_label(key, value, "instance.labels")
-        if len(instance.methods) > MAX_METHODS:
-            raise ValueError(f"instance.methods has {len(instance.methods)} entries: at most "
-                             f"{MAX_METHODS} are allowed")
         for method in instance.methods:
             _, service, name = (method.path.split("/") + ["", "", ""])[:3]
             if method.path.count("/") != 2 or method.path[0] != "/" or \
                     service not in instance.proto_services or not name.isidentifier():
                 raise ValueError(f"instance.methods path {method.path!r} is not "
                                  "/Service/Method for one of instance.proto_services")
-        if len(instance.owner) > 256:
-            raise ValueError("instance.owner is longer than 256 characters")
     except ValueError as err:
         raise _invalid(err) from None
 
 
 class RegistryStore:
     def __init__(self, clock: Clock, rng: random.Random | None = None,
-                 persistence: Persistence | None = None, warmup: float = 0.0) -> None:
+                 persistence: Persistence | None = None, warmup: float = 0.0,
+                 limits: RegistryLimits = RegistryLimits()) -> None:
         self._clock = clock
+        self.limits = limits
         self.warm_until: float | None = clock.now() + warmup if warmup > 0 else None
         self._rng = rng or random.Random()
         self._persistence = persistence
@@ -174,12 +164,14 @@ class RegistryStore:
         instance = replace(instance, owner=instance.owner or instance.address, lease_id=0,
                            proto_services=tuple(sorted(set(instance.proto_services))),
                            labels=tuple(sorted(instance.labels)))
-        validate_instance(instance)
+        validate_instance(instance, self.limits)
         if not 0 <= ttl_seconds <= MAX_TTL_SECONDS:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"ttl_seconds {ttl_seconds} is out of range: expected 0 "
                                 f"(registry-checked) to {MAX_TTL_SECONDS}")
         previous = self._instances.get(instance.key)
+        if previous is None:
+            check_room(len(self._instances), self.limits, instance)
         if previous is not None and previous.owner != instance.owner:
             raise RegistryError(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -231,21 +223,29 @@ class RegistryStore:
             return self.revision
         return self._set_health(key, health)
 
-    def deregister(self, service: str, instance_id: str, owner: str = "") -> int:
+    def deregister(self, service: str, instance_id: str, owner: str) -> int:
+        """Remove an instance for its owner: the owner it was registered with (by default its
+        address). Without the check any client could empty a service."""
         try:
             names.check_service(service, "service")
             names.check_instance_id(instance_id, "instance_id")
         except ValueError as err:
             raise _invalid(err) from None
+        if not owner:
+            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"owner is required to deregister instance_id {instance_id!r} of "
+                                f"service {service!r}: give the owner it was registered with "
+                                "(its address, unless an owner was given)")
         inst = self._instances.get((service, instance_id))
         if inst is None:
             raise RegistryError(grpc.StatusCode.NOT_FOUND,
                                 f"instance_id {instance_id!r} of service {service!r} is not "
                                 "registered")
-        if owner and owner != inst.owner:
+        if owner != inst.owner:
             raise RegistryError(grpc.StatusCode.PERMISSION_DENIED,
-                                f"instance_id {instance_id!r} of service {service!r} is owned by "
-                                f"{inst.owner!r}, not {owner!r}")
+                                f"instance_id {instance_id!r} of service {service!r} is not owned "
+                                f"by {owner!r}: only the owner it was registered with may "
+                                "deregister it")
         return self._remove(inst, "deregistered")
 
     def expire(self) -> int:

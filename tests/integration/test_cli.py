@@ -134,8 +134,12 @@ def test_subcommand_help_explains_it(command: str) -> None:
     (("register", "--service", "echo", "--address", "127.0.0.1:1", "--label", "novalue"),
      ["--label", "'novalue' is not KEY=VALUE"]),
     (("deregister", "--service", "echo"), ["give --instance-id or --address"]),
+    (("deregister", "--service", "echo", "--instance-id", "e1"), ["give --owner", "--address"]),
     (("registry", "--listen", "localhost"), ["--listen", "'localhost' is not HOST:PORT"]),
     (("registry", "--store", "bogus"), ["--store", "'bogus' is not 'memory' or 'sqlite:PATH'"]),
+    (("registry", "--max-watchers", "0"), ["--max-watchers", "'0' is not a whole number"]),
+    (("registry", "--max-instance-bytes", "2000000"),
+     ["--max-instance-bytes 2000000 is too large: at most 1048576"]),
     (("--log-level", "LOUD", "services"), ["--log-level", "'LOUD'"]),
 ])
 def test_bad_input_is_one_line_naming_the_problem(args: tuple[str, ...],
@@ -255,6 +259,23 @@ async def test_register_resolve_services_deregister(shared: Shared) -> None:
 
 
 @module_loop
+async def test_deregister_passes_the_owner_which_defaults_to_the_address(
+        shared: Shared) -> None:
+    reg = ("--registry", shared.registry)
+    result = await arun("register", "--service", "owned", "--address", shared.app,
+                        "--owner", "ops", *reg)
+    assert result.code == 0, str(result)
+    refused = await arun("deregister", "--service", "owned", "--address", shared.app, *reg)
+    assert_one_line_error(refused, "grpcmesh deregister: PERMISSION_DENIED:",
+                          f"instance_id '{shared.app}' of service 'owned' is not owned by "
+                          f"'{shared.app}'")
+    result = await arun("deregister", "--service", "owned", "--address", shared.app,
+                        "--owner", "ops", *reg)
+    assert result.code == 0, str(result)
+    assert f"deregistered owned/{shared.app}" in result.out
+
+
+@module_loop
 async def test_register_an_unreachable_address_says_to_pass_proto_service(
         shared: Shared) -> None:
     result = await arun("register", "--service", "ghost", "--address", "127.0.0.1:1",
@@ -274,7 +295,7 @@ async def test_resolve_unknown_names_is_one_line(shared: Shared) -> None:
 @module_loop
 async def test_deregister_unknown_instance_is_one_line(shared: Shared) -> None:
     result = await arun("deregister", "--service", "ghost", "--instance-id", "nope",
-                        "--registry", shared.registry)
+                        "--owner", "ops", "--registry", shared.registry)
     assert result.code == 1, str(result)
     assert_one_line_error(result, "grpcmesh deregister:", "NOT_FOUND")
 

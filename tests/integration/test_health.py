@@ -156,6 +156,6 @@ async def test_registry_checks_a_check_only_instance(
         await wait_for(lambda: checked() == Health.SERVING, FLIP_TIMEOUT, "first SERVING")
         assert await flip(app, False, checked, "NOT_SERVING") < 1.0
         assert await flip(app, True, checked, "SERVING again") < 1.0
-        await stub.Deregister(pb.DeregisterRequest(service="legacy", instance_id="l1"),
-                              timeout=5)
+        await stub.Deregister(pb.DeregisterRequest(service="legacy", instance_id="l1",
+                                                   owner=app.address), timeout=5)
     assert_polled(app)

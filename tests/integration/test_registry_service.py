@@ -22,6 +22,7 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh.example.server import EchoBehaviour, EchoServer
 from grpcmesh.reflection import MethodCatalog, list_services
+from grpcmesh.registry.limits import RegistryLimits
 from grpcmesh.registry.model import Method
 from grpcmesh.registry.server import RegistryServer
 from grpcmesh.registry.sqlite_store import SqlitePersistence
@@ -246,8 +247,10 @@ async def test_filtered_watch_sees_only_matching_instances(
         await stub.Register(pb.RegisterRequest(
             instance=instance("users", "u2", "127.0.0.1:9102", "shop.v1.Users"),
             ttl_seconds=LEASE), timeout=5)
-        await stub.Deregister(pb.DeregisterRequest(service="orders", instance_id="o1"), timeout=5)
-        await stub.Deregister(pb.DeregisterRequest(service="users", instance_id="u1"), timeout=5)
+        await stub.Deregister(pb.DeregisterRequest(service="orders", instance_id="o1",
+                                                   owner="127.0.0.1:9001"), timeout=5)
+        await stub.Deregister(pb.DeregisterRequest(service="users", instance_id="u1",
+                                                   owner="127.0.0.1:9101"), timeout=5)
         seen = [await watch.next(), await watch.next()]
         assert [(e.type, e.instances[0].instance_id) for e in seen] == [
             (UPSERT, "u2"), (DELETE, "u1")]
@@ -384,6 +387,65 @@ async def test_register_rejects_bad_fields(stub: registry_pb2_grpc.RegistryStub,
     assert nothing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def methods_of(inst: pb.Instance, count: int, length: int = 60) -> pb.Instance:
+    """inst with count methods of its first proto service, each path length characters long."""
+    prefix = f"/{inst.proto_services[0]}/M"
+    inst.methods.extend(pb.Method(path=f"{prefix}{i:0{length - len(prefix)}d}")
+                        for i in range(count))
+    return inst
+
+
+@pytest.mark.asyncio
+async def test_oversized_registrations_are_refused_naming_field_and_limit(
+        stub: registry_pb2_grpc.RegistryStub) -> None:
+    """What an attacker sent (one registration of ~1 MB) and its smaller variants."""
+    base = instance("orders", "o1", "127.0.0.1:9001", "shop.v1.Orders")
+    huge = instance("orders", "o1", "127.0.0.1:9001", "shop.v1.Orders")
+    huge.labels["blob"] = "x" * 978_000
+    many = instance("orders", "o1", "127.0.0.1:9001", *(f"shop.v1.S{i}" for i in range(300)))
+    for inst, message in [
+        (huge, ("instance.labels[blob] 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' is 978000 "
+                "characters long: at most 256 are allowed (grpcmesh registry --max-string-length)")),
+        (many, ("instance.proto_services has 300 entries: at most 256 are allowed "
+                "(grpcmesh registry --max-proto-services)")),
+        (methods_of(base, 1200), "instance orders/o1 is "),
+    ]:
+        err = await rpc_error(stub.Register(pb.RegisterRequest(instance=inst, ttl_seconds=LEASE),
+                                            timeout=5))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.details() or "").startswith(message), err.details()
+    assert "bytes serialized: at most 65536 are allowed (grpcmesh registry --max-instance-bytes)" \
+        in (err.details() or "")
+    err = await rpc_error(stub.Resolve(pb.ResolveRequest(service="orders"), timeout=5))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(15)
+async def test_the_registry_holds_at_most_max_instances() -> None:
+    server = RegistryServer("127.0.0.1:0", limits=RegistryLimits(max_instances=3))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            for i in range(3):
+                await stub.Register(pb.RegisterRequest(instance=instance(
+                    "orders", f"o{i}", f"127.0.0.1:{9000 + i}"), ttl_seconds=LEASE), timeout=5)
+            err = await rpc_error(stub.Register(pb.RegisterRequest(instance=instance(
+                "orders", "o3", "127.0.0.1:9003"), ttl_seconds=LEASE), timeout=5))
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.details() == (
+                "the registry holds 3 instances, its limit (grpcmesh registry --max-instances "
+                "3): instance_id 'o3' of service 'orders' is refused until others leave")
+            await stub.Deregister(pb.DeregisterRequest(service="orders", instance_id="o0",
+                                                       owner="127.0.0.1:9000"), timeout=5)
+            await stub.Register(pb.RegisterRequest(instance=instance(
+                "orders", "o3", "127.0.0.1:9003"), ttl_seconds=LEASE), timeout=5)
+            assert await resolve_ids(stub, "orders") == ["o1", "o2", "o3"]
+    finally:
+        await server.stop(0)
+
+
 @pytest.mark.asyncio
 async def test_register_without_instance_or_with_bad_ttl_is_invalid(
         stub: registry_pb2_grpc.RegistryStub) -> None:
@@ -410,7 +472,7 @@ async def test_unknown_leases_and_instances_are_not_found(
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "health 0 is invalid" in (err.details() or "")
     err = await rpc_error(stub.Deregister(pb.DeregisterRequest(
-        service="orders", instance_id="nope"), timeout=5))
+        service="orders", instance_id="nope", owner="127.0.0.1:9001"), timeout=5))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert err.details() == "instance_id 'nope' of service 'orders' is not registered"
 
@@ -434,6 +496,40 @@ async def test_duplicate_instance_id_from_another_owner_is_refused(
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     resp = await stub.Resolve(pb.ResolveRequest(service="orders"), timeout=5)
     assert [(i.address, i.owner) for i in resp.instances] == [("127.0.0.1:9001", "alice")]
+
+
+@pytest.mark.asyncio
+async def test_deregister_needs_the_owner(stub: registry_pb2_grpc.RegistryStub) -> None:
+    """Without the owner any client could empty a service; the owner is the address unless the
+    registration gave another."""
+    await stub.Register(pb.RegisterRequest(instance=instance(
+        "orders", "o1", "127.0.0.1:9001", owner="alice"), ttl_seconds=LEASE), timeout=5)
+    await stub.Register(pb.RegisterRequest(instance=instance(
+        "orders", "o2", "127.0.0.1:9002"), ttl_seconds=LEASE), timeout=5)
+    err = await rpc_error(stub.Deregister(pb.DeregisterRequest(
+        service="orders", instance_id="o1"), timeout=5))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.details() or "").startswith(
+        "owner is required to deregister instance_id 'o1' of service 'orders'"), err.details()
+    for wrong in ("mallory", "127.0.0.1:9001"):
+        err = await rpc_error(stub.Deregister(pb.DeregisterRequest(
+            service="orders", instance_id="o1", owner=wrong), timeout=5))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert err.details() == (f"instance_id 'o1' of service 'orders' is not owned by "
+                                 f"{wrong!r}: only the owner it was registered with may "
+                                 "deregister it")
+    assert await resolve_ids(stub, "orders") == ["o1", "o2"]
+    watch = Watch(stub, service="orders")
+    try:
+        assert (await watch.next()).type == SNAPSHOT
+        await stub.Deregister(pb.DeregisterRequest(service="orders", instance_id="o1",
+                                                   owner="alice"), timeout=5)
+        await stub.Deregister(pb.DeregisterRequest(service="orders", instance_id="o2",
+                                                   owner="127.0.0.1:9002"), timeout=5)
+        assert [(e.type, e.instances[0].instance_id) for e in
+                (await watch.next(), await watch.next())] == [(DELETE, "o1"), (DELETE, "o2")]
+    finally:
+        watch.cancel()
 
 
 @pytest.mark.asyncio

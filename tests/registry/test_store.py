@@ -104,7 +104,7 @@ def test_revision_increments_on_every_change(h: Harness) -> None:
     second = h.store.register(inst("a2", address="10.0.0.2:8080"), 0)
     assert (first.revision, second.revision) == (1, 2)
     assert h.store.set_health(first.instance.lease_id, Health.SERVING) == 3
-    assert h.store.deregister("orders", "a2") == 4
+    assert h.store.deregister("orders", "a2", "10.0.0.2:8080") == 4
     assert h.store.revision == 4
     snap = h.store.snapshot()
     assert snap.type == EventType.SNAPSHOT
@@ -279,7 +279,8 @@ def test_registry_checked_registration_cannot_replace_a_live_lease(h: Harness) -
     ({"proto_services": ("shop..Orders",)}, 0, "instance.proto_services 'shop..Orders'"),
     ({"labels": (("-bad", "x"),)}, 0, "instance.labels key '-bad' is invalid"),
     ({"labels": (("ok", "a\nb"),)}, 0, "instance.labels[ok] value 'a\\nb'"),
-    ({"owner": "x" * 257}, 0, "instance.owner is longer than 256 characters"),
+    ({"owner": "x" * 257}, 0, ("instance.owner 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' "
+                               "is 257 characters long: at most 256 are allowed")),
     ({}, -1, "ttl_seconds -1 is out of range"),
     ({}, MAX_TTL_SECONDS + 1, f"ttl_seconds {MAX_TTL_SECONDS + 1} is out of range"),
     ({}, float("nan"), "ttl_seconds nan is out of range"),
@@ -300,19 +301,30 @@ def test_max_ttl_is_accepted(h: Harness) -> None:
     assert lease.expires_at == START + MAX_TTL_SECONDS
 
 
-def test_deregister_unknown_and_wrong_owner(h: Harness) -> None:
+def test_deregister_needs_the_owner(h: Harness) -> None:
     h.store.register(inst(owner="pod-a"), 0)
+    h.store.register(inst("a2", address="10.0.0.2:8080"), 0)  # its owner is its address
     with raises(grpc.StatusCode.NOT_FOUND) as err:
-        h.store.deregister("orders", "zz")
+        h.store.deregister("orders", "zz", "pod-a")
     assert err.value.message == "instance_id 'zz' of service 'orders' is not registered"
-    with raises(grpc.StatusCode.PERMISSION_DENIED) as err:
-        h.store.deregister("orders", "a1", owner="pod-b")
-    assert "owned by 'pod-a', not 'pod-b'" in err.value.message
     with raises(grpc.StatusCode.INVALID_ARGUMENT) as err:
-        h.store.deregister("", "a1")
+        h.store.deregister("orders", "a1", "")
+    assert err.value.message.startswith(
+        "owner is required to deregister instance_id 'a1' of service 'orders'")
+    with raises(grpc.StatusCode.PERMISSION_DENIED) as err:
+        h.store.deregister("orders", "a1", "pod-b")
+    assert err.value.message == ("instance_id 'a1' of service 'orders' is not owned by 'pod-b': "
+                                 "only the owner it was registered with may deregister it")
+    with raises(grpc.StatusCode.PERMISSION_DENIED):
+        h.store.deregister("orders", "a1", "10.0.0.1:8080")  # the address is not its owner
+    with raises(grpc.StatusCode.INVALID_ARGUMENT) as err:
+        h.store.deregister("", "a1", "pod-a")
     assert "service ''" in err.value.message
-    assert [i.instance_id for i in h.store.instances()] == ["a1"]
-    assert h.store.revision == 1
+    assert [i.instance_id for i in h.store.instances()] == ["a1", "a2"]
+    assert h.store.revision == 2
+    assert h.store.deregister("orders", "a1", "pod-a") == 3
+    assert h.store.deregister("orders", "a2", "10.0.0.2:8080") == 4
+    assert h.store.instances() == []
 
 
 # -- health ----------------------------------------------------------------------------------
@@ -381,7 +393,7 @@ def test_filter_event_snapshot_keeps_only_matches(h: Harness) -> None:
 def test_filter_event_upsert_and_delete(h: Harness) -> None:
     first = h.store.register(inst(owner="pod-a"), 0).instance
     h.store.register(inst(owner="pod-a", protos=("shop.v1.Other",)), 0)
-    h.store.deregister("orders", "a1")
+    h.store.deregister("orders", "a1", "pod-a")
     (added, none), (moved, prev), (deleted, gone) = h.events
 
     assert filter_event(added, none, "orders", "shop.v1.Orders") is added
@@ -514,7 +526,7 @@ def test_deregister_and_lease_takeover_remove_from_file(
     h.store.register(inst("a1"), 0)
     h.store.register(inst("a2"), 0)
     h.store.register(inst("a3"), 0)
-    h.store.deregister("orders", "a1")
+    h.store.deregister("orders", "a1", "10.0.0.1:8080")
     h.store.register(inst("a2"), 10)  # now leased: no longer the registry's to remember
     assert [i.instance_id for i in _open(db).load()] == ["a3"]
     assert Harness(_open(db)).store.revision == 1

@@ -164,7 +164,7 @@ class WatchRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ..., proto_service: _Optional[str] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("type", "revision", "instances", "reason", "partial")
+    __slots__ = ("type", "revision", "instances", "reason", "partial", "more")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNKNOWN: _ClassVar[WatchEvent.Type]
@@ -180,9 +180,11 @@ class WatchEvent(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     type: WatchEvent.Type
     revision: int
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     reason: str
     partial: bool
-    def __init__(self, type: _Optional[_Union[WatchEvent.Type, str]] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., reason: _Optional[str] = ..., partial: _Optional[bool] = ...) -> None: ...
+    more: bool
+    def __init__(self, type: _Optional[_Union[WatchEvent.Type, str]] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., reason: _Optional[str] = ..., partial: _Optional[bool] = ..., more: _Optional[bool] = ...) -> None: ...

@@ -111,7 +111,7 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """The current state first (one SNAPSHOT event), then every change.
+        """The current state first (a SNAPSHOT, in one or more parts), then every change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,46 @@
+"""The Watch fan-out of RegistryService without a server: every watcher gets the same bytes."""
+from __future__ import annotations
+
+import random
+
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+from grpcmesh.clock import FakeClock
+from grpcmesh.registry.model import Instance
+from grpcmesh.registry.service import RegistryService, _Watcher
+from grpcmesh.registry.store import RegistryStore
+
+
+def orders(i: int) -> Instance:
+    return Instance("orders", f"o{i}", f"10.0.0.{i}:8080", ("shop.v1.Orders",))
+
+
+def test_a_snapshot_is_serialized_once_per_revision_and_shared() -> None:
+    store = RegistryStore(FakeClock(), random.Random(1))
+    service = RegistryService(store)
+    for i in range(1, 4):
+        store.register(orders(i), 0)
+    parts = service.snapshot()
+    assert service.snapshot() is parts
+    assert service.snapshot("payments") is not parts  # another filter, its own parts
+    store.register(orders(4), 0)
+    again = service.snapshot()
+    assert again is not parts
+    assert [i.instance_id for i in pb.WatchEvent.FromString(again[0]).instances] == [
+        "o1", "o2", "o3", "o4"]
+    # Unchanged instances keep their bytes: the new revision joined them again.
+    assert service._encode(store.get("orders", "o1")) is service._encode(  # type: ignore[arg-type]
+        store.get("orders", "o1"))  # type: ignore[arg-type]
+
+
+def test_each_change_is_serialized_once_for_every_watcher() -> None:
+    store = RegistryStore(FakeClock(), random.Random(1))
+    service = RegistryService(store)
+    watchers = [_Watcher("", ""), _Watcher("orders", ""), _Watcher("payments", "")]
+    service._watchers.update(watchers)
+    store.register(orders(1), 0)
+    everyone, same_service, other = watchers
+    assert len(everyone.pending) == len(same_service.pending) == 1
+    assert everyone.pending[0] is same_service.pending[0]
+    assert not other.pending
+    event = pb.WatchEvent.FromString(everyone.pending[0])
+    assert (event.type, event.instances[0].instance_id) == (pb.WatchEvent.UPSERT, "o1")
