@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
@@ -21,8 +20,7 @@ from grpcmesh.balance.picker import PICKER_KINDS
 from grpcmesh.commands import COMMANDS, CliError, UsageError
 from grpcmesh.proxy.forward import DEFAULT_MAX_MESSAGE_BYTES
 from grpcmesh.registry.client import parse_registry_addresses
-from grpcmesh.registry.limits import RegistryLimits, flag
-from grpcmesh.relay.limits import HELP as LIMITS_HELP
+from grpcmesh.registry.limits import RegistryLimits
 from grpcmesh.relay.limits import RelayLimits
 
 DEFAULT_REGISTRY = "127.0.0.1:7700"
@@ -121,10 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--descriptor_set_out=FILE): method kinds for instances registered "
                         "without them, such as apps that serve no reflection, so that sidecars "
                         "forward their calls on the unary fast path (repeatable)")
-    defaults = RegistryLimits()
-    for name, text in LIMIT_FLAGS:
-        p.add_argument(f"--{flag(name)}", type=_positive_int, default=getattr(defaults, name),
-                       metavar="N", help=f"{text} (default {getattr(defaults, name)})")
+    _limit_flags(p.add_argument_group("limits (docs/registry.md)"), RegistryLimits(),
+                 REGISTRY_LIMIT_FLAGS)
 
     p = sub.add_parser("sidecar", help="run a sidecar proxy beside an app",
                        description="Run a sidecar: outbound proxy for the app's calls, "
@@ -165,12 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-metadata-bytes", type=_positive_int, default=16 * 1024,
                    help="largest request metadata accepted, counted as HPACK does "
                         "(default 16384)")
-    limits = p.add_argument_group("limits on what one peer may hold or do (docs/proxy.md)")
-    for setting in dataclasses.fields(RelayLimits):
-        default = setting.default
-        kind = _positive_float if isinstance(default, float) else int
-        limits.add_argument(f"--{setting.name.replace('_', '-')}", type=kind, default=default,
-                            metavar="N", help=f"{LIMITS_HELP[setting.name]} (default {default})")
+    _limit_flags(p.add_argument_group("limits on what one peer may hold or do (docs/proxy.md)"),
+                 RelayLimits(), RELAY_LIMIT_FLAGS)
     p.add_argument("--balancer", type=_balancer, action="append", default=[],
                    metavar="[SERVICE=]KIND",
                    help=f"picker: {', '.join(PICKER_KINDS)} (default peak_ewma); "
@@ -244,8 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limit_flags(group: Any, defaults: Any, flags: Sequence[tuple[str, str]]) -> None:
+    """A flag per field of a limits dataclass, named after it, with its default; the values
+    are checked when the dataclass is built from them (commands.settings_from)."""
+    for name, text in flags:
+        default = getattr(defaults, name)
+        group.add_argument(f"--{name.replace('_', '-')}", default=default, metavar="N",
+                           type=_positive_float if isinstance(default, float) else _positive_int,
+                           help=f"{text} (default {default:g})")
+
+
 # The registry's limits (grpcmesh.registry.limits, docs/registry.md): RegistryLimits field, help.
-LIMIT_FLAGS = (
+REGISTRY_LIMIT_FLAGS = (
     ("max_instance_bytes",
      "largest registration, its Instance message serialized, in bytes (at most 1048576)"),
     ("max_string_length",
@@ -258,6 +260,29 @@ LIMIT_FLAGS = (
     ("max_watchers", "most Watch streams served at once; more get RESOURCE_EXHAUSTED"),
 )
 
+
+# The relay's limits (grpcmesh.relay.limits, docs/proxy.md, "Limits"): RelayLimits field, help.
+RELAY_LIMIT_FLAGS = (
+    ("max_concurrent_streams",
+     "streams one client connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS)"),
+    ("stream_window", "bytes a peer may send on a stream before the relay passed them on"),
+    ("write_buffer_bytes", "output queued for a peer before the relay stops reading it"),
+    ("max_unread_control_bytes",
+     "control frames queued for a peer that does not read, before its connection is aborted"),
+    ("control_frames_burst", "PING, SETTINGS, PRIORITY and unknown frames allowed in a burst"),
+    ("control_frames_per_second", "... and per second after it"),
+    ("max_empty_frames", "DATA, HEADERS or CONTINUATION frames in a row with no payload"),
+    ("max_continuation_frames", "CONTINUATION frames in one header block"),
+    ("reset_min_streams", "rapid reset: streams opened before a connection's resets are judged"),
+    ("reset_ratio", "rapid reset: the share of streams reset early that closes the connection"),
+    ("reset_min_lifetime", "rapid reset: a stream reset sooner than this (seconds) is early"),
+    ("max_path_bytes", "longest :path accepted (RESOURCE_EXHAUSTED beyond)"),
+    ("max_connections", "client connections per listener and worker; more are closed at once"),
+    ("handshake_timeout", "seconds a new connection has to send its preface and SETTINGS"),
+    ("idle_timeout", "seconds a client connection may have no stream before it is drained"),
+    ("stall_timeout", "seconds a peer's output may stay over --write-buffer-bytes"),
+    ("listen_backlog", "the listening sockets' accept queue"),
+)
 
 def _registry_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", type=REGISTRY, default=[DEFAULT_REGISTRY],

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -22,10 +22,11 @@ from grpcmesh.balance.picker import BalancerSettings
 from grpcmesh.proxy.forward import ForwardSettings
 from grpcmesh.registry.client import RegistryClient
 from grpcmesh.registry.model import Instance, Method
-from grpcmesh.relay.limits import LimitError, RelayLimits
+from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.workers import Workers
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -77,16 +78,22 @@ def primary_gone() -> asyncio.Event:
     return gone
 
 
+def settings_from(args: argparse.Namespace, cls: type[T]) -> T:
+    """A settings dataclass from the flags named after its fields; its own check's
+    ValueError (which names the flag) is a usage error."""
+    try:
+        return cls(**{f.name: getattr(args, f.name)
+                      for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 async def cmd_registry(args: argparse.Namespace) -> int:
     from grpcmesh.reflection import MethodCatalog
     from grpcmesh.registry.limits import RegistryLimits
     from grpcmesh.registry.server import RegistryServer, open_persistence
 
-    try:
-        limits = RegistryLimits(**{f.name: getattr(args, f.name)
-                                   for f in dataclasses.fields(RegistryLimits)})
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    limits = settings_from(args, RegistryLimits)
     try:
         catalog = MethodCatalog.load(args.descriptor_set)
         persistence = open_persistence(args.store)
@@ -120,12 +127,7 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         per_service=tuple((service, kind) for service, kind in args.balancer if service),
         load=LoadSettings(decay=args.ewma_decay, default_rtt=args.ewma_default_rtt_ms / 1000,
                           failure_penalty=args.failure_penalty))
-    limits = RelayLimits(**{s.name: getattr(args, s.name)
-                            for s in dataclasses.fields(RelayLimits)})
-    try:
-        limits.check()
-    except LimitError as err:
-        raise UsageError(f"--{err.name.replace('_', '-')} {err}") from None
+    limits = settings_from(args, RelayLimits)
     sharing = args.workers > 1 or args.secondary
     sidecar = Sidecar(SidecarSettings(
         service=args.service, registry=tuple(args.registry), app=args.app,

@@ -41,8 +41,8 @@ class RelayLimits:
     stall_timeout: float = 30.0  # output over write_buffer_bytes that does not drain
     listen_backlog: int = 1024
 
-    def check(self) -> None:
-        """LimitError naming the first setting out of its range."""
+    def __post_init__(self) -> None:
+        """ValueError naming the sidecar flag of the first setting out of its range."""
         ranges = {"max_concurrent_streams": (1, 2**31 - 1), "stream_window": (16_384, 2**31 - 1),
                   "write_buffer_bytes": (16_384, 1 << 30),
                   "max_unread_control_bytes": (1_024, 1 << 30),
@@ -54,50 +54,17 @@ class RelayLimits:
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
             if not low <= value <= high:
-                raise LimitError(name, f"{value} is out of range: expected {low}-{high}")
+                raise ValueError(f"--{_flag(name)} {value} is out of range: expected "
+                                 f"{low}-{high}")
         if not 0 < self.reset_ratio <= 1:
-            raise LimitError("reset_ratio", f"{self.reset_ratio}: expected more than 0, at most 1")
+            raise ValueError(f"--reset-ratio {self.reset_ratio}: expected more than 0, at most 1")
         for name in ("reset_min_lifetime", "handshake_timeout", "idle_timeout", "stall_timeout"):
             if not getattr(self, name) > 0:
-                raise LimitError(name, f"{getattr(self, name)} must be positive")
+                raise ValueError(f"--{_flag(name)} {getattr(self, name)} must be positive")
 
 
-# One line per limit for `grpcmesh sidecar --help` (docs/proxy.md says why each default).
-HELP = {
-    "max_concurrent_streams": "streams one client connection may have open (advertised as "
-                              "SETTINGS_MAX_CONCURRENT_STREAMS; more are refused)",
-    "stream_window": "bytes a peer may send on one stream before the relay has passed them on "
-                     "(the most buffered per stream and direction)",
-    "write_buffer_bytes": "output queued for one peer before the relay stops reading it and "
-                          "stops crediting what is meant for it",
-    "max_unread_control_bytes": "control frames (PING and SETTINGS answers, resets) queued for "
-                                "a peer that does not read, before its connection is aborted",
-    "control_frames_burst": "PING, SETTINGS, PRIORITY and unknown frames a connection may send "
-                            "in a burst ...",
-    "control_frames_per_second": "... and per second after it (beyond: GOAWAY "
-                                 "ENHANCE_YOUR_CALM)",
-    "max_empty_frames": "consecutive DATA, HEADERS or CONTINUATION frames with no payload",
-    "max_continuation_frames": "CONTINUATION frames in one header block",
-    "reset_min_streams": "rapid reset: streams a connection must have opened before its resets "
-                         "are judged",
-    "reset_ratio": "rapid reset: the share of streams reset early that closes the connection",
-    "reset_min_lifetime": "rapid reset: a stream reset by its client sooner than this many "
-                          "seconds is reset early",
-    "max_path_bytes": "longest :path accepted (RESOURCE_EXHAUSTED beyond)",
-    "max_connections": "client connections per listener and worker; more are closed at once",
-    "handshake_timeout": "seconds a new connection has to send its preface and SETTINGS",
-    "idle_timeout": "seconds a client connection may have no stream before it is closed "
-                    "gracefully (GOAWAY)",
-    "stall_timeout": "seconds a peer's output may stay over --write-buffer-bytes before its "
-                     "connection is aborted",
-    "listen_backlog": "the listening sockets' accept queue",
-}
-
-
-class LimitError(ValueError):
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 class Abuse(f.ProtocolError):

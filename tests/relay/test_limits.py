@@ -7,8 +7,9 @@ import dataclasses
 import grpc
 import pytest
 
+from grpcmesh.cli import RELAY_LIMIT_FLAGS
 from grpcmesh.relay.blocks import BlockCache
-from grpcmesh.relay.limits import HELP, Abuse, FrameGuard, LimitError, RelayLimits, ResetGuard, clip
+from grpcmesh.relay.limits import Abuse, FrameGuard, RelayLimits, ResetGuard, clip
 from grpcmesh.relay.request import Refused, read_request
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/pkg.S/M"),
@@ -86,15 +87,14 @@ def test_resets_of_streams_that_lived_long_or_of_a_few_streams_are_fine() -> Non
     assert not guard.suspect
 
 
-def test_limits_out_of_range_are_named() -> None:
-    with pytest.raises(LimitError, match="out of range: expected 16-") as err:
-        RelayLimits(max_path_bytes=3).check()
-    assert err.value.name == "max_path_bytes"
-    with pytest.raises(LimitError) as err:
-        RelayLimits(idle_timeout=0.0).check()
-    assert err.value.name == "idle_timeout"
-    RelayLimits().check()
-    assert {f.name for f in dataclasses.fields(RelayLimits)} == set(HELP)  # each has --help
+def test_limits_out_of_range_are_named_by_their_flag() -> None:
+    with pytest.raises(ValueError, match="--max-path-bytes 3 is out of range: expected 16-"):
+        RelayLimits(max_path_bytes=3)
+    with pytest.raises(ValueError, match="--idle-timeout 0.0 must be positive"):
+        RelayLimits(idle_timeout=0.0)
+    RelayLimits()
+    assert [f.name for f in dataclasses.fields(RelayLimits)] == [
+        name for name, _ in RELAY_LIMIT_FLAGS]  # each has a sidecar flag
 
 
 def test_the_block_cache_is_bounded_in_bytes_and_keeps_the_newest() -> None:
