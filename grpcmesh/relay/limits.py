@@ -120,13 +120,10 @@ class FrameGuard:
 class ResetGuard:
     """Rapid reset (CVE-2023-44487), by Envoy's rule: a client that resets at least reset_ratio
     of its streams within reset_min_lifetime of opening them, once it opened reset_min_streams,
-    loses its connection. Before that, a connection whose resets look like an attack is
-    `suspect`: its new calls wait one turn of the event loop before going upstream, so that a
-    reset arriving in the same read is absorbed instead of passed on to an app."""
+    loses its connection. (Resets that arrive in the same read as their HEADERS never reach an
+    app at all: the relay routes a read's calls at its end.)"""
 
     __slots__ = ("_limits", "opened", "premature")
-
-    SUSPECT_AFTER = 10  # early resets before the share is looked at
 
     def __init__(self, limits: RelayLimits) -> None:
         self._limits = limits
@@ -146,11 +143,6 @@ class ResetGuard:
                 self.premature >= limits.reset_ratio * self.opened:
             raise Abuse(f"rapid reset: {self.premature} of {self.opened} streams reset within "
                         f"{limits.reset_min_lifetime:g}s")
-
-    @property
-    def suspect(self) -> bool:
-        return self.premature >= self.SUSPECT_AFTER and \
-            self.premature >= self._limits.reset_ratio * self.opened
 
 
 def clip(text: str, limit: int = 100) -> str:

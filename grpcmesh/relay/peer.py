@@ -45,6 +45,10 @@ MAX_BLOCK = 256 * 1024  # a header block beyond this ends the connection (ENHANC
 # fails its call (RESOURCE_EXHAUSTED), not the connection.
 MAX_HEADER_LIST = 1 << 20
 LINGER = 1.0  # seconds a connection closed for an error keeps reading (see Peer.close)
+# After this much input, a connection stops being read until the next turn of the event loop:
+# libuv reads a busy socket up to 32 times (256 KiB each, uvloop) in one turn, so one client's
+# flood of small frames could otherwise hold the loop, and every other client, for a second.
+READ_TURN = 256 * 1024
 
 Headers = list[tuple[str, str]]
 _CONNECTION_FRAMES = frozenset({f.SETTINGS, f.PING, f.GOAWAY})
@@ -119,6 +123,8 @@ class Peer(asyncio.Protocol):
         self.paused_at = 0.0
         self.starved = False  # DATA waits for `out` to be written (see _room)
         self.unread_control = 0  # control-frame bytes queued while paused
+        self.read_bytes = 0  # read since the last yield (READ_TURN)
+        self.yielding = False  # reading paused until the next turn of the loop
         self.streams: dict[int, Leg] = {}
         self.blocked: dict[Leg, None] = {}  # legs with pending frames, in order
         self.window = f.DEFAULT_WINDOW  # connection send window
@@ -197,7 +203,8 @@ class Peer(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.transport is not None and not self.gone and not self.closing:
+        if self.transport is not None and not self.gone and not self.closing and \
+                not self.yielding:
             self.transport.resume_reading()
         call_soon_flushed(self.flusher, self.drain_blocked)
 
@@ -377,9 +384,30 @@ class Peer(asyncio.Protocol):
             leg.ended_in = leg.ended_out = True
         self.flusher.flush()
 
+    def _yield_reading(self) -> None:
+        """Let the other connections be read before this one is read again (READ_TURN)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by hand, without a loop (unit tests): nobody to yield to
+            return
+        assert self.transport is not None
+        self.yielding = True
+        self.transport.pause_reading()
+        loop.call_soon(self._read_again)
+
+    def _read_again(self) -> None:
+        self.yielding = False
+        if self.transport is not None and not self.gone and not self.closing and \
+                not self.paused:
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # lingering after an error (see close)
+        self.read_bytes += len(data)
+        if self.read_bytes >= READ_TURN and not self.yielding:
+            self.read_bytes = 0
+            self._yield_reading()
         buf = self.buf
         buf += data
         pos = 0
@@ -458,6 +486,7 @@ class Peer(asyncio.Protocol):
             self.close(f.INTERNAL_ERROR, "internal error in the relay")
             return
         del buf[:pos]
+        self.after_read()
         self.flusher.flush()
 
     def _header_frame(self, kind: int, sid: int, flags: int, payload: bytes) -> None:
@@ -611,6 +640,7 @@ class Peer(asyncio.Protocol):
     def on_goaway(self, last: int, code: int, debug: bytes) -> None: ...
     def on_ping_ack(self, payload: bytes) -> None: ...
     def stream_closed(self, leg: Leg) -> None: ...
+    def after_read(self) -> None: ...
     def lost(self, legs: list[Leg]) -> None: ...
     def last_stream(self) -> int:
         return 0

@@ -160,6 +160,8 @@ class Downstream(Peer):
         self.born = relay.clock.now()
         self.idle_since: float | None = None  # see Relay.sweep
         self.seen_opened = 0
+        # Calls opened by this read, routed at its end: (call, target, block, headers)
+        self.deferred: list[tuple[Call, Target, bytes | None, Headers]] = []
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -259,8 +261,15 @@ class Downstream(Peer):
         if self.refuse_above is not None and not self.streams:
             self.close()
 
+    def after_read(self) -> None:
+        deferred, self.deferred = self.deferred, []
+        route_to = self.relay.route_to
+        for call, target, block, headers in deferred:
+            route_to(call, target, block, headers)
+
     def lost(self, legs: list[Leg]) -> None:
         relay = self.relay
+        self.deferred.clear()
         relay.downstreams.discard(self)
         for leg in legs:
             leg.call.client_gone()
@@ -718,14 +727,23 @@ class Relay:
         if override is not None:
             headers = [h for h in headers if h[0] != SERVICE_HEADER]
             block = None
+        # The call goes upstream at the end of the read that brought it (Downstream.after_read,
+        # just before the flush that would send it anyway): a reset in the same read ends it in
+        # the relay, and no app sees it (rapid reset, CVE-2023-44487).
+        call.early = []
+        down.deferred.append((call, target, block, headers))
+
+    def route_to(self, call: Call, target: Target, block: bytes | None, headers: Headers
+                 ) -> None:
+        if call.closed:  # its client reset it in the same read
+            return
         endpoint = target.pick()
         up = self.upstreams.ready(endpoint.address) if endpoint is not None else None
-        # A suspect client's calls wait for one turn of the loop (the slow path's task), so
-        # that a reset in the same read ends them before an app sees them (limits.ResetGuard).
-        if up is not None and endpoint is not None and not down.resets.suspect:
+        if up is not None and endpoint is not None:
             self._start(call, up, endpoint, block, headers)
             return
-        call.early = []
+        if call.early is None:
+            call.early = []
         call.task = asyncio.get_running_loop().create_task(
             self._connect_then_start(call, target, endpoint, block, headers))
 
