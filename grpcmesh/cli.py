@@ -216,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sidecar's admin address (default 127.0.0.1:15000)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("config", help="the mesh config: check a file (docs/config.md)",
+                       description="The mesh config: per-service rules (balancer, timeouts, "
+                                   "subsets, routes, faults, rate limits) and external "
+                                   "services, in one YAML file (docs/config.md).")
+    config = p.add_subparsers(dest="config_command", required=True, metavar="COMMAND",
+                              parser_class=_Parser)
+    c = config.add_parser("check", help="validate a config file",
+                          description="Validate FILE offline. Exit 0 with a one-line summary, "
+                                      "or 1 with every error, one per line, as FILE:LINE: "
+                                      "PATH: message. Warnings (rules that never apply, and "
+                                      "with --registry subsets that select no instance "
+                                      "today) do not change the exit status.")
+    c.add_argument("file", metavar="FILE", help="the YAML config file (at most 1 MiB)")
+    c.add_argument("--registry", type=REGISTRY, metavar="HOST:PORT[,...]",
+                   help="also ask this registry for the services' instances, and warn about "
+                        "subsets that select none of them (default: offline)")
+
     p = sub.add_parser("example-server", help="run the example Echo service",
                        description="Run grpcmesh.example.v1.Echo with health and reflection.")
     p.add_argument("--listen", type=LISTEN, default="127.0.0.1:50051", metavar="HOST:PORT")

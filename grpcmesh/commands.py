@@ -308,6 +308,42 @@ async def cmd_endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_config(args: argparse.Namespace) -> int:
+    from grpcmesh import config
+
+    try:
+        report = config.check_file(args.file)
+        if report.config is not None and args.registry:
+            known = await _known_instances(args, [s.name for s in report.config.services])
+            report = config.check_file(args.file, known)
+    except OSError as err:
+        raise CliError(f"cannot read {args.file}: {err.strerror or err}") from None
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    if report.config is None:
+        return 1
+    warned = len(report.warnings)
+    print(f"{args.file}: ok: {report.config.summary()}"
+          + (f"; {warned} warning{'s' if warned > 1 else ''}" if warned else ""))
+    return 0
+
+
+async def _known_instances(args: argparse.Namespace, services: list[str]
+                           ) -> dict[str, list[dict[str, str]]]:
+    """service -> its registered instances' labels (a service never registered has none)."""
+    known: dict[str, list[dict[str, str]]] = {}
+    for name in services:
+        try:
+            resp = await _registry_call(args, "Resolve", pb.ResolveRequest(service=name))
+        except CliError as err:
+            if err.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            known[name] = []
+            continue
+        known[name] = [dict(inst.labels) for inst in resp.instances]
+    return known
+
+
 async def cmd_example_server(args: argparse.Namespace) -> int:
     from grpcmesh.example.server import EchoBehaviour, EchoServer
 
@@ -331,5 +367,6 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "registry": cmd_registry, "sidecar": cmd_sidecar, "register": cmd_register,
     "deregister": cmd_deregister, "services": cmd_services, "resolve": cmd_resolve,
-    "endpoints": cmd_endpoints, "example-server": cmd_example_server, "demo": cmd_demo,
+    "endpoints": cmd_endpoints, "config": cmd_config, "example-server": cmd_example_server,
+    "demo": cmd_demo,
 }

@@ -13,6 +13,8 @@ _INSTANCE_ID = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:@\[\]-]{0,127}\Z")
 _PROTO_SERVICE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\Z")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?\Z")
+_METHOD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_METADATA_NAME = re.compile(r"[0-9a-z_.-]{1,255}\Z")  # gRPC's header-name characters
 
 
 def check_service(value: str, field: str = "service") -> str:
@@ -20,6 +22,15 @@ def check_service(value: str, field: str = "service") -> str:
         raise ValueError(
             f"{field} {value!r} is not a valid mesh service name: expected 1-63 lowercase "
             "letters, digits, '-' or '.', starting and ending with a letter or digit"
+        )
+    return value
+
+
+def check_subset_name(value: str, field: str = "subset") -> str:
+    if not _SERVICE.match(value):
+        raise ValueError(
+            f"{field} name {value!r} is invalid: expected 1-63 lowercase letters, digits, '-' or "
+            "'.', starting and ending with a letter or digit"
         )
     return value
 
@@ -39,6 +50,45 @@ def check_proto_service(value: str, field: str = "proto_services") -> str:
             f"{field} {value!r} is not a fully-qualified proto service name: expected "
             "dot-separated identifiers such as 'shop.v1.Orders'"
         )
+    return value
+
+
+def parse_method_pattern(value: str, field: str = "method") -> tuple[str, str | None]:
+    """'/pkg.Service/Method' -> ('pkg.Service', 'Method'); '/pkg.Service/*' (every method of
+    the service) -> ('pkg.Service', None). The method path grpc puts in :path, or a service."""
+    parts = value.split("/")
+    if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
+        raise ValueError(f"{field} {value!r} is not a method path: expected /package.Service/Method "
+                         "or /package.Service/* (every method of the service)")
+    service, method = parts[1], parts[2]
+    if not _PROTO_SERVICE.match(service):
+        raise ValueError(f"{field} {value!r} has an invalid service {service!r}: expected "
+                         "dot-separated identifiers such as 'shop.v1.Orders'")
+    if method == "*":
+        return service, None
+    if not _METHOD_NAME.match(method):
+        raise ValueError(f"{field} {value!r} has an invalid method name {method!r}: expected an "
+                         "identifier such as 'Get', or * for every method")
+    return service, method
+
+
+def check_metadata_name(value: str, field: str = "metadata") -> str:
+    """A request metadata (HTTP/2 header) name that rules may match on."""
+    if value.endswith("-bin"):
+        raise ValueError(f"{field} name {value!r} is binary metadata (-bin), whose values "
+                         "cannot be matched as text")
+    if not _METADATA_NAME.match(value):
+        hint = (f": write {value.lower()!r} (header names are lowercase in HTTP/2)"
+                if _METADATA_NAME.match(value.lower()) else
+                ": expected 1-255 lowercase letters, digits, '-', '_' or '.'")
+        raise ValueError(f"{field} name {value!r} is not a valid metadata name{hint}")
+    return value
+
+
+def check_hostname(value: str, field: str = "host") -> str:
+    if not _HOSTNAME.match(value) or len(value) > 253:
+        raise ValueError(f"{field} {value!r} is not a hostname: expected labels of letters, "
+                         "digits and '-' separated by dots, such as 'api.example.com'")
     return value
 
 

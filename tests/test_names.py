@@ -1,6 +1,8 @@
 """Validation of user-given names: each error names the field, the value and what was expected."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from grpcmesh import names
@@ -124,3 +126,46 @@ def test_check_instance_id(value: str, ok: bool) -> None:
     else:
         with pytest.raises(ValueError, match="^instance_id .* is not a valid instance id"):
             names.check_instance_id(value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("/shop.v1.Orders/Get", ("shop.v1.Orders", "Get")),
+    ("/shop.v1.Orders/*", ("shop.v1.Orders", None)),
+    ("/Echo/_x1", ("Echo", "_x1")),
+])
+def test_parse_method_pattern(text: str, expected: tuple[str, str | None]) -> None:
+    assert names.parse_method_pattern(text) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("shop.v1.Orders/Get", "is not a method path"),
+    ("/shop.v1.Orders", "is not a method path"),
+    ("/shop.v1.Orders/Get/x", "is not a method path"),
+    ("//Get", "is not a method path"),
+    ("/*", "is not a method path"),
+    ("/shop.v1.Orders/", "is not a method path"),
+    ("/shop-v1.Orders/Get", "has an invalid service 'shop-v1.Orders'"),
+    ("/shop.v1.Orders/Ge*", "has an invalid method name 'Ge*'"),
+])
+def test_parse_method_pattern_rejects(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        names.parse_method_pattern(text)
+
+
+def test_metadata_names() -> None:
+    assert names.check_metadata_name("x-canary_1.a") == "x-canary_1.a"
+    for bad, message in (("X-Canary", "write 'x-canary'"), (":authority", "expected 1-255"),
+                         ("x y", "expected 1-255"), ("", "expected 1-255"),
+                         ("trace-bin", "binary metadata")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            names.check_metadata_name(bad)
+
+
+def test_hostnames_and_subset_names() -> None:
+    assert names.check_hostname("api.weather.example") == "api.weather.example"
+    for bad in ("a b", "-a.com", "a..b", "x" * 254, ""):
+        with pytest.raises(ValueError, match="is not a hostname"):
+            names.check_hostname(bad)
+    assert names.check_subset_name("canary-2") == "canary-2"
+    with pytest.raises(ValueError, match="subset name 'Canary' is invalid"):
+        names.check_subset_name("Canary")

@@ -88,6 +88,7 @@ HELP = {
     "resolve": "List the instances of a mesh service",
     "endpoints": "Show, per service, each endpoint's health",
     "example-server": f"Run {ECHO}",
+    "config": "The mesh config: per-service rules",
     "demo": "Start a registry, three Echo instances",
 }
 
@@ -141,6 +142,8 @@ def test_subcommand_help_explains_it(command: str) -> None:
     (("registry", "--max-instance-bytes", "2000000"),
      ["--max-instance-bytes 2000000 is too large: at most 1048576"]),
     (("--log-level", "LOUD", "services"), ["--log-level", "'LOUD'"]),
+    (("config",), ["required: COMMAND"]),
+    (("config", "check"), ["required: FILE"]),
 ])
 def test_bad_input_is_one_line_naming_the_problem(args: tuple[str, ...],
                                                    fragments: list[str]) -> None:
@@ -491,3 +494,39 @@ def test_demo_runs_and_prints_a_table_of_the_three_instances() -> None:
     assert sorted(rows) == ["echo-1", "echo-2", "echo-3"]
     assert all(int(row[1]) > 0 for row in rows.values()), out
     assert " 0 errors" in out
+
+
+@module_loop
+async def test_config_check_with_a_registry_warns_about_empty_subsets(
+        shared: Shared, tmp_path: Path) -> None:
+    reg = ("--registry", shared.registry)
+    result = await arun("register", "--service", "cfg", "--address", shared.app,
+                        "--instance-id", "cfg-1", "--label", "version=v1", *reg)
+    assert result.code == 0, str(result)
+    try:
+        path = tmp_path / "mesh.yaml"
+        path.write_text("services:\n"
+                        "  cfg:\n"
+                        "    subsets: {stable: {version: v1}, canary: {version: v2}}\n"
+                        "  nobody:\n"
+                        "    subsets: {all: {}}\n")
+        offline = await arun("config", "check", str(path))
+        assert (offline.code, offline.err) == (0, ""), str(offline)
+        checked = await arun("config", "check", str(path), *reg)
+        assert checked.code == 0, str(checked)
+        assert checked.out.endswith("; 2 warnings\n")
+        assert checked.err.splitlines() == [
+            (f"{path}:3: warning: services.cfg.subsets.canary: selects no instance of cfg "
+            "today (labels version=v2)"),
+            (f"{path}:5: warning: services.nobody.subsets.all: selects no instance of nobody "
+            "today (labels none)")]
+    finally:
+        await arun("deregister", "--service", "cfg", "--instance-id", "cfg-1", *reg)
+
+
+def test_config_check_with_an_unreachable_registry_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text("services: {orders: {}}\n")
+    result = run("config", "check", str(path), "--registry", "127.0.0.1:1")
+    assert result.code == 1, str(result)
+    assert_one_line_error(result, "cannot reach the registry at 127.0.0.1:1")
