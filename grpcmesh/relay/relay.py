@@ -18,6 +18,7 @@ rapid resets, connections and their timeouts.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 from collections.abc import Callable
@@ -260,6 +261,9 @@ class Downstream(Peer):
         self.relay.call_done()
         if self.refuse_above is not None and not self.streams:
             self.close()
+
+    def note_close(self, why: str) -> None:
+        self.relay.closed_why[why.partition(":")[0]] += 1  # logged once a second (sweep)
 
     def after_read(self) -> None:
         deferred, self.deferred = self.deferred, []
@@ -572,6 +576,9 @@ class Relay:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._refused_connections = 0
+        # Why client connections were closed since the last sweep: one log line a second
+        # however many an attacker makes the relay close.
+        self.closed_why: collections.Counter[str] = collections.Counter()
 
     # -- listening ----------------------------------------------------------------------------
 
@@ -620,11 +627,19 @@ class Relay:
             log.warning("refused %d connections over --max-connections=%d",
                         self._refused_connections, limits.max_connections)
             self._refused_connections = 0
+        if self.closed_why:
+            log.info("closed client connections: %s", ", ".join(
+                f"{why} ({n})" for why, n in self.closed_why.most_common()))
+            self.closed_why.clear()
         for down in list(self.downstreams):
             if not down.got_settings:
                 if now - down.born > limits.handshake_timeout:
-                    down.close(f.PROTOCOL_ERROR, f"no HTTP/2 preface and SETTINGS within "
-                                                 f"{limits.handshake_timeout:g}s")
+                    # No GOAWAY: it does not speak HTTP/2 (yet), and aborting is cheap when
+                    # thousands time out at once.
+                    self.closed_why["no preface and SETTINGS in time"] += 1
+                    down.closing = True
+                    assert down.transport is not None
+                    down.transport.abort()
                 continue
             if down.resets.opened != down.seen_opened or down.streams:
                 down.seen_opened = down.resets.opened

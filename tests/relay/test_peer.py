@@ -2,6 +2,7 @@
 order, header blocks. No sockets, no event loop."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import hpack
@@ -9,7 +10,7 @@ import pytest
 
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.limits import RelayLimits
-from grpcmesh.relay.peer import CONN_WINDOW, Flusher, Leg, Peer
+from grpcmesh.relay.peer import CONN_WINDOW, FRAMES_PER_TURN, Flusher, Leg, Peer
 from tests.relay.fakes import FakeTransport, attach
 
 STREAM_WINDOW = RelayLimits().stream_window
@@ -368,3 +369,19 @@ def test_empty_data_frames_in_a_row_end_the_connection() -> None:
     assert not ts.closed
     src.data_received(f.frame(f.DATA, 0, 1))
     assert goaway_code(ts.frames()) == f.ENHANCE_YOUR_CALM
+
+
+def test_a_connection_yields_to_others_after_a_turn_of_frames() -> None:
+    async def scenario() -> None:
+        _flusher, src, ts, _dst, _td = pair()
+        pings = f.frame(f.PING, 0, 0, b"12345678") * (FRAMES_PER_TURN * 3)
+        src.data_received(pings)
+        acks = [k for k, *_ in ts.frames() if k == f.PING]
+        assert len(acks) == FRAMES_PER_TURN  # then it stops reading until the loop turns
+        assert not ts.reading
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len([k for k, *_ in ts.frames() if k == f.PING]) == 2 * FRAMES_PER_TURN
+        assert ts.reading and not src.buf
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
