@@ -18,10 +18,10 @@ import uvloop
 from grpcmesh import names
 from grpcmesh.balance.picker import PICKER_KINDS
 from grpcmesh.commands import COMMANDS, CliError, UsageError
-from grpcmesh.proxy.forward import DEFAULT_MAX_MESSAGE_BYTES
 from grpcmesh.registry.client import parse_registry_addresses
 from grpcmesh.registry.limits import RegistryLimits
 from grpcmesh.relay.limits import RelayLimits
+from grpcmesh.relay.settings import DEFAULT_MAX_MESSAGE_BYTES
 
 DEFAULT_REGISTRY = "127.0.0.1:7700"
 # The mesh's own daemons run on uvloop: about 10% less CPU per forwarded call than asyncio's
@@ -153,9 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes sharing the listening ports (SO_REUSEPORT), one core each "
                         f"(default: the number of cores, {os.cpu_count() or 1})")
     p.add_argument("--secondary", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--data-path", choices=("relay", "grpc"), default="relay",
-                   help="relay: HTTP/2 frames relayed byte for byte (default, fastest); grpc: "
-                        "each call re-made through grpc.aio (the earlier data path)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                    help="largest message forwarded either way (default 4 MiB)")
     p.add_argument("--max-metadata-bytes", type=_positive_int, default=16 * 1024,

@@ -19,10 +19,10 @@ from grpcmesh import names
 from grpcmesh.admin import admin_get
 from grpcmesh.balance.endpoint import LoadSettings
 from grpcmesh.balance.picker import BalancerSettings
-from grpcmesh.proxy.forward import ForwardSettings
 from grpcmesh.registry.client import RegistryClient
 from grpcmesh.registry.model import Instance, Method
 from grpcmesh.relay.limits import RelayLimits
+from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,6 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         drain_delay=args.drain_delay,
         forward=ForwardSettings(max_message_bytes=args.max_message_bytes,
                                 max_metadata_bytes=args.max_metadata_bytes),
-        data_path=args.data_path,
         limits=limits,
         balancer=balancer))
     workers = Workers(sidecar.fail)

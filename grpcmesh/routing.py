@@ -16,7 +16,7 @@ import grpc
 from grpcmesh.balance.endpoint import Endpoint, LoadSettings
 from grpcmesh.balance.picker import Picker, RoundRobin
 from grpcmesh.balance.pool import Pool
-from grpcmesh.registry.model import Event, EventType, Instance
+from grpcmesh.registry.model import Event, EventType, Instance, Method
 
 SERVICE_HEADER = "grpcmesh-service"
 
@@ -77,7 +77,7 @@ class RouteTable:
         self.synced = False
         self.revision = 0
         self._proto_index: dict[str, set[str]] = {}
-        self._kinds: dict[str, tuple[bool, bool]] = {}
+        self._methods: dict[str, Method] = {}
         self._targets: dict[tuple[str, str], Target] = {}
         self._picker_factory = picker_factory
         self._on_endpoint_removed = on_endpoint_removed
@@ -117,7 +117,7 @@ class RouteTable:
 
     def _index(self, inst: Instance) -> None:
         for method in inst.methods:
-            self._kinds[method.path] = method.kind
+            self._methods[method.path] = method
         for proto in inst.proto_services:
             services = self._proto_index.setdefault(proto, set())
             if inst.service not in services:
@@ -126,9 +126,10 @@ class RouteTable:
 
     # -- routing ------------------------------------------------------------------------------
 
-    def kind_of(self, method: str) -> tuple[bool, bool] | None:
-        """(client streaming, server streaming) as some instance described it, or None."""
-        return self._kinds.get(method)
+    def method(self, path: str) -> Method | None:
+        """The method as some instance's registration described it (its call kind; the rules
+        that depend on what a method does read it here), or None."""
+        return self._methods.get(path)
 
     def route(self, method: str, service_override: str | None = None) -> Target:
         if service_override:

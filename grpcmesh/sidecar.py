@@ -25,20 +25,17 @@ from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
 from grpcmesh.clock import MonotonicClock
 from grpcmesh.health import HealthWatcher
-from grpcmesh.proxy.channels import Channels
-from grpcmesh.proxy.forward import Forwarder, ForwardSettings, GrpcListener
 from grpcmesh.registry.client import Backoff, Registrar, RegistryClient, watch_forever
 from grpcmesh.registry.model import Health, Instance, Method
 from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.relay import Relay
+from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.routing import RouteTable, Target
 from grpcmesh.server_util import reconnect_options, with_port
 
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-DATA_PATHS = ("relay", "grpc")
-Listener = Relay | GrpcListener
 
 
 @dataclass(frozen=True)
@@ -60,23 +57,8 @@ class SidecarSettings:
     reuse_port: bool = False
     secondary: bool = False
     forward: ForwardSettings = field(default_factory=ForwardSettings)
-    # relay: HTTP/2 frames relayed (grpcmesh.relay); grpc: calls re-made with grpc.aio
-    data_path: str = "relay"
     limits: RelayLimits = field(default_factory=RelayLimits)
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
-
-
-class _Collect:
-    """Captures the generic handler a generated add_*_to_server function registers."""
-
-    def __init__(self) -> None:
-        self.handlers: list[grpc.GenericRpcHandler] = []
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self.handlers.extend(handlers)
-
-    def add_registered_method_handlers(self, *args: Any) -> None:
-        pass
 
 
 def _fixed_target(name: str, service: str, address: str) -> Target:
@@ -99,28 +81,14 @@ class Sidecar:
                                  settings.balancer.load)
         self.health = health.aio.HealthServicer()
         # The sidecar's own health service answers on the outbound port.
-        self._local_server: grpc.aio.Server | None = None
-        self.outbound_server: Listener
-        if settings.data_path == "relay":
-            self._local_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._local_server)
-            self._local_port = self._local_server.add_insecure_port("127.0.0.1:0")
-            local = _fixed_target("this sidecar", settings.service,
-                                  f"127.0.0.1:{self._local_port}")
-            self.outbound_server = Relay(self._route, local=((HEALTH_PREFIX,), local),
-                                         settings=settings.forward, limits=settings.limits,
-                                         clock=self.clock)
-        else:
-            collect = _Collect()
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, collect)
-            channels = Channels(settings.forward.max_message_bytes)
-            forwarder = Forwarder(self._route, channels, kinds=self.routes.kind_of,
-                                  local=collect.handlers[0], local_prefixes=(HEALTH_PREFIX,),
-                                  settings=settings.forward, clock=self.clock)
-            self.outbound_server = GrpcListener(forwarder, settings.forward, channels,
-                                                reuse_port=settings.reuse_port)
-        self.app_methods: dict[str, tuple[bool, bool]] = {}
-        self.inbound_server: Listener | None = None
+        self._local_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._local_server)
+        self._local_port = self._local_server.add_insecure_port("127.0.0.1:0")
+        local = _fixed_target("this sidecar", settings.service, f"127.0.0.1:{self._local_port}")
+        self.outbound_server = Relay(self._route, local=((HEALTH_PREFIX,), local),
+                                     settings=settings.forward, limits=settings.limits,
+                                     clock=self.clock)
+        self.inbound_server: Relay | None = None
         self.registrar: Registrar | None = None
         self.app_health = Health.UNKNOWN
         self.registry_up = False
@@ -139,8 +107,7 @@ class Sidecar:
 
     async def start(self) -> None:
         s = self.settings
-        if self._local_server is not None:
-            await self._local_server.start()
+        await self._local_server.start()
         self.outbound_address = with_port(s.outbound, self.outbound_server.bind(
             s.outbound, "outbound", s.reuse_port, join=s.secondary))
         await self.outbound_server.start()
@@ -175,23 +142,15 @@ class Sidecar:
         self.failure = err
         self.stopped.set()
 
-    def _inbound_server(self, app: str) -> Listener:
+    def _inbound_server(self, app: str) -> Relay:
         s = self.settings
         target = _fixed_target(f"the local app at {app}", s.service, app)
-        if s.data_path == "relay":
-            return Relay(lambda method, override: target, settings=s.forward, limits=s.limits,
-                         clock=self.clock)
-        channels = Channels(s.forward.max_message_bytes)
-        # A secondary worker learns its app's method kinds from the primary's registration.
-        forwarder = Forwarder(lambda method, override: target, channels,
-                              kinds=lambda m: self.app_methods.get(m) or self.routes.kind_of(m),
-                              settings=s.forward, clock=self.clock)
-        return GrpcListener(forwarder, s.forward, channels, reuse_port=s.reuse_port)
+        return Relay(lambda method, override: target, settings=s.forward, limits=s.limits,
+                     clock=self.clock)
 
     async def _serve_app(self, app: str) -> None:
         s = self.settings
         protos, methods = await self._learn_services(app)
-        self.app_methods.update((m.path, m.kind) for m in methods)
         instance = Instance(
             service=s.service, address=self.inbound_address or app,
             instance_id=s.instance_id or self.inbound_address or app,
@@ -349,8 +308,7 @@ class Sidecar:
         await asyncio.gather(*(srv.stop(s.grace_seconds) for srv in servers))
         if s.admin is not None:
             await self.admin.stop()
-        if self._local_server is not None:
-            await self._local_server.stop(None)
+        await self._local_server.stop(None)
         await self.client.close()
         await self._registrar_client.close()
         self.stopped.set()

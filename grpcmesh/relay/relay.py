@@ -28,12 +28,12 @@ import grpc
 
 from grpcmesh.balance.endpoint import CallHandle, Endpoint
 from grpcmesh.clock import Clock, MonotonicClock
-from grpcmesh.proxy.forward import PUSHBACK, ForwardSettings
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache
 from grpcmesh.relay.limits import Abuse, RelayLimits, ResetGuard, clip
 from grpcmesh.relay.peer import Flusher, Headers, Leg, Peer, call_soon_flushed
 from grpcmesh.relay.request import Refused, read_request
+from grpcmesh.relay.settings import PUSHBACK, ForwardSettings
 from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
 from grpcmesh.server_util import check_bindable
 

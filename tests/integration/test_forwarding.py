@@ -1,14 +1,10 @@
-"""Transparent forwarding through client sidecar -> server sidecar -> app, on real servers.
-
-Every test that uses the probe runs on each data path (see `variant`): the frame relay, and the
-grpc.aio forwarder with method kinds known and unknown."""
+"""Transparent forwarding through client sidecar -> server sidecar -> app, on real servers."""
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -26,51 +22,31 @@ from tests.probe import HEADERS, METHODS, SERVICE, TRAILERS, Probe, rich_status
 REQUEST_MD = (("x-request", "r"), ("x-request-bin", b"\x00\x01\x02"))
 
 
-@dataclass(frozen=True)
-class Variant:
-    data_path: str  # the sidecars' data path
-    kinds_known: bool  # whether the probe serves reflection, so that its method kinds are known
-
-
-@pytest.fixture(params=[Variant("relay", True), Variant("grpc", True), Variant("grpc", False)],
-                ids=["relay", "grpc-kinds-known", "grpc-kinds-unknown"])
-def variant(request: pytest.FixtureRequest) -> Variant:
-    """The relay (the default data path), and the grpc.aio data path with method kinds learned
-    from the probe's reflection (typed handlers and upstream calls) or unknown (the generic
-    stream-stream path)."""
-    return cast(Variant, request.param)
-
-
 @pytest_asyncio.fixture
-async def probe(variant: Variant) -> AsyncIterator[Probe]:
-    p = Probe(reflection=variant.kinds_known)
+async def probe() -> AsyncIterator[Probe]:
+    p = Probe(reflection=True)
     await p.start()
     yield p
     await p.stop()
 
 
-async def _probe_client(mesh: Mesh, probe: Probe, variant: Variant, **client_settings: Any
-                        ) -> Sidecar:
+async def _probe_client(mesh: Mesh, probe: Probe, **client_settings: Any) -> Sidecar:
     """A sidecar for the probe and a client-only sidecar routing test.v1.Probe to it, once
-    each knows the method kinds exactly when the probe serves reflection."""
-    # Like a real app with reflection, the probe then needs no --proto-service.
-    server = await mesh.sidecar("probe", probe, data_path=variant.data_path,
-                                proto_services=() if probe.reflection else (SERVICE,))
-    client = await mesh.sidecar("client", data_path=variant.data_path, **client_settings)
+    it knows the probe's methods (from the probe's reflection, through the registry)."""
+    # Like a real app with reflection, the probe needs no --proto-service.
+    await mesh.sidecar("probe", probe)
+    client = await mesh.sidecar("client", **client_settings)
     await mesh.serving(client, "probe", 1)
     for name, kind in METHODS.items():
-        path = f"/{SERVICE}/{name}"
-        expected = kind if probe.reflection else None
-        assert server.app_methods.get(path) == expected, path  # its inbound forwarder
-        assert client.routes.kind_of(path) == expected, path  # its outbound, via the registry
+        method = client.routes.method(f"/{SERVICE}/{name}")
+        assert method is not None and method.kind == kind, name
     return client
 
 
 @pytest_asyncio.fixture
-async def channel(mesh: Mesh, probe: Probe, variant: Variant
-                  ) -> AsyncIterator[grpc.aio.Channel]:
+async def channel(mesh: Mesh, probe: Probe) -> AsyncIterator[grpc.aio.Channel]:
     """A client channel to a client-only sidecar that routes test.v1.Probe to the probe."""
-    client = await _probe_client(mesh, probe, variant)
+    client = await _probe_client(mesh, probe)
     async with grpc.aio.insecure_channel(client.outbound_address) as ch:
         yield ch
 
@@ -342,11 +318,10 @@ class _HideUnary(grpc.aio.ServerInterceptor):
 
 
 @pytest.mark.asyncio
-async def test_early_rejections_keep_their_status_through_known_method_kinds(
-        mesh: Mesh) -> None:
-    """A status that arrives before the request was written can turn into INTERNAL inside
-    grpcio's streaming client call (grpc/grpc#36066); methods of known kind are forwarded with
-    calls of their own kind, which do not have that problem."""
+async def test_early_rejections_keep_their_status(mesh: Mesh) -> None:
+    """An app's status that arrives before it read the request reaches the client unchanged
+    (a grpcio client call in a proxy could turn it into INTERNAL, grpc/grpc#36066; the relay
+    forwards frames, so it cannot)."""
     from grpcmesh.example.server import EchoBehaviour, EchoServer
 
     app = EchoServer("127.0.0.1:0", EchoBehaviour("a"))
@@ -356,9 +331,6 @@ async def test_early_rejections_keep_their_status_through_known_method_kinds(
     await mesh.sidecar("echo", app)
     client = await mesh.sidecar("client")
     await mesh.serving(client, "echo", 1)
-    assert client.routes.kind_of("/grpcmesh.example.v1.Echo/Unary") == (False, False)
-    assert client.routes.kind_of("/grpcmesh.example.v1.Echo/ServerStream") == (False, True)
-    assert client.routes.kind_of("/grpcmesh.example.v1.Echo/BidiStream") == (True, True)
     codes: dict[str, int] = {}
     async with grpc.aio.insecure_channel(client.outbound_address) as ch:
         stub = echo_pb2_grpc.EchoStub(ch)
@@ -373,12 +345,12 @@ async def test_early_rejections_keep_their_status_through_known_method_kinds(
 
 @pytest.mark.asyncio
 async def test_oversized_request_metadata_is_refused_by_the_proxy(
-        mesh: Mesh, probe: Probe, variant: Variant) -> None:
+        mesh: Mesh, probe: Probe) -> None:
     """The proxy checks metadata size itself (grpcio's own check can be bypassed by HEADERS
     sent before SETTINGS are acknowledged); a lower limit shows the proxy's check at work."""
-    from grpcmesh.proxy.forward import ForwardSettings
+    from grpcmesh.relay.settings import ForwardSettings
 
-    client = await _probe_client(mesh, probe, variant, forward=ForwardSettings(max_metadata_bytes=4096))
+    client = await _probe_client(mesh, probe, forward=ForwardSettings(max_metadata_bytes=4096))
     big = tuple((f"x-big-{i}", "v" * 1000) for i in range(5))  # ~5.2 KB
     async with grpc.aio.insecure_channel(client.outbound_address) as ch:
         unary = ch.unary_unary(f"/{SERVICE}/Unary")
