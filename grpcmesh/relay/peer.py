@@ -114,6 +114,7 @@ class Peer(asyncio.Protocol):
         self.clock = clock
         self.guard = FrameGuard(limits, clock.now())
         self.transport: asyncio.Transport | None = None
+        self.caller = ""  # the peer's address, "host:port" (for a client: CallRecord.caller)
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.out_bytes = 0  # in `out`, not yet written to the transport

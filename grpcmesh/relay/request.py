@@ -19,10 +19,11 @@ Headers = list[tuple[str, str]]
 class Refused(Exception):
     """The request is answered by the proxy: a gRPC status, or an HTTP status (not gRPC)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, http: int = 200) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str, http: int = 200) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason  # CallRecord.reason
         self.http = http
 
 
@@ -54,14 +55,14 @@ def read_request(headers: Headers, max_metadata: int, max_path: int) -> Request:
     if len(path) > max_path:
         raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                       f"request :path of {len(path)} bytes ({clip(path)}); the proxy's limit is "
-                      f"{max_path}")
+                      f"{max_path}", "too_large")
     if size > max_metadata:
         raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                       f"request metadata of {path} is {size} bytes; the proxy's limit is "
-                      f"{max_metadata}")
+                      f"{max_metadata}", "too_large")
     if content_type is None or not content_type.startswith("application/grpc"):
         got = "no content-type" if content_type is None else f"content-type {clip(content_type)!r}"
         raise Refused(grpc.StatusCode.INTERNAL,
                       f"{got} for {path}: the proxy relays gRPC only (application/grpc)",
-                      http=415)
+                      "not_grpc", http=415)
     return Request(path, override, timeout)

@@ -14,11 +14,14 @@ from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.pool import Pool
 from grpcmesh.clock import FakeClock
 from grpcmesh.registry.model import Health, Instance
+from grpcmesh.relay import downstream as downstream_module
 from grpcmesh.relay import frames as f
-from grpcmesh.relay import relay as relay_module
+from grpcmesh.relay.call import CallRecord, status_of
+from grpcmesh.relay.downstream import Downstream
 from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.peer import CONN_WINDOW
-from grpcmesh.relay.relay import Downstream, Relay, Upstream, status_of
+from grpcmesh.relay.relay import Relay
+from grpcmesh.relay.upstreams import Upstream
 from grpcmesh.routing import Target
 from tests.relay.fakes import attach
 
@@ -254,7 +257,7 @@ def test_graceful_stop_serves_streams_sent_before_the_final_goaway() -> None:
 
 def test_graceful_stop_does_not_wait_the_grace_for_a_client_that_never_answers(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(relay_module, "DRAIN_PING_TIMEOUT", 0.05)
+    monkeypatch.setattr(downstream_module, "DRAIN_PING_TIMEOUT", 0.05)
 
     async def scenario() -> None:
         mesh = Mesh()  # an idle client that will not answer the PING
@@ -419,3 +422,75 @@ def test_connections_over_the_limit_are_dropped_at_once() -> None:
     extra = Downstream(mesh.relay)
     extra_t = attach(extra)
     assert extra_t.aborted and extra not in mesh.relay.downstreams
+
+
+def records(mesh: Mesh) -> list[CallRecord]:
+    seen: list[CallRecord] = []
+    mesh.relay.observers.append(seen.append)
+    return seen
+
+
+def test_each_call_ends_once_with_one_record_of_who_answered() -> None:
+    mesh = Mesh()
+    seen = records(mesh)
+    mesh.request(1, body=message(b"hi"), end=True)
+    mesh.respond(mesh.headers(1, RESPONSE), f.frame(f.DATA, 0, 1, message(b"yo")),
+                 mesh.headers(1, OK, end=True), f.rst_stream(1, f.NO_ERROR))
+    mesh.down.data_received(f.rst_stream(1, f.CANCEL))  # late: the call is over already
+    assert len(seen) == 1
+    record = seen[0]
+    assert (record.method, record.service, record.endpoint) == ("/pkg.S/M", "svc", ADDRESS)
+    assert (record.code, record.by, record.reason, record.attempts) == (
+        grpc.StatusCode.OK, "app", "", 1)
+    assert record.request_bytes == len(message(b"hi"))
+    assert record.response_bytes == len(message(b"yo"))
+    assert record.first_byte is not None and record.first_byte <= record.duration
+    mesh.assert_clean()
+
+
+def test_the_proxys_own_answers_and_a_client_leaving_are_recorded_too() -> None:
+    mesh = Mesh()
+    seen = records(mesh)
+    json = [(k, "application/json" if k == "content-type" else v) for k, v in REQUEST]
+    mesh.request(1, headers=json, end=True)
+    mesh.request(3, body=message(b"hi"))
+    mesh.down.data_received(f.rst_stream(3, f.CANCEL))
+    assert [(r.code, r.by, r.reason) for r in seen] == [
+        (grpc.StatusCode.INTERNAL, "proxy", "not_grpc"),
+        (grpc.StatusCode.CANCELLED, "client", "")]
+    assert seen[1].endpoint == ADDRESS and seen[0].endpoint == ""
+    assert mesh.endpoint.calls == 0  # a client that left is not the endpoint's fault
+    mesh.assert_clean()
+
+
+def test_the_relay_ends_a_call_whose_deadline_passes_and_cancels_the_upstream() -> None:
+    async def scenario() -> None:
+        mesh = Mesh()
+        seen = records(mesh)
+        mesh.request(1, headers=[*REQUEST, ("grpc-timeout", "20m")], body=message(b"hi"),
+                     end=True)
+        assert [k for k, *_ in mesh.up_t.frames()] == [f.HEADERS, f.DATA]
+        await asyncio.sleep(0.1)  # the app never answers, and the client does nothing either
+        assert client_status(mesh.down_t.frames()) == grpc.StatusCode.DEADLINE_EXCEEDED
+        resets = [(sid, p) for k, _, sid, p in mesh.up_t.frames() if k == f.RST_STREAM]
+        assert resets == [(1, f.CANCEL.to_bytes(4, "big"))]
+        assert [(r.code, r.by, r.reason) for r in seen] == [
+            (grpc.StatusCode.DEADLINE_EXCEEDED, "proxy", "deadline")]
+        assert mesh.endpoint.failures == 0 and mesh.endpoint.calls == 1  # charged, not failed
+        assert mesh.relay.in_flight == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_a_call_answered_in_time_cancels_its_deadline_timer() -> None:
+    async def scenario() -> None:
+        mesh = Mesh()
+        seen = records(mesh)
+        mesh.request(1, headers=[*REQUEST, ("grpc-timeout", "30m")], body=message(b"hi"),
+                     end=True)
+        mesh.respond(mesh.headers(1, RESPONSE), mesh.headers(1, OK, end=True))
+        await asyncio.sleep(0.06)
+        assert [r.code for r in seen] == [grpc.StatusCode.OK]
+        assert [k for k, *_ in mesh.up_t.frames() if k == f.RST_STREAM] == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))

@@ -1,0 +1,320 @@
+"""One gRPC call through the relay: it owns its life from the client's HEADERS to its one end.
+
+The two connections a call spans (the client's, and the upstream's of its current attempt) only
+map stream ids to calls and hand them events: request data and trailers from the client, the
+client's reset or departure; response headers, data and trailers from the upstream, its reset,
+its GOAWAY, its loss. The call decides what goes where. It ends exactly once, in `end`, with one
+CallRecord that the balancer and every observer read; the proxy's own answers end it too.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+from grpcmesh.balance.endpoint import CallHandle, Endpoint
+from grpcmesh.relay import frames as f
+from grpcmesh.relay.peer import Headers, Leg
+from grpcmesh.relay.settings import PUSHBACK
+
+if TYPE_CHECKING:
+    from grpcmesh.relay.relay import Relay
+
+_SC = grpc.StatusCode
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+# gRPC's mapping for a response without grpc-status (PROTOCOL-HTTP2.md, "HTTP to gRPC Status").
+_HTTP_STATUS = {"400": _SC.INTERNAL, "401": _SC.UNAUTHENTICATED, "403": _SC.PERMISSION_DENIED,
+                "404": _SC.UNIMPLEMENTED, "429": _SC.UNAVAILABLE, "502": _SC.UNAVAILABLE,
+                "503": _SC.UNAVAILABLE, "504": _SC.UNAVAILABLE}
+# What a gRPC client reads from an RST_STREAM code.
+_RESET_STATUS = {f.REFUSED_STREAM: _SC.UNAVAILABLE, f.CANCEL: _SC.CANCELLED}
+_MAX_MESSAGE = 1024  # characters of grpc-message in the proxy's own answers
+APP, PROXY, CLIENT = "app", "proxy", "client"  # who ended a call
+
+
+def status_of(headers: Headers) -> tuple[grpc.StatusCode, int | None]:
+    """The status a trailer block carries, and its grpc-retry-pushback-ms if any."""
+    code: grpc.StatusCode | None = None
+    http = "200"
+    pushback = None
+    for key, value in headers:
+        if key == "grpc-status":
+            code = _CODES.get(int(value) if value.isdigit() else -1, _SC.UNKNOWN)
+        elif key == ":status":
+            http = value
+        elif key == PUSHBACK:
+            pushback = int(value) if value.isdigit() else None
+    if code is None:
+        code = _HTTP_STATUS.get(http, _SC.UNKNOWN) if http != "200" else _SC.UNKNOWN
+    return code, pushback
+
+
+class Attempt:
+    """One try of a call on one endpoint: its stream there and its balancer handle."""
+
+    __slots__ = ("endpoint", "first_byte", "handle", "leg", "started")
+
+    def __init__(self, endpoint: Endpoint, leg: Leg, handle: CallHandle, started: float) -> None:
+        self.endpoint = endpoint
+        self.leg = leg
+        self.handle = handle
+        self.started = started
+        self.first_byte: float | None = None  # when its first response DATA arrived
+
+
+@dataclass(slots=True, frozen=True)
+class CallRecord:
+    """How a call ended: what every observer of calls (the balancer, interceptors) reads."""
+
+    method: str
+    caller: str  # the client's address
+    service: str  # the target (mesh or proto service) it was routed to; "" if none
+    endpoint: str  # the address of the last attempt's endpoint; "" if it reached none
+    code: grpc.StatusCode  # what the client saw
+    by: str  # APP (its trailers or reset), PROXY (the relay answered) or CLIENT (it left)
+    reason: str  # the proxy's reason (no_route, deadline, too_large, ...); "" otherwise
+    started: float
+    duration: float
+    first_byte: float | None  # seconds from start to the first response DATA
+    request_bytes: int
+    response_bytes: int
+    attempts: int
+
+
+class Call:
+    __slots__ = ("attempts", "born", "closed", "deadline", "down", "early", "end_headers",
+                 "ended", "headers_out", "limit", "method", "relay", "req_framing",
+                 "request_bytes", "resp_framing", "response_bytes", "service", "task", "timer",
+                 "up")
+
+    def __init__(self, relay: Relay, down: Leg) -> None:
+        self.relay = relay
+        self.born = relay.clock.now()
+        self.down = down  # the client's stream
+        self.up: Leg | None = None  # the current attempt's stream
+        self.attempts: list[Attempt] = []
+        self.method = ""
+        self.service = ""
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        # Request frames that wait for an upstream stream: (DATA or trailers, end, length)
+        self.early: list[tuple[bytes | Headers, bool, int]] | None = None
+        self.end_headers = False  # the request had no body
+        self.headers_out = False  # response headers were sent to the client
+        self.closed = False  # the client's side is over: nothing more to do upstream
+        self.ended = False
+        self.req_framing: f.MessageFraming | None = None
+        self.resp_framing: f.MessageFraming | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.limit = 0
+        self.request_bytes = 0
+        self.response_bytes = 0
+
+    # -- the one end --------------------------------------------------------------------------
+
+    def end(self, code: grpc.StatusCode, by: str, reason: str = "",
+            blame: grpc.StatusCode | None = None, pushback: int | None = None) -> None:
+        """The call is over for its client: record it once. blame is what the endpoint is
+        charged with (None: not its doing, such as a client that cancelled)."""
+        if self.ended:
+            return
+        self.ended = True
+        now = self.relay.clock.now()
+        if self.timer is not None:
+            self.timer.cancel()
+        attempt = self.attempts[-1] if self.attempts else None
+        if attempt is not None and not attempt.handle.finished:
+            attempt.handle.finish(now, blame, pushback)
+        relay = self.relay
+        relay.in_flight -= 1
+        if relay.observers:
+            record = CallRecord(
+                self.method, self.down.peer.caller, self.service,
+                attempt.endpoint.address if attempt is not None else "", code, by, reason,
+                self.born, now - self.born,
+                None if attempt is None or attempt.first_byte is None
+                else attempt.first_byte - self.born,
+                self.request_bytes, self.response_bytes, len(self.attempts))
+            for observe in relay.observers:
+                observe(record)
+
+    # -- the proxy's own answers --------------------------------------------------------------
+
+    def reply_error(self, code: grpc.StatusCode, message: str, reason: str, http: int = 200,
+                    blame: grpc.StatusCode | None = None) -> None:
+        """The proxy answers (trailers-only when nothing was sent yet); the upstream stream, if
+        any, is cancelled."""
+        self.cancel_upstream()
+        down = self.down
+        peer = down.peer
+        if not down.ended_out:
+            status = [("grpc-status", str(code.value[0])),
+                      ("grpc-message", f.encode_message(message[:_MAX_MESSAGE]))]
+            if not self.headers_out:
+                status = [(":status", str(http)), ("content-type", "application/grpc"), *status]
+            peer.reset_pending(down)
+            peer.send_headers(down, peer.encode(status), True)
+            if not down.ended_in:  # tell the client to stop sending
+                peer.reset(down, f.NO_ERROR)
+        self.closed = True
+        self.end(code, PROXY, reason, blame)
+
+    def expire(self) -> None:
+        """The deadline passed with the call still open: the relay's own timer answers."""
+        self.timer = None
+        if not self.ended:
+            self.reply_error(_SC.DEADLINE_EXCEEDED, f"deadline exceeded for {self.method} "
+                             "(the proxy's timer; the upstream call was cancelled)", "deadline",
+                             blame=_SC.DEADLINE_EXCEEDED if self.up is not None else None)
+
+    def too_big(self, request: bool, size: int) -> None:
+        what = "request message to" if request else "response message of"
+        self.reply_error(_SC.RESOURCE_EXHAUSTED, f"{what} {self.method} is {size} bytes; the "
+                         f"proxy's limit is {self.limit}", "too_large",
+                         blame=None if request else _SC.RESOURCE_EXHAUSTED)
+
+    def cancel_upstream(self) -> None:
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        early, self.early = self.early, None
+        if early:  # request DATA that waited for an upstream: dropped, so credited back
+            down = self.down
+            for _, _, length in early:
+                down.peer.credit(down, length)
+        up = self.up
+        if up is not None and not (up.ended_in and up.ended_out):
+            up.peer.reset(up, f.CANCEL)
+
+    # -- an attempt ---------------------------------------------------------------------------
+
+    def attempt(self, endpoint: Endpoint, leg: Leg, block: bytes) -> None:
+        """Start an attempt on leg, a new stream on endpoint's connection: the request headers
+        (block) and whatever of the request waited for it go out."""
+        up = leg.peer
+        self.up = leg
+        leg.other = self.down
+        self.down.other = leg
+        now = self.relay.clock.now()
+        self.attempts.append(Attempt(endpoint, leg, endpoint.start(now), now))
+        up.send_headers(leg, block, self.end_headers)
+        early, self.early = self.early, None
+        for item, end, length in early or ():
+            if isinstance(item, bytes):
+                up.send_data(leg, item, end, self.down, length)
+            else:
+                up.send_headers(leg, up.encode(item), end)
+
+    # -- events from the client ---------------------------------------------------------------
+
+    def request_data(self, payload: bytes, end: bool, length: int) -> None:
+        down = self.down
+        self.request_bytes += len(payload)
+        framing = self.req_framing
+        if framing is not None:
+            size = framing.feed(payload)
+            if size is not None:
+                down.peer.credit(down, length)
+                self.too_big(True, size)
+                return
+        up = self.up
+        if up is not None:
+            up.peer.send_data(up, payload, end, down, length)
+        elif self.early is not None:
+            self.early.append((payload, end, length))
+        else:
+            down.peer.credit(down, length)
+
+    def request_trailers(self, headers: Headers, block: bytes, verbatim: bool, end: bool
+                         ) -> None:
+        """Trailers from the client: HTTP/2 allows them, gRPC clients send none."""
+        up = self.up
+        if up is not None:
+            up.peer.send_headers(up, block if verbatim else up.peer.encode(headers), end)
+        elif self.early is not None:
+            self.early.append((headers, end, 0))
+
+    def client_gone(self) -> None:
+        """The client reset the stream or closed its connection."""
+        self.closed = True
+        self.cancel_upstream()
+        expired = self.deadline is not None and self.relay.clock.now() >= self.deadline
+        if expired:
+            self.end(_SC.DEADLINE_EXCEEDED, CLIENT, blame=_SC.DEADLINE_EXCEEDED)
+        else:
+            self.end(_SC.CANCELLED, CLIENT)
+
+    # -- events from the upstream -------------------------------------------------------------
+
+    def response_headers(self, block: bytes, headers: Headers | None, verbatim: bool,
+                         end: bool) -> None:
+        """Response headers, or (end) the trailers or a trailers-only response."""
+        down = self.down
+        peer = down.peer
+        if end:
+            assert headers is not None
+            code, pushback = status_of(headers)
+            self.end(code, APP, blame=code, pushback=pushback)
+        else:
+            self.headers_out = True
+        if not verbatim:
+            assert headers is not None  # a block that is not forwarded as it is was decoded
+            block = peer.encode(headers)
+        peer.send_headers(down, block, end)
+
+    def response_data(self, payload: bytes, end: bool, length: int) -> None:
+        attempt = self.attempts[-1]
+        up = attempt.leg
+        if attempt.first_byte is None:
+            now = self.relay.clock.now()
+            attempt.first_byte = now
+            attempt.handle.first_response(now)
+        self.response_bytes += len(payload)
+        framing = self.resp_framing
+        if framing is not None:
+            size = framing.feed(payload)
+            if size is not None:
+                up.peer.credit(up, length)
+                self.too_big(False, size)
+                return
+        if end:  # a response without trailers: gRPC reads it as UNKNOWN, and so does the pick
+            self.end(_SC.UNKNOWN, APP, blame=_SC.UNKNOWN)
+        down = self.down
+        down.peer.send_data(down, payload, end, up, length)
+
+    def upstream_reset(self, code: int, finished: bool) -> None:
+        down = self.down
+        if finished:
+            # The response is complete (trailers received): this only says "stop sending the
+            # request" (RFC 9113 8.1), which gRPC servers do when a client has not half-closed.
+            # What waits for the client's window is still delivered, then the client is told.
+            down.peer.end_then_reset(down)
+            return
+        status = _RESET_STATUS.get(code, _SC.INTERNAL)
+        self.end(status, APP, blame=status)
+        if not (down.ended_in and down.ended_out):
+            down.peer.reset(down, code)
+
+    def upstream_refused(self) -> None:
+        """The upstream's GOAWAY came before it saw this call: the client may retry it."""
+        self.end(_SC.UNAVAILABLE, PROXY, "refused")
+        down = self.down
+        if not (down.ended_in and down.ended_out):
+            down.peer.reset(down, f.REFUSED_STREAM)
+
+    def upstream_lost(self, finished: bool, address: str) -> None:
+        down = self.down
+        if finished:  # its response is complete, and may still be on its way out
+            down.peer.end_then_reset(down)
+            return
+        if self.closed:
+            self.end(_SC.UNAVAILABLE, PROXY, "upstream_lost", blame=_SC.UNAVAILABLE)
+            return
+        self.up = None
+        self.reply_error(_SC.UNAVAILABLE, f"the connection to {address} was lost while "
+                         f"{self.method} was in flight", "upstream_lost", blame=_SC.UNAVAILABLE)
+
+
+Observer = Callable[[CallRecord], None]
