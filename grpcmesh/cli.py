@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes sharing the listening ports (SO_REUSEPORT), one core each "
                         f"(default: the number of cores, {os.cpu_count() or 1})")
     p.add_argument("--secondary", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--interceptor", action="append", default=[], metavar="MODULE:FACTORY",
+                   help="load an interceptor into every call's chain, before the mesh's rules: "
+                        "FACTORY() in MODULE returns it (repeatable; docs/interceptors.md)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                    help="largest message forwarded either way (default 4 MiB)")
     p.add_argument("--max-metadata-bytes", type=_positive_int, default=16 * 1024,

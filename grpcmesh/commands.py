@@ -19,6 +19,7 @@ from grpcmesh import names
 from grpcmesh.admin import admin_get
 from grpcmesh.balance.endpoint import LoadSettings
 from grpcmesh.balance.picker import BalancerSettings
+from grpcmesh.interceptors.chain import load as load_interceptor
 from grpcmesh.registry.client import RegistryClient
 from grpcmesh.registry.model import Instance, Method
 from grpcmesh.relay.limits import RelayLimits
@@ -128,6 +129,10 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         load=LoadSettings(decay=args.ewma_decay, default_rtt=args.ewma_default_rtt_ms / 1000,
                           failure_penalty=args.failure_penalty))
     limits = settings_from(args, RelayLimits)
+    try:
+        interceptors = tuple(load_interceptor(spec) for spec in args.interceptor)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     sharing = args.workers > 1 or args.secondary
     sidecar = Sidecar(SidecarSettings(
         service=args.service, registry=tuple(args.registry), app=args.app,
@@ -141,6 +146,7 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         forward=ForwardSettings(max_message_bytes=args.max_message_bytes,
                                 max_metadata_bytes=args.max_metadata_bytes),
         limits=limits,
+        interceptors=interceptors,
         balancer=balancer))
     workers = Workers(sidecar.fail)
     try:

@@ -25,6 +25,7 @@ from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
 from grpcmesh.clock import MonotonicClock
 from grpcmesh.health import HealthWatcher
+from grpcmesh.interceptors import Interceptor
 from grpcmesh.registry.client import Backoff, Registrar, RegistryClient, watch_forever
 from grpcmesh.registry.model import Health, Instance, Method
 from grpcmesh.relay.limits import RelayLimits
@@ -58,6 +59,8 @@ class SidecarSettings:
     secondary: bool = False
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     limits: RelayLimits = field(default_factory=RelayLimits)
+    # --interceptor: the user's interceptors, first in every call's chain (both listeners)
+    interceptors: tuple[Interceptor, ...] = ()
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
 
 
@@ -87,7 +90,7 @@ class Sidecar:
         local = _fixed_target("this sidecar", settings.service, f"127.0.0.1:{self._local_port}")
         self.outbound_server = Relay(self._route, local=((HEALTH_PREFIX,), local),
                                      settings=settings.forward, limits=settings.limits,
-                                     clock=self.clock)
+                                     interceptors=settings.interceptors, clock=self.clock)
         self.inbound_server: Relay | None = None
         self.registrar: Registrar | None = None
         self.app_health = Health.UNKNOWN
@@ -146,7 +149,7 @@ class Sidecar:
         s = self.settings
         target = _fixed_target(f"the local app at {app}", s.service, app)
         return Relay(lambda method, override: target, settings=s.forward, limits=s.limits,
-                     clock=self.clock)
+                     interceptors=s.interceptors, direction="inbound", clock=self.clock)
 
     async def _serve_app(self, app: str) -> None:
         s = self.settings

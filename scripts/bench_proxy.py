@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The data path's cost, side by side: direct, a bare grpc.aio proxy (the floor of a call-level
 proxy, which was grpcmesh's first data path), grpcmesh (outbound on the frame relay; the same
-with unknown method kinds; the full mesh hop outbound + inbound), the bare
+with unknown method kinds; the same with one no-op interceptor in the chain, the cost of the
+chain; the full mesh hop outbound + inbound), the bare
 proxy on asyncio's own loop instead of uvloop (`bare-asyncio`, not run by default), nginx and
 HAProxy when installed, and `tcp`, a TCP splice on uvloop (scripts/tcp_proxy.py): the floor of
 Python I/O, not a mesh proxy.
@@ -48,8 +49,8 @@ from grpcmesh.admin import admin_get
 from grpcmesh.registry.client import RegistryClient
 
 ECHO = "grpcmesh.example.v1.Echo"
-CONFIGS = ("direct", "bare", "bare-asyncio", "outbound", "outbound-unknown", "mesh", "nginx",
-           "haproxy", "tcp")
+CONFIGS = ("direct", "bare", "bare-asyncio", "outbound", "outbound-unknown",
+           "outbound-interceptor", "mesh", "nginx", "haproxy", "tcp")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -165,11 +166,11 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
             await client.close()
         return address
 
-    async def client_sidecar(registry: str, workers: int) -> procs.Daemon:
+    async def client_sidecar(registry: str, workers: int, *extra: str) -> procs.Daemon:
         sidecar = await procs.start("sidecar", "--log-level", "WARNING", "sidecar", "--service",
                                     "bench", "--registry", registry, "--outbound",
                                     "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                                    "--workers", str(workers))
+                                    "--workers", str(workers), *extra)
         daemons.append(sidecar)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -197,14 +198,16 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
                                     ("ClientStream", True, False))]
     workers_used = args.sidecar_workers
     curve = len(workers_used) > 1
-    for name, with_methods in (("outbound", True), ("outbound-unknown", False)):
+    noop = ("--interceptor", "grpcmesh.example.noop:factory")
+    for name, with_methods, extra in (("outbound", True, ()), ("outbound-unknown", False, ()),
+                                      ("outbound-interceptor", True, noop)):
         if name not in wanted:
             continue
         registry = await registry_with(pb.Instance(
             service="echo", instance_id="backend", address=app, proto_services=[ECHO],
             methods=methods if with_methods else []))
         for workers in workers_used if name == "outbound" else workers_used[:1]:
-            sidecar = await client_sidecar(registry, workers)
+            sidecar = await client_sidecar(registry, workers, *extra)
             label = f"{name}-w{workers}" if curve and name == "outbound" else name
             wanted.add(label)
             targets.append(Target(label, sidecar.addresses["outbound"], process_tree(sidecar)))

@@ -21,6 +21,8 @@ from grpcmesh.relay.peer import Headers, Leg
 from grpcmesh.relay.settings import PUSHBACK
 
 if TYPE_CHECKING:
+    from grpcmesh.interceptors.api import CallView
+    from grpcmesh.interceptors.chain import Chain
     from grpcmesh.relay.relay import Relay
 
 _SC = grpc.StatusCode
@@ -85,10 +87,10 @@ class CallRecord:
 
 
 class Call:
-    __slots__ = ("attempts", "born", "closed", "deadline", "down", "early", "end_headers",
-                 "ended", "headers_out", "limit", "method", "relay", "req_framing",
-                 "request_bytes", "resp_framing", "response_bytes", "service", "task", "timer",
-                 "up")
+    __slots__ = ("attempts", "born", "chain", "closed", "deadline", "down", "early",
+                 "end_headers", "ended", "headers_out", "limit", "method", "pause", "relay",
+                 "req_framing", "request_bytes", "resp_framing", "response_bytes", "service",
+                 "task", "timer", "up", "view")
 
     def __init__(self, relay: Relay, down: Leg) -> None:
         self.relay = relay
@@ -99,7 +101,8 @@ class Call:
         self.method = ""
         self.service = ""
         self.deadline: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # its deadline
+        self.pause: asyncio.TimerHandle | None = None  # an interceptor's Delay
         # Request frames that wait for an upstream stream: (DATA or trailers, end, length)
         self.early: list[tuple[bytes | Headers, bool, int]] | None = None
         self.end_headers = False  # the request had no body
@@ -112,6 +115,8 @@ class Call:
         self.limit = 0
         self.request_bytes = 0
         self.response_bytes = 0
+        self.chain: Chain | None = None  # its interceptors, if its target has any
+        self.view: CallView | None = None  # what they see of it
 
     # -- the one end --------------------------------------------------------------------------
 
@@ -125,12 +130,15 @@ class Call:
         now = self.relay.clock.now()
         if self.timer is not None:
             self.timer.cancel()
+        if self.pause is not None:
+            self.pause.cancel()
         attempt = self.attempts[-1] if self.attempts else None
         if attempt is not None and not attempt.handle.finished:
             attempt.handle.finish(now, blame, pushback)
         relay = self.relay
         relay.in_flight -= 1
-        if relay.observers:
+        chain = self.chain
+        if relay.observers or chain is not None:
             record = CallRecord(
                 self.method, self.down.peer.caller, self.service,
                 attempt.endpoint.address if attempt is not None else "", code, by, reason,
@@ -140,6 +148,8 @@ class Call:
                 self.request_bytes, self.response_bytes, len(self.attempts))
             for observe in relay.observers:
                 observe(record)
+            if chain is not None and self.view is not None:
+                chain.end(self.view, record)
 
     # -- the proxy's own answers --------------------------------------------------------------
 
@@ -253,6 +263,13 @@ class Call:
         """Response headers, or (end) the trailers or a trailers-only response."""
         down = self.down
         peer = down.peer
+        chain = self.chain
+        if chain is not None and chain.wants_responses and self.view is not None:
+            assert headers is not None  # decoded for it (Upstream.on_headers)
+            if end:
+                chain.trailers(self.view, headers)
+            else:
+                chain.response_headers(self.view, headers)
         if end:
             assert headers is not None
             code, pushback = status_of(headers)

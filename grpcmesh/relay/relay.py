@@ -21,12 +21,14 @@ import asyncio
 import collections
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.clock import Clock, MonotonicClock
+from grpcmesh.interceptors.api import Answer, CallView, Delay, Interceptor
+from grpcmesh.interceptors.chain import Chain
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache
 from grpcmesh.relay.call import Call, Observer
@@ -57,6 +59,8 @@ class Relay:
                  settings: ForwardSettings = ForwardSettings(),
                  limits: RelayLimits = RelayLimits(),
                  cache: BlockCache | None = None,
+                 interceptors: Sequence[Interceptor] = (),
+                 direction: str = "outbound",
                  clock: Clock = MonotonicClock()) -> None:
         self.router = router
         self.local = local
@@ -64,6 +68,8 @@ class Relay:
         self.limits = limits
         self.cache = cache if cache is not None else BlockCache()
         self.clock = clock
+        self.chain = Chain(interceptors) if interceptors else None
+        self.direction = direction
         self.flusher = Flusher()
         self.upstreams = Upstreams(self.flusher, clock, limits=limits, cache=self.cache)
         self.downstreams: set[Downstream] = set()
@@ -214,6 +220,7 @@ class Relay:
             return
         path = call.method = request.path
         override = request.override
+        seconds = None
         if request.timeout is not None:
             try:
                 seconds = f.parse_timeout(request.timeout)
@@ -224,8 +231,7 @@ class Relay:
                     call.reply_error(_SC.DEADLINE_EXCEEDED,
                                      f"deadline expired before {path} was forwarded", "deadline")
                     return
-                call.deadline = self.clock.now() + seconds
-                call.timer = self.call_later(seconds, call.expire)
+                self._set_deadline(call, seconds)
         local = self.local
         if local is not None and override is None and path.startswith(local[0]):
             target = local[1]
@@ -241,14 +247,75 @@ class Relay:
         call.limit = settings.max_message_bytes
         call.req_framing = f.MessageFraming(call.limit)
         call.resp_framing = f.MessageFraming(call.limit)
+        call.early = []
         if override is not None:
             headers = [h for h in headers if h[0] != SERVICE_HEADER]
             block = None
-        # The call goes upstream at the end of the read that brought it (Downstream.after_read,
-        # just before the flush that would send it anyway): a reset in the same read ends it in
-        # the relay, and no app sees it (rapid reset, CVE-2023-44487).
-        call.early = []
-        down.deferred.append((call, target, block, headers))
+        chain = self.chain_for(target)
+        if chain is None:
+            # The call goes upstream at the end of the read that brought it (after_read, just
+            # before the flush that would send it anyway): a reset in the same read ends it in
+            # the relay, and no app sees it (rapid reset, CVE-2023-44487).
+            down.deferred.append((call, target, block, headers))
+            return
+        call.chain = chain
+        call.view = CallView(path, list(headers), seconds, down.caller, target.name,
+                             self.direction)
+        self._intercept(call, 0, target, block, headers, seconds, deferred=True)
+
+    def chain_for(self, target: Target) -> Chain | None:
+        """The interceptors of calls to target (built once, not per call), or None."""
+        return self.chain
+
+    def _intercept(self, call: Call, start: int, target: Target, block: bytes | None,
+                   headers: Headers, seconds: float | None, deferred: bool) -> None:
+        """Run the call's chain from interceptor start; the call then goes on as the chain left
+        it, is answered by an interceptor, or waits (Delay) and the chain goes on after it."""
+        assert call.chain is not None and call.view is not None
+        if call.closed:  # its client left while it waited
+            return
+        outcome, index = call.chain.request(call.view, start)
+        if outcome is None:
+            block, headers = self._changed(call, block, headers, seconds)
+            if deferred:
+                down = call.down.peer
+                assert isinstance(down, Downstream)
+                down.deferred.append((call, target, block, headers))
+            else:
+                self.route_to(call, target, block, headers)
+        elif isinstance(outcome, Answer):
+            call.reply_error(outcome.code, outcome.message,
+                             f"interceptor {call.chain.names[index]}")
+        else:
+            assert isinstance(outcome, Delay), \
+                f"interceptor {call.chain.names[index]} returned {outcome!r}"
+            call.pause = self.call_later(
+                max(0.0, outcome.seconds),
+                lambda: self._intercept(call, index + 1, target, block, headers, seconds, False))
+
+    def _changed(self, call: Call, block: bytes | None, headers: Headers,
+                 seconds: float | None) -> tuple[bytes | None, Headers]:
+        """The request as the interceptors left it: their metadata, their deadline."""
+        view = call.view
+        assert view is not None
+        if view.changed:
+            headers, block = list(view._metadata), None
+        if view.timeout != seconds:
+            if call.timer is not None:
+                call.timer.cancel()
+                call.timer = None
+            headers = [h for h in headers if h[0] != "grpc-timeout"]
+            block = None
+            if view.timeout is None:
+                call.deadline = None
+            else:
+                self._set_deadline(call, view.timeout)
+                headers.append(("grpc-timeout", f.format_timeout(view.timeout)))
+        return block, headers
+
+    def _set_deadline(self, call: Call, seconds: float) -> None:
+        call.deadline = self.clock.now() + seconds
+        call.timer = self.call_later(seconds, call.expire)
 
     def route_to(self, call: Call, target: Target, block: bytes | None, headers: Headers
                  ) -> None:

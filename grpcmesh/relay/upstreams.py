@@ -55,8 +55,11 @@ class Upstream(Peer):
         return leg
 
     def on_headers(self, sid: int, block: bytes, end: bool) -> None:
-        headers, verbatim = self.read_block(block, need=end)
         leg = self.streams.get(sid)
+        chain = leg.call.chain if leg is not None else None
+        # Response headers are decoded only for interceptors that asked to see them.
+        headers, verbatim = self.read_block(
+            block, need=end or (chain is not None and chain.wants_responses))
         if leg is None:
             return
         if leg.ended_in:

@@ -530,3 +530,45 @@ def test_config_check_with_an_unreachable_registry_is_one_line(tmp_path: Path) -
     result = run("config", "check", str(path), "--registry", "127.0.0.1:1")
     assert result.code == 1, str(result)
     assert_one_line_error(result, "cannot reach the registry at 127.0.0.1:1")
+
+
+@module_loop
+async def test_the_api_key_example_loaded_with_interceptor(shared: Shared) -> None:
+    """docs/interceptors.md's example, as a user runs it: the app's sidecar loads it with
+    --interceptor; calls without the key get UNAUTHENTICATED from the sidecar."""
+    daemons: list[procs.Daemon] = []
+    try:
+        registry = await procs.start("registry-keys", "registry", "--listen", "127.0.0.1:0")
+        daemons.append(registry)
+        reg = registry.addresses["registry"]
+        app_sidecar, client_sidecar = await asyncio.gather(
+            procs.start("keys-sidecar", "sidecar", "--service", "echo", "--app", shared.app,
+                        "--registry", reg, "--inbound", "127.0.0.1:0",
+                        "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "1",
+                        "--interceptor", "grpcmesh.example.apikey:factory",
+                        env={"GRPCMESH_API_KEYS": "k1,k2"}),
+            procs.start("keys-client", "sidecar", "--service", "client", "--registry", reg,
+                        "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "1"))
+        daemons += [app_sidecar, client_sidecar]
+
+        async def routed() -> bool:
+            body = await admin_get(client_sidecar.addresses["admin"], "/endpoints")
+            echo = body["services"].get("echo", {"endpoints": []})
+            return [e["health"] for e in echo["endpoints"]] == ["SERVING"]
+
+        await wait_for(routed, 10, "the client sidecar to route to echo")
+        async with grpc.aio.insecure_channel(client_sidecar.addresses["outbound"]) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.Unary(echo_pb2.EchoRequest(message="no key"), timeout=5)
+            assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "needs an x-api-key" in (missing.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as wrong:
+                await stub.Unary(echo_pb2.EchoRequest(message="bad"), timeout=5,
+                                 metadata=(("x-api-key", "nope"),))
+            assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            reply = await stub.Unary(echo_pb2.EchoRequest(message="hi"), timeout=5,
+                                     metadata=(("x-api-key", "k2"),))
+            assert reply.message == "hi"
+    finally:
+        await procs.stop_all(daemons)
