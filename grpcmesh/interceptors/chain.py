@@ -59,25 +59,21 @@ class Chain:
         return None, len(interceptors)
 
     def response_headers(self, call: CallView, headers: Headers) -> None:
-        for index, interceptor in enumerate(self.interceptors):
-            try:
-                interceptor.response_headers(call, headers)
-            except Exception:
-                log.exception("interceptor %s failed on %s", self.names[index], call.method)
+        self._observe("response_headers", call, headers)
 
     def trailers(self, call: CallView, trailers: Headers) -> None:
-        for index, interceptor in enumerate(self.interceptors):
-            try:
-                interceptor.trailers(call, trailers)
-            except Exception:
-                log.exception("interceptor %s failed on %s", self.names[index], call.method)
+        self._observe("trailers", call, trailers)
 
     def end(self, call: CallView, record: CallRecord) -> None:
-        for index, interceptor in enumerate(self.interceptors):
+        self._observe("end", call, record)
+
+    def _observe(self, hook: str, call: CallView, what: Headers | CallRecord) -> None:
+        """Call hook on every interceptor; one that raises is logged, and the rest go on."""
+        for name, interceptor in zip(self.names, self.interceptors, strict=True):
             try:
-                interceptor.end(call, record)
+                getattr(interceptor, hook)(call, what)
             except Exception:
-                log.exception("interceptor %s failed on %s", self.names[index], call.method)
+                log.exception("interceptor %s failed in %s on %s", name, hook, call.method)
 
 
 def load(spec: str) -> Interceptor:

@@ -180,6 +180,17 @@ class Call:
                              "(the proxy's timer; the upstream call was cancelled)", "deadline",
                              blame=_SC.DEADLINE_EXCEEDED if self.up is not None else None)
 
+    def _oversized(self, framing: f.MessageFraming | None, payload: bytes, leg: Leg,
+                   length: int, request: bool) -> bool:
+        """Whether payload (from leg) starts a message over the limit: then it is dropped (and
+        credited back) and the proxy answers RESOURCE_EXHAUSTED."""
+        size = framing.feed(payload) if framing is not None else None
+        if size is None:
+            return False
+        leg.peer.credit(leg, length)
+        self.too_big(request, size)
+        return True
+
     def too_big(self, request: bool, size: int) -> None:
         what = "request message to" if request else "response message of"
         self.reply_error(_SC.RESOURCE_EXHAUSTED, f"{what} {self.method} is {size} bytes; the "
@@ -222,13 +233,8 @@ class Call:
     def request_data(self, payload: bytes, end: bool, length: int) -> None:
         down = self.down
         self.request_bytes += len(payload)
-        framing = self.req_framing
-        if framing is not None:
-            size = framing.feed(payload)
-            if size is not None:
-                down.peer.credit(down, length)
-                self.too_big(True, size)
-                return
+        if self._oversized(self.req_framing, payload, down, length, True):
+            return
         up = self.up
         if up is not None:
             up.peer.send_data(up, payload, end, down, length)
@@ -289,13 +295,8 @@ class Call:
             attempt.first_byte = now
             attempt.handle.first_response(now)
         self.response_bytes += len(payload)
-        framing = self.resp_framing
-        if framing is not None:
-            size = framing.feed(payload)
-            if size is not None:
-                up.peer.credit(up, length)
-                self.too_big(False, size)
-                return
+        if self._oversized(self.resp_framing, payload, up, length, False):
+            return
         if end:  # a response without trailers: gRPC reads it as UNKNOWN, and so does the pick
             self.end(_SC.UNKNOWN, APP, blame=_SC.UNKNOWN)
         down = self.down

@@ -316,6 +316,16 @@ async def instances(client: RegistryClient, service: str) -> list[Any]:
     return list(resp.instances)
 
 
+async def routed_to_echo(sidecar: procs.Daemon) -> None:
+    """Until sidecar routes to one serving instance of echo."""
+    async def routed() -> bool:
+        body = await admin_get(sidecar.addresses["admin"], "/endpoints")
+        echo = body["services"].get("echo", {"endpoints": []})
+        return [e["health"] for e in echo["endpoints"]] == ["SERVING"]
+
+    await wait_for(routed, 10, "the client sidecar to route to echo")
+
+
 async def wait_for(predicate: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -357,12 +367,7 @@ async def test_sidecar_deregisters_then_finishes_calls_in_flight_on_sigterm(
         assert instance.address == app_sidecar.addresses["inbound"]
         assert instance.lease_id != 0
 
-        async def routed() -> bool:
-            body = await admin_get(client_sidecar.addresses["admin"], "/endpoints")
-            echo = body["services"].get("echo", {"endpoints": []})
-            return [e["health"] for e in echo["endpoints"]] == ["SERVING"]
-
-        await wait_for(routed, 10, "the client sidecar to route to echo")
+        await routed_to_echo(client_sidecar)
 
         async with grpc.aio.insecure_channel(client_sidecar.addresses["outbound"]) as channel:
             stub = echo_pb2_grpc.EchoStub(channel)
@@ -551,12 +556,7 @@ async def test_the_api_key_example_loaded_with_interceptor(shared: Shared) -> No
                         "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "1"))
         daemons += [app_sidecar, client_sidecar]
 
-        async def routed() -> bool:
-            body = await admin_get(client_sidecar.addresses["admin"], "/endpoints")
-            echo = body["services"].get("echo", {"endpoints": []})
-            return [e["health"] for e in echo["endpoints"]] == ["SERVING"]
-
-        await wait_for(routed, 10, "the client sidecar to route to echo")
+        await routed_to_echo(client_sidecar)
         async with grpc.aio.insecure_channel(client_sidecar.addresses["outbound"]) as channel:
             stub = echo_pb2_grpc.EchoStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as missing:
