@@ -1,7 +1,8 @@
 """The mesh config over real gRPC: ApplyConfig and GetConfig on a registry on 127.0.0.1 port 0,
-and the CONFIG event on Watch."""
+the CONFIG event on Watch, and in-process sidecars that put each new version in force."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,10 +13,15 @@ import pytest_asyncio
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
+from grpcmesh.admin import admin_get
 from grpcmesh.config import parse_text
+from grpcmesh.registry.config_store import Prepared
+from grpcmesh.registry.model import PushedConfig
 from grpcmesh.registry.server import RegistryServer
 from grpcmesh.registry.sqlite_store import SqlitePersistence
+from grpcmesh.sidecar import Sidecar
 from tests.config.support import EXAMPLE
+from tests.conftest import Mesh, wait_for
 from tests.integration.test_registry_service import Watch, rpc_error
 
 CONFIG = pb.WatchEvent.CONFIG
@@ -111,6 +117,63 @@ async def test_a_watcher_that_connects_after_apply_gets_the_config_at_once(
     finally:
         watch.cancel()
         old.cancel()
+
+
+async def sidecar_config(sidecar: Sidecar) -> dict[str, object]:
+    body: dict[str, object] = await admin_get(sidecar.admin.address, "/config", timeout=2.0)
+    return body
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_every_sidecar_runs_the_new_version_within_a_second_of_apply(
+        mesh: Mesh, stub: registry_pb2_grpc.RegistryStub) -> None:
+    app = await mesh.app("orders-1")
+    sidecars = [await mesh.sidecar("orders", app), await mesh.sidecar("client"),
+                await mesh.sidecar("client")]
+    heard: list[int] = []
+    sidecars[1].on_config.append(lambda c: heard.append(c.version))
+    for sidecar in sidecars:
+        await wait_for(lambda s=sidecar: s.routes.synced, what="the sidecar's first snapshot")
+        body = await sidecar_config(sidecar)
+        assert body == {"version": 0, "applied_at": None, "digest": body["digest"],
+                        "config": {}}
+    for text, version in ((EXAMPLE, 1), (CHANGED, 2)):
+        applied = await apply(stub, text)
+        started = time.monotonic()
+        for sidecar in sidecars:
+            while (await sidecar_config(sidecar))["version"] != version:
+                assert time.monotonic() - started < 1.0, f"version {version} not in force " \
+                                                         f"within 1 s at {sidecar.admin.address}"
+                await asyncio.sleep(0.02)
+            body = await sidecar_config(sidecar)
+            assert body["config"] == parse_text(text).to_dict()
+            assert body["digest"] == parse_text(text).digest()
+            assert isinstance(body["applied_at"], str) and body["applied_at"].endswith("Z")
+            assert sidecar.config_version == version
+            assert sidecar.mesh_config == parse_text(text)
+        assert applied.config.version == version
+    assert heard == [1, 2]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_push_the_sidecar_cannot_read_leaves_the_old_config_in_force(
+        mesh: Mesh, stub: registry_pb2_grpc.RegistryStub) -> None:
+    sidecar = await mesh.sidecar("client")
+    await apply(stub, EXAMPLE)
+    await wait_for(lambda: sidecar.config_version == 1, 2.0, "version 1 in the sidecar")
+    # As from a newer registry: version 2 has a rule this sidecar does not know.
+    newer = '{"services":{"orders":{"retry":{"attempts":2}}}}'
+    mesh.registry.configs.apply(Prepared(parse_text(EXAMPLE), newer), time.time())
+    await wait_for(lambda: not sidecar.config.is_new(PushedConfig(2, newer)), 2.0,
+                   "the sidecar to refuse version 2")
+    body = await sidecar_config(sidecar)
+    assert body["version"] == 1 and body["config"] == parse_text(EXAMPLE).to_dict()
+    assert sidecar.mesh_config == parse_text(EXAMPLE)
+    await apply(stub, "services: {}\n")  # version 3, readable: taken
+    await wait_for(lambda: sidecar.config_version == 3, 2.0, "version 3 in the sidecar")
+    assert (await sidecar_config(sidecar))["config"] == {}
 
 
 @pytest.mark.asyncio
