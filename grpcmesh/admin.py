@@ -4,6 +4,8 @@ GET /live      200 while the process runs
 GET /ready     200 once the sidecar routes (registry answered) and its instance is registered
 GET /endpoints JSON: every known service and endpoint with health and call counts; with
                --workers, each worker process's own view too (the primary asks the others)
+GET /config    JSON: the mesh config in force here: version, applied_at (when it took effect in
+               this sidecar), digest and the canonical config
 
 admin_get() is the client side, used by `grpcmesh endpoints`, the benchmarks and the tests.
 """

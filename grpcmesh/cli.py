@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--descriptor_set_out=FILE): method kinds for instances registered "
                         "without them, such as apps that serve no reflection, so that sidecars "
                         "forward their calls on the unary fast path (repeatable)")
+    p.add_argument("--config", metavar="FILE",
+                   help="the mesh config to start with (docs/config.md): checked as `config "
+                        "check` does, and the registry does not start if it has errors; with "
+                        "--store sqlite:PATH, applied over the stored config (the same content "
+                        "keeps its version)")
     _limit_flags(p.add_argument_group("limits (docs/registry.md)"), RegistryLimits(),
                  REGISTRY_LIMIT_FLAGS)
 
@@ -216,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sidecar's admin address (default 127.0.0.1:15000)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("config", help="the mesh config: check a file (docs/config.md)",
+    p = sub.add_parser("config", help="the mesh config: check, apply or show it "
+                                      "(docs/config.md)",
                        description="The mesh config: per-service rules (balancer, timeouts, "
                                    "subsets, routes, faults, rate limits) and external "
                                    "services, in one YAML file (docs/config.md).")
@@ -232,6 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--registry", type=REGISTRY, metavar="HOST:PORT[,...]",
                    help="also ask this registry for the services' instances, and warn about "
                         "subsets that select none of them (default: offline)")
+    c = config.add_parser("apply", help="make a config file the mesh's config",
+                          description="Check FILE as `config check` does (errors: exit 1, "
+                                      "nothing sent), then send it to the registry, which "
+                                      "checks it again and applies all of it or nothing, and "
+                                      "pushes it to every sidecar. Prints the new version, or "
+                                      "'unchanged' when the registry has this content already. "
+                                      "Warnings (rules that never apply, subsets that select "
+                                      "no instance today) do not change the exit status.")
+    c.add_argument("file", metavar="FILE", help="the YAML config file (at most 1 MiB)")
+    _registry_flag(c)
+    c = config.add_parser("show", help="show the config in force",
+                          description="Show the mesh config in force in the registry: its "
+                                      "version, when it was applied and its rules in the "
+                                      "canonical form, as YAML (which applies as is) or JSON.")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    _registry_flag(c)
 
     p = sub.add_parser("example-server", help="run the example Echo service",
                        description="Run grpcmesh.example.v1.Echo with health and reflection.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -29,3 +30,9 @@ class FakeClock:
         if seconds < 0:
             raise ValueError("a clock does not go backwards")
         self._now += seconds
+
+
+def iso_utc(unix_seconds: float) -> str:
+    """Wall-clock time for people and JSON: 2025-01-31T12:00:00.123Z."""
+    moment = datetime.fromtimestamp(unix_seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

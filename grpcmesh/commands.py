@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -21,10 +21,13 @@ from grpcmesh.balance.endpoint import LoadSettings
 from grpcmesh.balance.picker import BalancerSettings
 from grpcmesh.interceptors.chain import load as load_interceptor
 from grpcmesh.registry.client import RegistryClient
-from grpcmesh.registry.model import Instance, Method
+from grpcmesh.registry.model import Instance, Method, RegistryError
 from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.workers import Workers
+
+if TYPE_CHECKING:
+    from grpcmesh.registry.config_store import Prepared
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,9 +36,11 @@ T = TypeVar("T")
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode | None = None,
+                 details: str = "") -> None:
         super().__init__(message)
         self.code = code  # the registry's answer, when the registry refused a request
+        self.details = details  # ... and its message
 
 
 class UsageError(CliError):
@@ -95,6 +100,7 @@ async def cmd_registry(args: argparse.Namespace) -> int:
     from grpcmesh.registry.server import RegistryServer, open_persistence
 
     limits = settings_from(args, RegistryLimits)
+    mesh_config = _startup_config(args.config) if args.config else None
     try:
         catalog = MethodCatalog.load(args.descriptor_set)
         persistence = open_persistence(args.store)
@@ -102,11 +108,36 @@ async def cmd_registry(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     if args.descriptor_set:
         log.info("method kinds of %s from --descriptor-set", ", ".join(catalog.services()))
-    server = RegistryServer(args.listen, persistence, warmup=args.warmup, catalog=catalog,
-                            limits=limits)
+    try:
+        server = RegistryServer(args.listen, persistence, warmup=args.warmup, catalog=catalog,
+                                limits=limits, config=mesh_config)
+    except (ValueError, RegistryError) as err:  # the stored config; storing --config's
+        why = str(err)
+        raise CliError(why if why.startswith("--store") else f"--store {args.store}: {why}"
+                       ) from None
     announce(registry=await server.start())
     await run_until_signal(server.stop)
     return 0
+
+
+def _startup_config(path: str) -> Prepared:
+    """--config FILE, checked as `config check` does: every error on stderr, then refuse."""
+    from grpcmesh.config import check_file
+    from grpcmesh.registry.config_store import prepared
+
+    try:
+        report = check_file(path)
+    except OSError as err:
+        raise CliError(f"--config {path}: cannot read it: {err.strerror or err}") from None
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    if report.config is None:
+        raise CliError(f"--config {path} has {len(report.errors)} error"
+                       f"{'s' if len(report.errors) > 1 else ''}: the registry does not start")
+    try:
+        return prepared(report)
+    except RegistryError as err:  # its canonical form is too large
+        raise CliError(err.message) from None
 
 
 async def cmd_sidecar(args: argparse.Namespace) -> int:
@@ -197,7 +228,8 @@ async def _registry_call(args: argparse.Namespace, method: str, request: Any) ->
             raise CliError(f"{','.join(args.registry)} is not a grpcmesh registry: it does not "
                            f"serve grpcmesh.registry.v1.Registry/{method} "
                            f"({err.details()})") from None
-        raise CliError(f"{err.code().name}: {err.details()}", err.code()) from None
+        raise CliError(f"{err.code().name}: {err.details()}", err.code(),
+                       err.details() or "") from None
     finally:
         await client.close()
 
@@ -314,39 +346,9 @@ async def cmd_endpoints(args: argparse.Namespace) -> int:
 
 
 async def cmd_config(args: argparse.Namespace) -> int:
-    from grpcmesh import config
+    from grpcmesh.config_cli import cmd_config as run
 
-    try:
-        report = config.check_file(args.file)
-        if report.config is not None and args.registry:
-            known = await _known_instances(args, [s.name for s in report.config.services])
-            report = config.check_file(args.file, known)
-    except OSError as err:
-        raise CliError(f"cannot read {args.file}: {err.strerror or err}") from None
-    for line in report.lines():
-        print(line, file=sys.stderr)
-    if report.config is None:
-        return 1
-    warned = len(report.warnings)
-    print(f"{args.file}: ok: {report.config.summary()}"
-          + (f"; {warned} warning{'s' if warned > 1 else ''}" if warned else ""))
-    return 0
-
-
-async def _known_instances(args: argparse.Namespace, services: list[str]
-                           ) -> dict[str, list[dict[str, str]]]:
-    """service -> its registered instances' labels (a service never registered has none)."""
-    known: dict[str, list[dict[str, str]]] = {}
-    for name in services:
-        try:
-            resp = await _registry_call(args, "Resolve", pb.ResolveRequest(service=name))
-        except CliError as err:
-            if err.code != grpc.StatusCode.NOT_FOUND:
-                raise
-            known[name] = []
-            continue
-        known[name] = [dict(inst.labels) for inst in resp.instances]
-    return known
+    return await run(args)
 
 
 async def cmd_example_server(args: argparse.Namespace) -> int:

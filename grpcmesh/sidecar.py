@@ -1,6 +1,7 @@
 """The sidecar: registers its app, follows the registry, and proxies the app's calls.
 
-Start-up: outbound listener -> registry watch -> (with an app) learn its proto services,
+Start-up: outbound listener -> registry watch (instances, and the mesh config: mesh_config,
+config_version, on_config; sidecar_config.py) -> (with an app) learn its proto services,
 watch its health, register under a lease, inbound listener. Shutdown (SIGTERM): report
 NOT_SERVING, deregister, wait drain_delay so peers stop sending, then stop the listeners,
 letting calls in flight finish within the grace period.
@@ -18,21 +19,24 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import reflection
 from grpcmesh.admin import AdminServer, admin_get
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
 from grpcmesh.clock import MonotonicClock
+from grpcmesh.config import MeshConfig
 from grpcmesh.health import HealthWatcher
 from grpcmesh.interceptors import Interceptor
 from grpcmesh.registry.client import Backoff, Registrar, RegistryClient, watch_forever
-from grpcmesh.registry.model import Health, Instance, Method
+from grpcmesh.registry.model import Event, EventType, Health, Instance, Method
 from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.relay import Relay
 from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.routing import RouteTable, Target
 from grpcmesh.server_util import reconnect_options, with_port
+from grpcmesh.sidecar_config import ConfigCallback, LiveConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +101,13 @@ class Sidecar:
         self.registry_up = False
         self.outbound_address = ""
         self.inbound_address = ""
-        self.admin = AdminServer(settings.admin or "", {"/live": lambda: (200, {"live": True}),
-                                                        "/ready": self._ready,
-                                                        "/endpoints": self._all_endpoints})
+        # The mesh config from the registry: read it through mesh_config / config_version,
+        # and hear of each new version through on_config.
+        self.config = LiveConfig()
+        self.admin = AdminServer(settings.admin or "", {
+            "/live": lambda: (200, {"live": True}), "/ready": self._ready,
+            "/endpoints": self._all_endpoints,
+            "/config": lambda: (200, self.config.current.to_json())})
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None
@@ -115,8 +123,10 @@ class Sidecar:
             s.outbound, "outbound", s.reuse_port, join=s.secondary))
         await self.outbound_server.start()
         await self._set_own_health(False)
-        self._spawn(watch_forever(self.client, self._on_event, on_state=self._registry_state),
-                    "registry-watch")
+        self._spawn(self.config.follow(), "mesh-config")
+        self._spawn(watch_forever(self.client, self._on_event,
+                                  pb.WatchRequest(include_config=True),
+                                  on_state=self._registry_state), "registry-watch")
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
@@ -207,8 +217,26 @@ class Sidecar:
 
     # -- discovery ----------------------------------------------------------------------------
 
-    def _on_event(self, event: Any) -> None:
+    def _on_event(self, event: Event) -> None:
+        if event.type == EventType.CONFIG:
+            if event.config is not None:
+                self.config.push(event.config)
+            return
         self.routes.apply(event)
+
+    @property
+    def mesh_config(self) -> MeshConfig:
+        """The mesh config in force in this sidecar (no rules until the registry sends one)."""
+        return self.config.current.config
+
+    @property
+    def config_version(self) -> int:
+        return self.config.current.version
+
+    @property
+    def on_config(self) -> list[ConfigCallback]:
+        """Called on the event loop with each new ConfigInForce, once it is in force."""
+        return self.config.listeners
 
     def _registry_state(self, up: bool) -> None:
         if up != self.registry_up:

@@ -1,4 +1,5 @@
-"""Registry values: instances, health and watch events, with their protobuf conversions."""
+"""Registry values: instances, health, watch events and the mesh config as it travels, with
+their protobuf conversions."""
 from __future__ import annotations
 
 import enum
@@ -84,6 +85,28 @@ class EventType(enum.IntEnum):
     SNAPSHOT = pb.WatchEvent.SNAPSHOT
     UPSERT = pb.WatchEvent.UPSERT
     DELETE = pb.WatchEvent.DELETE
+    CONFIG = pb.WatchEvent.CONFIG
+
+
+@dataclass(frozen=True)
+class PushedConfig:
+    """A mesh config as the registry sends it: its version and canonical JSON, not parsed
+    here (a sidecar parses it, and keeps its old config if it cannot)."""
+
+    version: int  # 0: no config applied, no rules
+    canonical_json: str = "{}"
+    applied_at: float | None = None  # when the registry took it (Unix time); None: version 0
+
+    def to_proto(self) -> pb.AppliedConfig:
+        msg = pb.AppliedConfig(version=self.version, canonical_json=self.canonical_json)
+        if self.applied_at is not None:
+            msg.applied_at.FromNanoseconds(round(self.applied_at * 1e9))
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: pb.AppliedConfig) -> PushedConfig:
+        applied_at = msg.applied_at.ToNanoseconds() / 1e9 if msg.HasField("applied_at") else None
+        return cls(msg.version, msg.canonical_json or "{}", applied_at)
 
 
 @dataclass(frozen=True)
@@ -96,17 +119,23 @@ class Event:
     reason: str = ""
     partial: bool = False  # SNAPSHOT only: the registry is still warming up
     more: bool = False  # SNAPSHOT only: a part, and more parts of the snapshot follow
+    config: PushedConfig | None = None  # CONFIG only
 
     def to_proto(self) -> pb.WatchEvent:
-        return pb.WatchEvent(type=cast(pb.WatchEvent.Type, int(self.type)), revision=self.revision,
-                             instances=[i.to_proto() for i in self.instances],
-                             reason=self.reason, partial=self.partial, more=self.more)
+        msg = pb.WatchEvent(type=cast(pb.WatchEvent.Type, int(self.type)),
+                            revision=self.revision,
+                            instances=[i.to_proto() for i in self.instances],
+                            reason=self.reason, partial=self.partial, more=self.more)
+        if self.config is not None:
+            msg.config.CopyFrom(self.config.to_proto())
+        return msg
 
     @classmethod
     def from_proto(cls, msg: pb.WatchEvent) -> Event:
         return cls(EventType(msg.type), msg.revision,
                    tuple(Instance.from_proto(i) for i in msg.instances), msg.reason,
-                   msg.partial, msg.more)
+                   msg.partial, msg.more,
+                   PushedConfig.from_proto(msg.config) if msg.HasField("config") else None)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +14,7 @@ from generated.grpcmesh.registry.v1 import registry_pb2
 from grpcmesh.clock import MonotonicClock
 from grpcmesh.reflection import MethodCatalog, enable_reflection
 from grpcmesh.registry.checker import HealthChecker
+from grpcmesh.registry.config_store import ConfigPersistence, ConfigStore, Prepared
 from grpcmesh.registry.limits import RegistryLimits
 from grpcmesh.registry.service import RegistryService, add_to_server
 from grpcmesh.registry.store import Persistence, RegistryStore
@@ -37,13 +39,21 @@ class RegistryServer:
     def __init__(self, listen: str = "127.0.0.1:7700", persistence: Persistence | None = None,
                  *, check_interval: float = 1.0, warmup: float = 10.0,
                  catalog: MethodCatalog = MethodCatalog(),
-                 limits: RegistryLimits = RegistryLimits()) -> None:
+                 limits: RegistryLimits = RegistryLimits(),
+                 config: Prepared | None = None) -> None:
+        """config: the mesh config to start with (`--config`), applied over the stored one:
+        the same content keeps its version. A stored config that cannot be read is a
+        ValueError."""
         self.listen = listen
         self.store = RegistryStore(MonotonicClock(), random.Random(), persistence, warmup,
                                    limits)
         self._persistence = persistence
+        self.configs = ConfigStore(persistence if isinstance(persistence, ConfigPersistence)
+                                   else None)
+        if config is not None:
+            self.configs.apply(config, time.time())
         self._checker = HealthChecker(self.store, poll_interval=check_interval)
-        self.service = RegistryService(self.store, catalog)
+        self.service = RegistryService(self.store, catalog, configs=self.configs)
         self._server = grpc.aio.server(options=server_options())
         self._expiry: asyncio.Task[None] | None = None
         self.address = ""
@@ -61,8 +71,8 @@ class RegistryServer:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._checker.start()
         self._expiry = asyncio.get_running_loop().create_task(self._expire_leases())
-        log.info("registry listening on %s (%d instances loaded)", self.address,
-                 len(self.store.instances()))
+        log.info("registry listening on %s (%d instances loaded, mesh config version %d)",
+                 self.address, len(self.store.instances()), self.configs.current.version)
         return self.address
 
     async def _expire_leases(self) -> None:

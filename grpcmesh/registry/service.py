@@ -3,11 +3,15 @@
 Watch answers with bytes serialized once and shared by every watcher (snapshot.py): each change
 once, and each snapshot once per revision and filter, in parts. Its handler is registered
 without a response serializer (add_to_server) so that grpcio sends those bytes as they are.
+The mesh config's CONFIG event, for watchers that include_config, is serialized once per
+version too. ApplyConfig validates off the event loop (a 1 MiB file takes about a second),
+one config at a time.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -18,8 +22,16 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh import names
 from grpcmesh.reflection import MethodCatalog
+from grpcmesh.registry.config_store import ConfigStore, known_instances, prepare
 from grpcmesh.registry.limits import check_watchers
-from grpcmesh.registry.model import Event, EventType, Health, Instance, RegistryError
+from grpcmesh.registry.model import (
+    Event,
+    EventType,
+    Health,
+    Instance,
+    PushedConfig,
+    RegistryError,
+)
 from grpcmesh.registry.snapshot import PART_BYTES, encode_instance, snapshot_parts
 from grpcmesh.registry.store import RegistryStore, filter_event, matches
 
@@ -31,9 +43,10 @@ WATCH_BACKLOG_LIMIT = 10_000
 
 
 class _Watcher:
-    def __init__(self, service: str, proto_service: str) -> None:
+    def __init__(self, service: str, proto_service: str, include_config: bool = False) -> None:
         self.service = service
         self.proto_service = proto_service
+        self.include_config = include_config
         self.pending: collections.deque[bytes] = collections.deque()
         self.resync = False
         self.wakeup = asyncio.Event()
@@ -79,8 +92,11 @@ def add_to_server(service: RegistryService, server: grpc.aio.Server) -> None:
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
     def __init__(self, store: RegistryStore, catalog: MethodCatalog = MethodCatalog(),
-                 part_bytes: int = PART_BYTES) -> None:
+                 part_bytes: int = PART_BYTES, configs: ConfigStore | None = None) -> None:
         self.store = store
+        self.configs = configs if configs is not None else ConfigStore()
+        self._config_event = self._encode_config(self.configs.current)
+        self._applying = asyncio.Lock()
         self._catalog = catalog
         self._part_bytes = part_bytes
         self._watchers: set[_Watcher] = set()
@@ -89,6 +105,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         self._encoded: dict[tuple[str, str], tuple[Instance, bytes]] = {}
         self._snapshots: dict[tuple[str, str], list[bytes]] = {}
         store.subscribe(self._on_event)
+        self.configs.subscribe(self._on_config)
 
     def close(self) -> None:
         """End every Watch stream with UNAVAILABLE, so watchers go to another registry (or
@@ -116,6 +133,23 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 watcher.push(shared)
             elif seen is not None:  # a DELETE for a watcher whose filter it no longer matches
                 watcher.push(seen.to_proto().SerializeToString())
+
+    @staticmethod
+    def _encode_config(config: PushedConfig) -> bytes:
+        data: bytes = Event(EventType.CONFIG, 0, config=config).to_proto().SerializeToString()
+        return data
+
+    def _on_config(self, config: PushedConfig) -> None:
+        self._config_event = self._encode_config(config)
+        for watcher in self._watchers:
+            if watcher.include_config:
+                watcher.push(self._config_event)
+
+    def _start(self, watcher: _Watcher) -> list[bytes]:
+        """What a watcher is sent first, and after falling behind: the snapshot, then (if it
+        asked) the config in force."""
+        parts = self.snapshot(watcher.service, watcher.proto_service)
+        return [*parts, self._config_event] if watcher.include_config else parts
 
     def _encode(self, instance: Instance) -> bytes:
         cached = self._encoded.get(instance.key)
@@ -202,9 +236,9 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except RegistryError as err:
             await context.abort(err.code, err.message)
-        watcher = _Watcher(request.service, request.proto_service)
+        watcher = _Watcher(request.service, request.proto_service, request.include_config)
         # Snapshot and subscription happen in one step of the event loop: nothing is missed.
-        parts = self.snapshot(watcher.service, watcher.proto_service)
+        parts = self._start(watcher)
         self._watchers.add(watcher)
         try:
             while True:
@@ -219,8 +253,25 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 if watcher.resync:  # everything pending is in the current snapshot
                     watcher.resync = False
                     watcher.pending.clear()
-                    parts = self.snapshot(watcher.service, watcher.proto_service)
+                    parts = self._start(watcher)
                 while watcher.pending:
                     yield watcher.pending.popleft()
         finally:
             self._watchers.discard(watcher)
+
+    async def ApplyConfig(self, request: pb.ApplyConfigRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ApplyConfigResponse:
+        async with self._applying:  # one at a time: each may take a core for a second
+            known = known_instances(self.store.instances())
+            try:
+                ready = await asyncio.to_thread(prepare, request.text,
+                                                request.source or "config", known)
+            except RegistryError as err:
+                await context.abort(err.code, err.message)
+            applied = self.configs.apply(ready, time.time())
+        return pb.ApplyConfigResponse(config=applied.current.to_proto(), changed=applied.changed,
+                                      warnings=applied.warnings)
+
+    async def GetConfig(self, request: pb.GetConfigRequest,
+                        context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
+        return pb.GetConfigResponse(config=self.configs.current.to_proto())

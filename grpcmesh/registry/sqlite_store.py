@@ -1,4 +1,5 @@
-"""Registry persistence in one SQLite file, so registry-checked instances survive a restart.
+"""Registry persistence in one SQLite file, so registry-checked instances and the mesh config
+survive a restart.
 
 Only instances without a lease are written (the store decides which): leased instances
 re-register themselves when their keep-alive is refused, but nobody would re-register a
@@ -14,7 +15,9 @@ import json
 import sqlite3
 from typing import Any
 
-from grpcmesh.registry.model import Instance, Method
+import grpc
+
+from grpcmesh.registry.model import Instance, Method, PushedConfig, RegistryError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -26,6 +29,14 @@ CREATE TABLE IF NOT EXISTS instances (
     owner TEXT NOT NULL,
     methods TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (service, instance_id)
+)
+"""
+_CONFIG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mesh_config (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    canonical_json TEXT NOT NULL,
+    applied_at REAL NOT NULL
 )
 """
 _COLUMNS = "service, instance_id, address, proto_services, labels, owner, methods"
@@ -45,12 +56,14 @@ class SqlitePersistence:
             raise self._error("cannot open", err) from None
         try:
             self._conn.execute(_SCHEMA)
+            self._conn.execute(_CONFIG_SCHEMA)
             columns = {row[1] for row in self._conn.execute("PRAGMA table_info(instances)")}
             if columns == _BEFORE_METHODS:
                 self._conn.execute(_ADD_METHODS)
             self._conn.execute(f"SELECT {_COLUMNS} FROM instances LIMIT 0")
             # Fail now, not at the first registration, if the file is read-only.
             self._conn.execute("DELETE FROM instances WHERE 0")
+            self._conn.execute("DELETE FROM mesh_config WHERE 0")
         except sqlite3.Error as err:
             self._conn.close()
             raise self._error("cannot use it as the registry database", err) from None
@@ -84,6 +97,31 @@ class SqlitePersistence:
 
     def delete(self, key: tuple[str, str]) -> None:
         self._conn.execute("DELETE FROM instances WHERE service = ? AND instance_id = ?", key)
+
+    def load_config(self) -> PushedConfig | None:
+        try:
+            row = self._conn.execute(
+                "SELECT version, canonical_json, applied_at FROM mesh_config").fetchone()
+        except sqlite3.Error as err:
+            raise self._error("cannot read the mesh config", err) from None
+        if row is None:
+            return None
+        version, canonical, applied_at = row
+        if not (isinstance(version, int) and version > 0 and isinstance(canonical, str)
+                and isinstance(applied_at, float)):
+            raise ValueError(f"--store sqlite:{self.path}: malformed mesh config row "
+                             f"(version {version!r})")
+        return PushedConfig(version, canonical, applied_at)
+
+    def save_config(self, config: PushedConfig) -> None:
+        try:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO mesh_config (id, version, canonical_json, applied_at) "
+                "VALUES (1, ?, ?, ?)", (config.version, config.canonical_json, config.applied_at))
+        except sqlite3.Error as err:  # e.g. the disk is full: nothing is applied
+            raise RegistryError(grpc.StatusCode.UNAVAILABLE,
+                                f"cannot store config version {config.version} in --store "
+                                f"sqlite:{self.path}: {err}") from None
 
     def close(self) -> None:
         self._conn.close()

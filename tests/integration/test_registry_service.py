@@ -636,7 +636,7 @@ async def test_registry_serves_reflection_v1_and_v1alpha(registry: RegistryServe
             assert registry_file.package == "grpcmesh.registry.v1"
             assert [m.name for m in registry_file.service[0].method] == [
                 "Register", "KeepAlive", "SetHealth", "Deregister", "Resolve", "ListServices",
-                "Watch"]
+                "Watch", "ApplyConfig", "GetConfig"]
             assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 

@@ -5,6 +5,7 @@ import random
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh.clock import FakeClock
+from grpcmesh.registry.config_store import prepare
 from grpcmesh.registry.model import Instance
 from grpcmesh.registry.service import RegistryService, _Watcher
 from grpcmesh.registry.store import RegistryStore
@@ -44,3 +45,22 @@ def test_each_change_is_serialized_once_for_every_watcher() -> None:
     assert not other.pending
     event = pb.WatchEvent.FromString(everyone.pending[0])
     assert (event.type, event.instances[0].instance_id) == (pb.WatchEvent.UPSERT, "o1")
+
+
+def test_a_config_is_serialized_once_per_version_for_the_watchers_that_asked() -> None:
+    store = RegistryStore(FakeClock(), random.Random(1))
+    service = RegistryService(store)
+    asked = [_Watcher("", "", include_config=True), _Watcher("orders", "", include_config=True)]
+    old = _Watcher("", "")  # a watcher from before CONFIG existed: never sent one
+    service._watchers.update([*asked, old])
+    service.configs.apply(prepare("services: {orders: {timeout: 2s}}\n"), 1000.0)
+    assert asked[0].pending[0] is asked[1].pending[0]
+    assert not old.pending
+    event = pb.WatchEvent.FromString(asked[0].pending[0])
+    assert (event.type, event.revision, event.config.version) == (pb.WatchEvent.CONFIG, 0, 1)
+    assert event.config.canonical_json == '{"services":{"orders":{"timeout":"2s"}}}'
+    assert event.config.applied_at.ToSeconds() == 1000
+    # A new watcher (or one starting over) gets the snapshot, then these same bytes.
+    start = service._start(_Watcher("", "", include_config=True))
+    assert start[:-1] == service.snapshot() and start[-1] is asked[0].pending[0]
+    assert service._start(_Watcher("", "")) == service.snapshot()

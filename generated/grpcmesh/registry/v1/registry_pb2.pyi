@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -156,35 +159,79 @@ class ListServicesResponse(_message.Message):
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceSummary, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("service", "proto_service")
+    __slots__ = ("service", "proto_service", "include_config")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     PROTO_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CONFIG_FIELD_NUMBER: _ClassVar[int]
     service: str
     proto_service: str
-    def __init__(self, service: _Optional[str] = ..., proto_service: _Optional[str] = ...) -> None: ...
+    include_config: bool
+    def __init__(self, service: _Optional[str] = ..., proto_service: _Optional[str] = ..., include_config: _Optional[bool] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("type", "revision", "instances", "reason", "partial", "more")
+    __slots__ = ("type", "revision", "instances", "reason", "partial", "more", "config")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNKNOWN: _ClassVar[WatchEvent.Type]
         SNAPSHOT: _ClassVar[WatchEvent.Type]
         UPSERT: _ClassVar[WatchEvent.Type]
         DELETE: _ClassVar[WatchEvent.Type]
+        CONFIG: _ClassVar[WatchEvent.Type]
     TYPE_UNKNOWN: WatchEvent.Type
     SNAPSHOT: WatchEvent.Type
     UPSERT: WatchEvent.Type
     DELETE: WatchEvent.Type
+    CONFIG: WatchEvent.Type
     TYPE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     type: WatchEvent.Type
     revision: int
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     reason: str
     partial: bool
     more: bool
-    def __init__(self, type: _Optional[_Union[WatchEvent.Type, str]] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., reason: _Optional[str] = ..., partial: _Optional[bool] = ..., more: _Optional[bool] = ...) -> None: ...
+    config: AppliedConfig
+    def __init__(self, type: _Optional[_Union[WatchEvent.Type, str]] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., reason: _Optional[str] = ..., partial: _Optional[bool] = ..., more: _Optional[bool] = ..., config: _Optional[_Union[AppliedConfig, _Mapping]] = ...) -> None: ...
+
+class AppliedConfig(_message.Message):
+    __slots__ = ("version", "canonical_json", "applied_at")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANONICAL_JSON_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    canonical_json: str
+    applied_at: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., canonical_json: _Optional[str] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ApplyConfigRequest(_message.Message):
+    __slots__ = ("text", "source")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    text: bytes
+    source: str
+    def __init__(self, text: _Optional[bytes] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ApplyConfigResponse(_message.Message):
+    __slots__ = ("config", "changed", "warnings")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    config: AppliedConfig
+    changed: bool
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, config: _Optional[_Union[AppliedConfig, _Mapping]] = ..., changed: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetConfigRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetConfigResponse(_message.Message):
+    __slots__ = ("config",)
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    config: AppliedConfig
+    def __init__(self, config: _Optional[_Union[AppliedConfig, _Mapping]] = ...) -> None: ...

@@ -69,6 +69,16 @@ class RegistryStub:
                 request_serializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
                 response_deserializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.ApplyConfig = channel.unary_unary(
+                '/grpcmesh.registry.v1.Registry/ApplyConfig',
+                request_serializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.ApplyConfigRequest.SerializeToString,
+                response_deserializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.ApplyConfigResponse.FromString,
+                _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/grpcmesh.registry.v1.Registry/GetConfig',
+                request_serializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.GetConfigResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -117,6 +127,21 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyConfig(self, request, context):
+        """Validates the mesh config and, if all of it is valid, makes it the config in force and
+        pushes it to the watchers that include_config. INVALID_ARGUMENT lists the errors, one per
+        line; nothing is applied then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +179,16 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.WatchRequest.FromString,
                     response_serializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.WatchEvent.SerializeToString,
+            ),
+            'ApplyConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyConfig,
+                    request_deserializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.ApplyConfigRequest.FromString,
+                    response_serializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.ApplyConfigResponse.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.GetConfigRequest.FromString,
+                    response_serializer=grpcmesh_dot_registry_dot_v1_dot_registry__pb2.GetConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +380,60 @@ class Registry:
             '/grpcmesh.registry.v1.Registry/Watch',
             grpcmesh_dot_registry_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
             grpcmesh_dot_registry_dot_v1_dot_registry__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grpcmesh.registry.v1.Registry/ApplyConfig',
+            grpcmesh_dot_registry_dot_v1_dot_registry__pb2.ApplyConfigRequest.SerializeToString,
+            grpcmesh_dot_registry_dot_v1_dot_registry__pb2.ApplyConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grpcmesh.registry.v1.Registry/GetConfig',
+            grpcmesh_dot_registry_dot_v1_dot_registry__pb2.GetConfigRequest.SerializeToString,
+            grpcmesh_dot_registry_dot_v1_dot_registry__pb2.GetConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
