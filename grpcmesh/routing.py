@@ -39,8 +39,19 @@ class Target:
     pools: tuple[Pool, ...]
     picker: Picker = field(default_factory=RoundRobin)
     proto: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # a subset: only instances with these labels
     _ready: Sequence[Endpoint] = ()
     _versions: tuple[int, ...] = ()
+
+    @property
+    def service(self) -> str:
+        """The mesh service whose rules apply (the first, when several serve a proto)."""
+        return self.pools[0].service if self.pools else ""
+
+    def subset(self, name: str, labels: tuple[tuple[str, str], ...]) -> Target:
+        """The same target, restricted to the instances with labels (a config's subset)."""
+        return Target(f"{self.name} (subset {name})", self.pools, self.picker, self.proto,
+                      labels)
 
     def ready(self) -> Sequence[Endpoint]:
         versions = tuple(pool.version for pool in self.pools)
@@ -48,6 +59,9 @@ class Target:
             ready = [e for pool in self.pools for e in pool.ready]
             if self.proto is not None:
                 ready = [e for e in ready if self.proto in e.instance.proto_services]
+            if self.labels:
+                wanted = set(self.labels)
+                ready = [e for e in ready if wanted <= set(e.instance.labels)]
             self._ready, self._versions = ready, versions
         return self._ready
 

@@ -36,7 +36,7 @@ from grpcmesh.relay.relay import Relay
 from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.routing import RouteTable, Target
 from grpcmesh.server_util import reconnect_options, with_port
-from grpcmesh.sidecar_config import ConfigCallback, LiveConfig
+from grpcmesh.sidecar_config import ConfigCallback, ConfigInForce, LiveConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class Sidecar:
         # The mesh config from the registry: read it through mesh_config / config_version,
         # and hear of each new version through on_config.
         self.config = LiveConfig()
+        self.config.listeners.append(self._config_in_force)
         self.admin = AdminServer(settings.admin or "", {
             "/live": lambda: (200, {"live": True}), "/ready": self._ready,
             "/endpoints": self._all_endpoints,
@@ -130,6 +131,7 @@ class Sidecar:
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
+                self.inbound_server.set_config(self.mesh_config)
                 self.inbound_address = with_port(s.inbound, self.inbound_server.bind(
                     s.inbound, "inbound", s.reuse_port, join=s.secondary))
                 await self.inbound_server.start()
@@ -159,7 +161,8 @@ class Sidecar:
         s = self.settings
         target = _fixed_target(f"the local app at {app}", s.service, app)
         return Relay(lambda method, override: target, settings=s.forward, limits=s.limits,
-                     interceptors=s.interceptors, direction="inbound", clock=self.clock)
+                     interceptors=s.interceptors, direction="inbound", own_service=s.service,
+                     clock=self.clock)
 
     async def _serve_app(self, app: str) -> None:
         s = self.settings
@@ -223,6 +226,13 @@ class Sidecar:
                 self.config.push(event.config)
             return
         self.routes.apply(event)
+
+    def _config_in_force(self, config: ConfigInForce) -> None:
+        """Calls from now on follow it; calls in flight finish under the rules they started
+        with (each call keeps the chain it was given)."""
+        for relay in (self.outbound_server, self.inbound_server):
+            if relay is not None:
+                relay.set_config(config.config)
 
     @property
     def mesh_config(self) -> MeshConfig:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from grpcmesh.config.schema import Route, Subset
 from grpcmesh.relay.call import CallRecord
 
 Headers = list[tuple[str, str]]
@@ -35,7 +36,8 @@ class Delay:
 class CallView:
     """One call as interceptors see it, before it goes upstream."""
 
-    __slots__ = ("_metadata", "caller", "changed", "direction", "method", "service", "timeout")
+    __slots__ = ("_metadata", "caller", "changed", "direction", "method", "route", "service",
+                 "subset", "timeout")
 
     def __init__(self, method: str, metadata: Headers, timeout: float | None, caller: str,
                  service: str, direction: str) -> None:
@@ -46,6 +48,9 @@ class CallView:
         self.timeout = timeout  # seconds left until its deadline, None for none; may be set
         self._metadata = metadata  # request headers, pseudo-headers (":path", ...) included
         self.changed = False  # metadata was changed: the header block is encoded again
+        # The mesh config's route that matched it and the subset it goes to (route/split)
+        self.route: Route | None = None
+        self.subset: Subset | None = None
 
     def header(self, name: str) -> str | None:
         """The value of request metadata name (lowercase), or None."""

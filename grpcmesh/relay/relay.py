@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 import socket
 from collections.abc import Callable, Sequence
 
@@ -27,8 +28,10 @@ import grpc
 
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.clock import Clock, MonotonicClock
+from grpcmesh.config.schema import MeshConfig
 from grpcmesh.interceptors.api import Answer, CallView, Delay, Interceptor
 from grpcmesh.interceptors.chain import Chain
+from grpcmesh.interceptors.rules import inbound_rules, outbound_rules
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache
 from grpcmesh.relay.call import Call, Observer
@@ -60,7 +63,7 @@ class Relay:
                  limits: RelayLimits = RelayLimits(),
                  cache: BlockCache | None = None,
                  interceptors: Sequence[Interceptor] = (),
-                 direction: str = "outbound",
+                 direction: str = "outbound", own_service: str = "",
                  clock: Clock = MonotonicClock()) -> None:
         self.router = router
         self.local = local
@@ -68,8 +71,13 @@ class Relay:
         self.limits = limits
         self.cache = cache if cache is not None else BlockCache()
         self.clock = clock
-        self.chain = Chain(interceptors) if interceptors else None
+        self.user_interceptors = tuple(interceptors)
         self.direction = direction
+        self.own_service = own_service  # inbound: the service whose calls it takes
+        self.config = MeshConfig()
+        self.rng = random.Random()
+        self._chains: dict[str, Chain | None] = {}
+        self._subsets: dict[tuple[str, str], Target] = {}
         self.flusher = Flusher()
         self.upstreams = Upstreams(self.flusher, clock, limits=limits, cache=self.cache)
         self.downstreams: set[Downstream] = set()
@@ -234,7 +242,7 @@ class Relay:
                 self._set_deadline(call, seconds)
         local = self.local
         if local is not None and override is None and path.startswith(local[0]):
-            target = local[1]
+            target = local[1]  # the sidecar's own health service: no rules
         else:
             try:
                 target = self.router(path, override)
@@ -259,13 +267,31 @@ class Relay:
             down.deferred.append((call, target, block, headers))
             return
         call.chain = chain
-        call.view = CallView(path, list(headers), seconds, down.caller, target.name,
+        call.view = CallView(path, list(headers), seconds, down.caller, target.service,
                              self.direction)
         self._intercept(call, 0, target, block, headers, seconds, deferred=True)
 
+    def set_config(self, config: MeshConfig) -> None:
+        """A new mesh config is in force: calls from now on get chains built from it; calls in
+        flight keep the rules they started with."""
+        self.config = config
+        self._chains.clear()
+        self._subsets.clear()
+
     def chain_for(self, target: Target) -> Chain | None:
-        """The interceptors of calls to target (built once, not per call), or None."""
-        return self.chain
+        """The interceptors of calls to target: the user's, then the mesh config's rules for
+        its service (chain.py gives the order). Built once per target and config version."""
+        key = target.name
+        if key in self._chains:
+            return self._chains[key]
+        interceptors = list(self.user_interceptors)
+        own = self.local is not None and target is self.local[1]  # the sidecar's own health
+        service = None if own else self.config.service(self.own_service or target.service)
+        if service is not None:
+            interceptors += (inbound_rules(service, self.clock) if self.direction == "inbound"
+                             else outbound_rules(service, self.rng))
+        chain = self._chains[key] = Chain(interceptors) if interceptors else None
+        return chain
 
     def _intercept(self, call: Call, start: int, target: Target, block: bytes | None,
                    headers: Headers, seconds: float | None, deferred: bool) -> None:
@@ -277,6 +303,9 @@ class Relay:
         outcome, index = call.chain.request(call.view, start)
         if outcome is None:
             block, headers = self._changed(call, block, headers, seconds)
+            subset = call.view.subset
+            if subset is not None:  # the route/split rule chose one of its subsets
+                target = self._subset(target, subset.name, subset.labels)
             if deferred:
                 down = call.down.peer
                 assert isinstance(down, Downstream)
@@ -292,6 +321,14 @@ class Relay:
             call.pause = self.call_later(
                 max(0.0, outcome.seconds),
                 lambda: self._intercept(call, index + 1, target, block, headers, seconds, False))
+
+    def _subset(self, target: Target, name: str, labels: tuple[tuple[str, str], ...]
+                ) -> Target:
+        key = (target.name, name)
+        restricted = self._subsets.get(key)
+        if restricted is None:
+            restricted = self._subsets[key] = target.subset(name, labels)
+        return restricted
 
     def _changed(self, call: Call, block: bytes | None, headers: Headers,
                  seconds: float | None) -> tuple[bytes | None, Headers]:

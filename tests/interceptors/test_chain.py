@@ -133,9 +133,8 @@ def upstream_headers(mesh: Mesh) -> list[tuple[str, str]]:
 
 def test_interceptors_in_the_relay_answer_change_and_observe_calls() -> None:
     async def scenario() -> None:
-        mesh = Mesh()
         watcher = Everything()
-        mesh.relay.chain = Chain([watcher])
+        mesh = Mesh(interceptors=[watcher])
         deny = [(k, "/pkg.S/Deny" if k == ":path" else v) for k, v in REQUEST]
         mesh.request(1, headers=deny, body=message(b"x"), end=True)
         got = mesh.down_t.frames()
@@ -158,9 +157,8 @@ def test_interceptors_in_the_relay_answer_change_and_observe_calls() -> None:
 
 def test_a_delayed_call_goes_on_after_its_delay_and_a_reset_meanwhile_ends_it() -> None:
     async def scenario() -> None:
-        mesh = Mesh()
         seen: list[str] = []
-        mesh.relay.chain = Chain([Recording("wait", seen, Delay(0.05)), Recording("next", seen)])
+        mesh = Mesh(interceptors=[Recording("wait", seen, Delay(0.05)), Recording("next", seen)])
         mesh.request(1, body=message(b"x"), end=True)
         assert mesh.up_t.frames() == [] and seen == ["wait"]
         await asyncio.sleep(0.1)

@@ -5,6 +5,7 @@ back to its connection window."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import grpc
 import hpack
@@ -13,6 +14,7 @@ import pytest
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.pool import Pool
 from grpcmesh.clock import FakeClock
+from grpcmesh.interceptors import Interceptor
 from grpcmesh.registry.model import Health, Instance
 from grpcmesh.relay import downstream as downstream_module
 from grpcmesh.relay import frames as f
@@ -40,13 +42,15 @@ class Mesh:
     """A relay with one client connection and one upstream connection that is up."""
 
     def __init__(self, client_settings: list[tuple[int, int]] | None = None,
-                 limits: RelayLimits = RelayLimits()) -> None:
+                 limits: RelayLimits = RelayLimits(),
+                 interceptors: Sequence[Interceptor] = ()) -> None:
         self.pool = Pool("svc")
         self.pool.upsert(Instance("svc", "e1", ADDRESS, health=Health.SERVING))
         self.endpoint: Endpoint = self.pool.endpoints["e1"]
         self.target = Target("svc", (self.pool,))
         self.clock = FakeClock()
-        self.relay = Relay(lambda path, override: self.target, limits=limits, clock=self.clock)
+        self.relay = Relay(lambda path, override: self.target, limits=limits,
+                           interceptors=interceptors, clock=self.clock)
         self.up = Upstream(ADDRESS, self.relay.upstreams)
         self.up_t = attach(self.up)
         self.relay.upstreams._current[ADDRESS] = self.up  # as if it had been connected

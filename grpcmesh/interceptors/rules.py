@@ -1,0 +1,156 @@
+"""The mesh config's rules for calls to a service, as interceptors. Pure: the clock and the
+random source are passed in.
+
+services.NAME.faults, routes (with subsets), timeout and max_timeout are applied by the
+caller's sidecar (outbound); rate_limit by each instance's inbound sidecar. chain.py builds
+them, in that order, into a service's chain.
+"""
+from __future__ import annotations
+
+import random
+
+import grpc
+
+from grpcmesh.clock import Clock
+from grpcmesh.config.schema import Fault, RateLimit, Route, ServiceConfig, Subset
+from grpcmesh.interceptors.api import Answer, CallView, Delay, Interceptor
+
+
+def _metadata(call: CallView) -> dict[str, str]:
+    return dict(call.metadata())
+
+
+class Faults(Interceptor):
+    """services.NAME.faults: the first rule that matches a call delays it (delay.percent of
+    calls), then aborts it (abort.percent of calls) with a status that names the rule."""
+
+    def __init__(self, service: str, faults: tuple[Fault, ...], rng: random.Random,
+                 part: str) -> None:
+        self.name = f"services.{service}.faults {part}"
+        self.service = service
+        self.faults = faults
+        self.rng = rng
+        self.part = part  # "delay" or "abort": two interceptors, so a delay can come first
+        self.needs_metadata = any(f.match.metadata for f in faults)
+
+    def request(self, call: CallView) -> Answer | Delay | None:
+        metadata = _metadata(call) if self.needs_metadata else {}
+        for index, fault in enumerate(self.faults):
+            if not fault.match.matches(call.method, metadata):
+                continue
+            if self.part == "delay":
+                delay = fault.delay
+                if delay is not None and self.rng.random() * 100 < delay.percent:
+                    return Delay(delay.duration.seconds)
+            else:
+                abort = fault.abort
+                if abort is not None and self.rng.random() * 100 < abort.percent:
+                    return Answer(abort.status,
+                                  f"fault injected by services.{self.service}.faults[{index}]")
+            return None  # first match wins
+        return None
+
+
+class RouteSplit(Interceptor):
+    """services.NAME.routes: the first route that matches a call sends it to one of its
+    subsets, chosen by weight (no `to`: every healthy instance), and may set its timeouts."""
+
+    def __init__(self, service: ServiceConfig, rng: random.Random) -> None:
+        self.name = f"services.{service.name}.routes"
+        self.routes = service.routes
+        self.subsets = {s.name: s for s in service.subsets}
+        self.rng = rng
+        self.needs_metadata = any(r.match.metadata for r in service.routes)
+
+    def route(self, call: CallView) -> tuple[Route | None, Subset | None]:
+        metadata = _metadata(call) if self.needs_metadata else {}
+        for route in self.routes:
+            if route.match.matches(call.method, metadata):
+                return route, self._pick(route)
+        return None, None
+
+    def _pick(self, route: Route) -> Subset | None:
+        if not route.to:
+            return None
+        total = sum(weight for _, weight in route.to)
+        roll = self.rng.random() * total
+        for name, weight in route.to:
+            roll -= weight
+            if roll < 0:
+                return self.subsets[name]
+        return self.subsets[route.to[-1][0]]
+
+    def request(self, call: CallView) -> Answer | Delay | None:
+        call.route, call.subset = self.route(call)
+        return None
+
+
+class Timeout(Interceptor):
+    """services.NAME.timeout (a deadline for calls that arrive without one) and max_timeout (a
+    longer deadline is cut to it); a matching route's own values win."""
+
+    def __init__(self, service: ServiceConfig) -> None:
+        self.name = f"services.{service.name}.timeout"
+        self.timeout = service.timeout.seconds if service.timeout is not None else None
+        self.max_timeout = service.max_timeout.seconds if service.max_timeout else None
+
+    def request(self, call: CallView) -> Answer | Delay | None:
+        timeout, max_timeout = self.timeout, self.max_timeout
+        route = call.route
+        if route is not None:
+            if route.timeout is not None:
+                timeout = route.timeout.seconds
+            if route.max_timeout is not None:
+                max_timeout = route.max_timeout.seconds
+        if call.timeout is None:
+            call.timeout = timeout
+        if max_timeout is not None and call.timeout is not None and call.timeout > max_timeout:
+            call.timeout = max_timeout
+        return None
+
+
+class RateLimit_(Interceptor):
+    """services.NAME.rate_limit, a token bucket per instance (its inbound sidecar): calls over
+    it get RESOURCE_EXHAUSTED naming the limit."""
+
+    def __init__(self, service: str, limit: RateLimit, clock: Clock) -> None:
+        self.name = f"services.{service}.rate_limit"
+        self.clock = clock
+        self.rate = float(limit.per_second)
+        self.burst = float(limit.burst)
+        self.tokens = self.burst
+        self.at = clock.now()
+        self.message = (f"rate limit of {service} ({limit.per_second:g}/s, burst "
+                        f"{limit.burst}) exceeded")
+
+    def request(self, call: CallView) -> Answer | Delay | None:
+        now = self.clock.now()
+        tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if tokens < 1:
+            self.tokens = tokens
+            return Answer(grpc.StatusCode.RESOURCE_EXHAUSTED, self.message)
+        self.tokens = tokens - 1
+        return None
+
+
+def outbound_rules(service: ServiceConfig, rng: random.Random) -> list[Interceptor]:
+    """The rules a caller's sidecar applies to calls to service, in chain order."""
+    rules: list[Interceptor] = []
+    if any(f.delay is not None for f in service.faults):
+        rules.append(Faults(service.name, service.faults, rng, "delay"))
+    if any(f.abort is not None for f in service.faults):
+        rules.append(Faults(service.name, service.faults, rng, "abort"))
+    if service.routes:
+        rules.append(RouteSplit(service, rng))
+    if service.timeout is not None or service.max_timeout is not None or any(
+            r.timeout is not None or r.max_timeout is not None for r in service.routes):
+        rules.append(Timeout(service))
+    return rules
+
+
+def inbound_rules(service: ServiceConfig, clock: Clock) -> list[Interceptor]:
+    """The rules an instance's own (inbound) sidecar applies to the calls it takes."""
+    if service.rate_limit is None:
+        return []
+    return [RateLimit_(service.name, service.rate_limit, clock)]
