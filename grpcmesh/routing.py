@@ -138,6 +138,11 @@ class RouteTable:
                 services.add(inst.service)
                 self._targets.pop(("proto", proto), None)
 
+    def new_pickers(self) -> None:
+        """Targets get pickers anew from picker_factory (the mesh config's balancer changed);
+        calls already picked keep their endpoints, and the endpoints their load."""
+        self._targets.clear()
+
     # -- routing ------------------------------------------------------------------------------
 
     def method(self, path: str) -> Method | None:

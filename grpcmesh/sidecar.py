@@ -233,6 +233,7 @@ class Sidecar:
         for relay in (self.outbound_server, self.inbound_server):
             if relay is not None:
                 relay.set_config(config.config)
+        self.routes.new_pickers()  # a service's balancer may have changed
 
     @property
     def mesh_config(self) -> MeshConfig:
@@ -257,7 +258,11 @@ class Sidecar:
                 task.add_done_callback(self._background.discard)
 
     def _picker_for(self, service: str) -> Picker:
-        return make_picker(self.settings.balancer.kind_for(service), self._rng, self.clock)
+        """The mesh config's balancer for service, else the sidecar's --balancer."""
+        rules = self.mesh_config.service(service)
+        kind = rules.balancer if rules is not None and rules.balancer else None
+        return make_picker(kind or self.settings.balancer.kind_for(service), self._rng,
+                           self.clock)
 
     def _route(self, method: str, override: str | None) -> Target:
         return self.routes.route(method, override)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -107,3 +108,56 @@ services:
         assert len(refused) >= 2 and all(
             r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             and r.details() == "rate limit of echo (1/s, burst 3) exceeded" for r in refused)
+
+
+@pytest.mark.asyncio
+async def test_a_services_balancer_comes_from_the_config(mesh: Mesh) -> None:
+    from grpcmesh.balance.picker import RoundRobin
+
+    client = await two_versions(mesh)
+    method = f"/{ECHO}/Unary"
+    assert not isinstance(client.routes.route(method, None).picker, RoundRobin)
+    version = await apply(mesh.registry, "services:\n  echo:\n    balancer: round_robin\n")
+    await running(mesh.sidecars, version)
+    assert isinstance(client.routes.route(method, None).picker, RoundRobin)
+    async with grpc.aio.insecure_channel(client.outbound_address) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        replies = [await stub.Unary(pb.EchoRequest(message="x"), timeout=5) for _ in range(10)]
+        assert collections.Counter(r.instance for r in replies) == {"a": 5, "b": 5}
+
+
+@pytest.mark.asyncio
+async def test_applying_configs_under_steady_load_fails_no_call(mesh: Mesh) -> None:
+    client = await two_versions(mesh)
+    configs = ["services:\n  echo:\n    subsets: {stable: {version: v1}, canary: {version: v2}}"
+               f"\n    routes:\n      - to: {{stable: {w}, canary: {100 - w}}}\n    "
+               "timeout: 5s\n" for w in (90, 50, 10, 99)]
+    stop = asyncio.Event()
+    done: collections.Counter[str] = collections.Counter()
+
+    async def unary(stub: echo_pb2_grpc.EchoStub) -> None:
+        while not stop.is_set():
+            await stub.Unary(pb.EchoRequest(message="u"), timeout=5)
+            done["unary"] += 1
+
+    async def upload(stub: echo_pb2_grpc.EchoStub) -> None:
+        while not stop.is_set():
+            async def messages() -> AsyncIterator[pb.EchoRequest]:
+                for n in range(20):
+                    await asyncio.sleep(0.01)
+                    yield pb.EchoRequest(message=str(n))
+            reply = await stub.ClientStream(messages(), timeout=5)
+            assert reply.message == ",".join(str(n) for n in range(20))
+            done["stream"] += 1
+
+    async with grpc.aio.insecure_channel(client.outbound_address) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        load = [asyncio.ensure_future(unary(stub)) for _ in range(4)]
+        load += [asyncio.ensure_future(upload(stub)) for _ in range(2)]
+        for text in configs:
+            await asyncio.sleep(0.3)
+            await running(mesh.sidecars, await apply(mesh.registry, text))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*load)  # any failed call raises here
+    assert done["unary"] > 50 and done["stream"] > 5
