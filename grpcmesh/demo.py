@@ -3,6 +3,9 @@
 A registry, three Echo instances (with different artificial delays) each behind a sidecar, and a
 client-only sidecar; an in-process client sends calls to that sidecar's outbound port, exactly as
 an unmodified gRPC app would, and prints calls per instance, latency and errors every 5 seconds.
+Halfway through, a mesh config is applied that splits the calls 50/50 between the stable
+instances (echo-1, echo-2: version v1) and the canary (echo-3: version v2), and the table shows
+the sidecar following it.
 """
 from __future__ import annotations
 
@@ -21,6 +24,16 @@ from grpcmesh.output import table
 from grpcmesh.registry.client import RegistryClient
 
 INSTANCE_DELAYS_MS = (1.0, 3.0, 6.0)
+INSTANCE_VERSIONS = ("v1", "v1", "v2")
+CANARY_SPLIT = """\
+services:
+  echo:
+    subsets:
+      stable: {version: v1}
+      canary: {version: v2}
+    routes:
+      - to: {stable: 50, canary: 50}
+"""
 
 
 class Stats:
@@ -77,6 +90,23 @@ async def _wait_serving(registry: str, service: str, count: int, timeout: float)
         await client.close()
 
 
+async def _apply(registry: str, text: str) -> int:
+    """Apply a mesh config, as `grpcmesh config apply` does; its version."""
+    client = RegistryClient([registry])
+    try:
+        resp = await client.call("ApplyConfig", pb.ApplyConfigRequest(
+            text=text.encode(), source="demo canary split"))
+        return int(resp.config.version)
+    finally:
+        await client.close()
+
+
+def _reset(stats: Stats) -> Stats:
+    """Count calls afresh from now on (the clients keep adding to the same Stats)."""
+    stats.latencies.clear()
+    return stats
+
+
 async def _wait_ready(admin: str, timeout: float) -> None:
     """Until the sidecar has its routes (a 503 from /ready until then)."""
     deadline = time.monotonic() + timeout
@@ -121,8 +151,9 @@ async def run_demo(duration: float, concurrency: int) -> int:
         await _start_all(daemons, [
             (f"sidecar-{app.name}", "sidecar", "--service", "echo", "--app",
              app.addresses["app"], "--registry", reg, "--inbound", "127.0.0.1:0",
-             "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0")
-            for app in apps])
+             "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+             "--label", f"version={version}")
+            for app, version in zip(apps, INSTANCE_VERSIONS, strict=True)])
         client_sidecar = await procs.start(
             "client-sidecar", "sidecar", "--service", "demo-client", "--registry", reg,
             "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
@@ -141,6 +172,7 @@ async def run_demo(duration: float, concurrency: int) -> int:
               "Ctrl-C stops.\n", flush=True)
         stats = Stats()
         started = time.monotonic()
+        split_at = duration / 2 if duration else 10.0
         clients = [loop.create_task(_client(outbound, stats, stop)) for _ in range(concurrency)]
         while not stop.is_set():
             try:
@@ -148,6 +180,14 @@ async def run_demo(duration: float, concurrency: int) -> int:
             except TimeoutError:
                 pass
             elapsed = time.monotonic() - started
+            if split_at and elapsed >= split_at:
+                split_at = 0.0
+                version = await _apply(reg, CANARY_SPLIT)
+                print(f"after {elapsed:.0f}s: applied a canary split as mesh config version "
+                      f"{version}: half the calls to the stable instances (version v1: echo-1, "
+                      "echo-2), half to the canary (v2: echo-3). The next tables show it.\n",
+                      flush=True)
+                stats = _reset(stats)
             if duration and elapsed >= duration:
                 stop.set()
             if stop.is_set() or int(elapsed) % 5 == 0:

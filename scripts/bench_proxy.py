@@ -2,7 +2,8 @@
 """The data path's cost, side by side: direct, a bare grpc.aio proxy (the floor of a call-level
 proxy, which was grpcmesh's first data path), grpcmesh (outbound on the frame relay; the same
 with unknown method kinds; the same with one no-op interceptor in the chain, the cost of the
-chain; the full mesh hop outbound + inbound), the bare
+chain; the same with issue 10's section-3 mesh config applied, the cost of the rules; the full
+mesh hop outbound + inbound), the bare
 proxy on asyncio's own loop instead of uvloop (`bare-asyncio`, not run by default), nginx and
 HAProxy when installed, and `tcp`, a TCP splice on uvloop (scripts/tcp_proxy.py): the floor of
 Python I/O, not a mesh proxy.
@@ -50,7 +51,28 @@ from grpcmesh.registry.client import RegistryClient
 
 ECHO = "grpcmesh.example.v1.Echo"
 CONFIGS = ("direct", "bare", "bare-asyncio", "outbound", "outbound-unknown",
-           "outbound-interceptor", "mesh", "nginx", "haproxy", "tcp")
+           "outbound-interceptor", "outbound-config", "mesh", "nginx", "haproxy", "tcp")
+# The mesh config of issue 10's section 3 for the backend's service (a split, timeouts, a
+# fault rule at 0%): what the rules cost per call (outbound-config against outbound). The
+# timeouts are long, so that the benchmark's long-lived streams are not cut.
+SECTION_3_CONFIG = """\
+services:
+  echo:
+    timeout: 60s
+    max_timeout: 120s
+    subsets:
+      stable: {version: v1}
+      canary: {version: v1}
+    routes:
+      - match: {method: /grpcmesh.example.v1.Echo/Create, metadata: {x-canary: "1"}}
+        to: {canary: 100}
+      - match: {method: /grpcmesh.example.v1.Echo/*}
+        to: {stable: 90, canary: 10}
+        timeout: 60s
+    faults:
+      - match: {method: /grpcmesh.example.v1.Echo/Unary}
+        abort: {code: UNAVAILABLE, percent: 0}
+"""
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -156,14 +178,17 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
     targets = [Target("direct", app)]
     wanted = set(args.configs)
 
-    async def registry_with(instance: pb.Instance | None) -> str:
+    async def registry_with(instance: pb.Instance | None, config: str = "") -> str:
         registry = await procs.start("registry", "registry", "--listen", "127.0.0.1:0")
         daemons.append(registry)
         address = registry.addresses["registry"]
+        client = RegistryClient([address])
         if instance is not None:
-            client = RegistryClient([address])
             await client.call("Register", pb.RegisterRequest(instance=instance, ttl_seconds=0))
-            await client.close()
+        if config:
+            await client.call("ApplyConfig", pb.ApplyConfigRequest(text=config.encode(),
+                                                                   source="bench"))
+        await client.close()
         return address
 
     async def client_sidecar(registry: str, workers: int, *extra: str) -> procs.Daemon:
@@ -180,6 +205,13 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
                 return sidecar
             await asyncio.sleep(0.1)
         raise RuntimeError("the client sidecar never saw a serving backend")
+
+    async def config_in_force(sidecar: procs.Daemon) -> None:
+        deadline = time.monotonic() + 20
+        while (await admin_get(sidecar.addresses["admin"], "/config"))["version"] < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the client sidecar never ran the mesh config")
+            await asyncio.sleep(0.1)
 
     for name, script in (("bare", "bare_proxy.py"), ("bare-asyncio", "bare_proxy.py"),
                          ("tcp", "tcp_proxy.py")):
@@ -200,14 +232,18 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
     curve = len(workers_used) > 1
     noop = ("--interceptor", "grpcmesh.example.noop:factory")
     for name, with_methods, extra in (("outbound", True, ()), ("outbound-unknown", False, ()),
-                                      ("outbound-interceptor", True, noop)):
+                                      ("outbound-interceptor", True, noop),
+                                      ("outbound-config", True, ())):
         if name not in wanted:
             continue
         registry = await registry_with(pb.Instance(
             service="echo", instance_id="backend", address=app, proto_services=[ECHO],
-            methods=methods if with_methods else []))
+            methods=methods if with_methods else [], labels={"version": "v1"}),
+            SECTION_3_CONFIG if name == "outbound-config" else "")
         for workers in workers_used if name == "outbound" else workers_used[:1]:
             sidecar = await client_sidecar(registry, workers, *extra)
+            if name == "outbound-config":
+                await config_in_force(sidecar)
             label = f"{name}-w{workers}" if curve and name == "outbound" else name
             wanted.add(label)
             targets.append(Target(label, sidecar.addresses["outbound"], process_tree(sidecar)))

@@ -73,7 +73,7 @@ class CallRecord:
 
     method: str
     caller: str  # the client's address
-    service: str  # the target (mesh or proto service) it was routed to; "" if none
+    service: str  # the mesh service it was routed to; "" if none
     endpoint: str  # the address of the last attempt's endpoint; "" if it reached none
     code: grpc.StatusCode  # what the client saw
     by: str  # APP (its trailers or reset), PROXY (the relay answered) or CLIENT (it left)

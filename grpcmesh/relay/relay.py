@@ -249,7 +249,7 @@ class Relay:
             except RouteError as err:
                 call.reply_error(err.code, err.message, "no_route")
                 return
-        call.service = target.name
+        call.service = target.service or target.name  # the mesh service, for records
         if block is not None:
             down.keep(block, headers)
         call.limit = settings.max_message_bytes

@@ -161,3 +161,29 @@ async def test_applying_configs_under_steady_load_fails_no_call(mesh: Mesh) -> N
         stop.set()
         await asyncio.gather(*load)  # any failed call raises here
     assert done["unary"] > 50 and done["stream"] > 5
+
+
+@pytest.mark.asyncio
+async def test_the_app_sees_the_configs_timeout_and_max_timeout(mesh: Mesh) -> None:
+    from tests.probe import SERVICE, Probe
+
+    probe = Probe(reflection=True)
+    await probe.start()
+    try:
+        await mesh.sidecar("probe", probe)
+        client = await mesh.sidecar("client")
+        await mesh.serving(client, "probe", 1)
+        version = await apply(mesh.registry,
+                              "services:\n  probe:\n    timeout: 2s\n    max_timeout: 4s\n")
+        await running(mesh.sidecars, version)
+        async with grpc.aio.insecure_channel(client.outbound_address) as channel:
+            unary = channel.unary_unary(f"/{SERVICE}/Unary")
+            await unary(b"no deadline")
+            await unary(b"a long one", timeout=60)
+            await unary(b"a short one", timeout=1)
+        no_deadline, cut, short = probe.time_remaining
+        assert no_deadline is not None and 1.5 < no_deadline <= 2.0  # given the config's 2 s
+        assert cut is not None and 3.5 < cut <= 4.0  # 60 s cut to 4 s
+        assert short is not None and 0.5 < short <= 1.1  # a shorter one stays (grpc rounds up)
+    finally:
+        await probe.stop()
