@@ -15,30 +15,33 @@ _HEADER_OVERHEAD = 120  # two str objects and a tuple, per header
 
 
 class BlockCache:
-    __slots__ = ("_blocks", "bytes", "limit", "max_block")
+    __slots__ = ("_sizes", "blocks", "bytes", "limit", "max_block")
 
     def __init__(self, limit: int = 4 << 20, max_block: int = 4096) -> None:
         self.limit = limit
         self.max_block = max_block
-        self._blocks: dict[bytes, tuple[Headers, int]] = {}
+        self.blocks: dict[bytes, Headers] = {}  # read it directly: a lookup per call
+        self._sizes: dict[bytes, int] = {}
         self.bytes = 0
 
     def __len__(self) -> int:
-        return len(self._blocks)
+        return len(self.blocks)
 
     def get(self, block: bytes) -> Headers | None:
-        hit = self._blocks.get(block)
-        return None if hit is None else hit[0]
+        return self.blocks.get(block)
 
     def accept(self, block: bytes, headers: Headers) -> None:
         """block decoded to headers and was accepted: keep it, oldest out first (FIFO)."""
-        if len(block) > self.max_block or block in self._blocks:
+        if len(block) > self.max_block or block in self.blocks:
             return
         size = _ENTRY_OVERHEAD + 2 * len(block) + sum(
             len(k) + len(v) + _HEADER_OVERHEAD for k, v in headers)
-        blocks = self._blocks
+        blocks, sizes = self.blocks, self._sizes
         while blocks and self.bytes + size > self.limit:
-            self.bytes -= blocks.pop(next(iter(blocks)))[1]
+            oldest = next(iter(blocks))
+            del blocks[oldest]
+            self.bytes -= sizes.pop(oldest)
         if size <= self.limit:
-            blocks[block] = (headers, size)
+            blocks[block] = headers
+            sizes[block] = size
             self.bytes += size

@@ -25,7 +25,9 @@ DRAIN_PING_TIMEOUT = 1.0
 class Downstream(Peer):
     """A client's connection to the relay's listener."""
 
-    expect_preface = True
+    __slots__ = ("born", "deferred", "idle_since", "last_sid", "refuse_above", "refused",
+                 "relay", "resets", "seen_opened")
+    PREFACE_FIRST = True
 
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay.flusher, relay.limits, relay.cache, relay.clock)

@@ -79,30 +79,32 @@ class FrameGuard:
     CONTINUATION chains, and control frames (a token bucket: bursts are fine, floods are not).
     """
 
-    __slots__ = ("_at", "_continuations", "_empty", "_limits", "_tokens")
+    # The counts are public so that the peer's frame loop can reset them without a call per
+    # frame (`if guard.empty: guard.empty = 0`; `guard.continuations = 0` at each HEADERS).
+    __slots__ = ("_at", "_limits", "_tokens", "continuations", "empty")
 
     def __init__(self, limits: RelayLimits, now: float) -> None:
         self._limits = limits
-        self._empty = 0
-        self._continuations = 0
+        self.empty = 0  # empty frames in a row
+        self.continuations = 0  # CONTINUATION frames in the current header block
         self._tokens = float(limits.control_frames_burst)
         self._at = now
 
     def payload(self, empty: bool) -> None:
         """A DATA, HEADERS or CONTINUATION frame that did not end its stream or block."""
         if not empty:
-            self._empty = 0
+            self.empty = 0
             return
-        self._empty += 1
-        if self._empty > self._limits.max_empty_frames:
+        self.empty += 1
+        if self.empty > self._limits.max_empty_frames:
             raise Abuse(f"more than {self._limits.max_empty_frames} empty frames in a row")
 
     def headers(self) -> None:
-        self._continuations = 0
+        self.continuations = 0
 
     def continuation(self) -> None:
-        self._continuations += 1
-        if self._continuations > self._limits.max_continuation_frames:
+        self.continuations += 1
+        if self.continuations > self._limits.max_continuation_frames:
             raise Abuse(f"more than {self._limits.max_continuation_frames} CONTINUATION frames "
                         "in one header block")
 

@@ -104,15 +104,25 @@ class Leg:
 class Peer(asyncio.Protocol):
     """Frame parsing and connection upkeep shared by both sides; the sides fill in on_*."""
 
-    expect_preface = False
+    # Slots: a peer's attributes are read on every frame, and a slot is cheaper than a dict.
+    __slots__ = ("_partial", "_settings_waiter", "acked", "blocked", "buf", "cache", "caller",
+                 "clock", "closing", "conn_unacked", "decoder", "encoder", "expect_preface",
+                 "flusher", "fresh", "gone", "got_settings", "guard", "limits", "out",
+                 "out_bytes",
+                 "paused", "paused_at", "peer_initial", "peer_max_frame", "peer_max_streams",
+                 "queued", "read_bytes", "recv_window", "starved", "streams", "transport",
+                 "unread_control", "verbatim", "window", "yielding")
+    PREFACE_FIRST = False  # the peer opens with the HTTP/2 connection preface (a client)
 
     def __init__(self, flusher: Flusher, limits: RelayLimits = RelayLimits(),
                  cache: BlockCache | None = None, clock: Clock = MonotonicClock()) -> None:
         self.flusher = flusher
+        self.expect_preface = self.PREFACE_FIRST
         self.limits = limits
         self.cache = cache if cache is not None else BlockCache()
         self.clock = clock
         self.guard = FrameGuard(limits, clock.now())
+        self.fresh = False  # the last block read_block returned was decoded, not cached
         self.transport: asyncio.Transport | None = None
         self.caller = ""  # the peer's address, "host:port" (for a client: CallRecord.caller)
         self.buf = bytearray()
@@ -293,13 +303,12 @@ class Peer(asyncio.Protocol):
             leg.recv += leg.unacked
             leg.unacked = 0
 
-    def _received(self, n: int) -> None:
-        """n bytes of DATA arrived: the connection window is credited at once."""
-        self.conn_unacked += n
-        if self.conn_unacked >= CONN_WINDOW // 2:
-            self.queue_control(f.window_update(0, self.conn_unacked))
-            self.recv_window += self.conn_unacked
-            self.conn_unacked = 0
+    def _credit_connection(self) -> None:
+        """The connection window is credited as DATA arrives (see the module's docstring),
+        in batches of half of it."""
+        self.queue_control(f.window_update(0, self.conn_unacked))
+        self.recv_window += self.conn_unacked
+        self.conn_unacked = 0
 
     def reset(self, leg: Leg, code: int) -> None:
         """End leg with RST_STREAM (unless it already ended on both sides)."""
@@ -466,11 +475,13 @@ class Peer(asyncio.Protocol):
                     if self.recv_window < 0:
                         raise f.ProtocolError("DATA beyond the connection's flow-control "
                                               "window", f.FLOW_CONTROL_ERROR)
-                    self._received(length)
+                    self.conn_unacked += length  # the connection window: credited at once
+                    if self.conn_unacked >= CONN_WINDOW // 2:
+                        self._credit_connection()
                     if not payload and not flags & f.END_STREAM:
                         self.guard.payload(True)
-                    elif length:
-                        self.guard.payload(False)
+                    elif self.guard.empty and length:
+                        self.guard.empty = 0
                     if leg is None or leg.ended_in:
                         if leg is None and (sid == 0 or self.idle(sid)):
                             raise f.ProtocolError(f"DATA on stream {sid}, which is not open")
@@ -517,14 +528,17 @@ class Peer(asyncio.Protocol):
             payload = f.strip_padding(flags, payload, "HEADERS")
             if flags & f.PRIORITY:
                 payload = payload[5:]
-            self.guard.headers()
+            self.guard.continuations = 0
             self._partial = (sid, bool(flags & f.END_STREAM), bytearray(payload))
         else:
             if self._partial is None or self._partial[0] != sid:
                 raise f.ProtocolError("CONTINUATION without its HEADERS")
             self.guard.continuation()
             self._partial[2].extend(payload)
-        self.guard.payload(not payload and not flags & (f.END_HEADERS | f.END_STREAM))
+        if not payload and not flags & (f.END_HEADERS | f.END_STREAM):
+            self.guard.payload(True)
+        elif self.guard.empty:
+            self.guard.empty = 0
         if flags & f.END_HEADERS:
             sid, end, block = self._partial
             self._partial = None
@@ -629,15 +643,18 @@ class Peer(asyncio.Protocol):
     def read_block(self, block: bytes, need: bool = True) -> tuple[Headers | None, bool]:
         """(the headers, or None when not needed and not decoded; whether the block can be
         forwarded byte for byte). Every block must pass here: it keeps the HPACK state."""
+        self.fresh = False
         if self.verbatim:
             if not need:
                 return None, True
-            headers = self.cache.get(block)
+            headers = self.cache.blocks.get(block)
             if headers is None:
                 headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
+                self.fresh = True
             return headers, True
         decoder = self.decoder
         headers = [(str(k), str(v)) for k, v in decoder.decode(block)]
+        self.fresh = True
         if self.acked and decoder.header_table.maxsize == 0:
             # The block began with the size update RFC 7541 (4.2) asks for after our SETTINGS:
             # from now on the peer's blocks refer to no dynamic table, and any that announces
@@ -649,7 +666,9 @@ class Peer(asyncio.Protocol):
         return headers, False
 
     def keep(self, block: bytes, headers: Headers) -> None:
-        """block, read by read_block, was accepted: later copies of it need no decoding."""
+        """block, just read by read_block, was accepted: later copies of it need no decoding
+        (callers skip this when `fresh` is False: the block came from the cache)."""
+        self.fresh = False
         if self.verbatim:
             self.cache.accept(block, headers)
 

@@ -250,7 +250,7 @@ class Relay:
                 call.reply_error(err.code, err.message, "no_route")
                 return
         call.service = target.service or target.name  # the mesh service, for records
-        if block is not None:
+        if block is not None and down.fresh:
             down.keep(block, headers)
         call.limit = settings.max_message_bytes
         call.req_framing = f.MessageFraming(call.limit)

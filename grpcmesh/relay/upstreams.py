@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 class Upstream(Peer):
     """The relay's connection to one endpoint address."""
 
+    __slots__ = ("address", "draining", "next_id", "pool")
+
     def __init__(self, address: str, pool: Upstreams) -> None:
         super().__init__(pool.flusher, pool.limits, pool.cache, pool.clock)
         self.address = address
@@ -68,7 +70,8 @@ class Upstream(Peer):
         if end:
             leg.ended_in = True
             assert headers is not None
-            self.keep(block, headers)
+            if self.fresh:
+                self.keep(block, headers)
         leg.call.response_headers(block, headers, verbatim, end)
         if end and leg.ended_out:
             self.forget(leg)
