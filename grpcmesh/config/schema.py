@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -40,6 +40,12 @@ class MethodPattern:
         return f"/{self.service}/{self.method or '*'}"
 
 
+class _Metadata(Protocol):
+    """Anything that looks metadata up by name (a dict, or the relay's view of a call)."""
+
+    def get(self, name: str, default: str | None = None, /) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Match:
     """Which calls a rule applies to; every given condition must hold. Empty: every call."""
@@ -47,7 +53,7 @@ class Match:
     method: MethodPattern | None = None
     metadata: Pairs = ()  # (lowercase name, exact value), sorted
 
-    def matches(self, path: str, metadata: Mapping[str, str]) -> bool:
+    def matches(self, path: str, metadata: Mapping[str, str] | _Metadata) -> bool:
         return ((self.method is None or self.method.matches(path))
                 and all(metadata.get(name) == value for name, value in self.metadata))
 

@@ -46,7 +46,9 @@ class CallView:
         self.service = service  # the target it is routed to (a mesh or proto service)
         self.direction = direction  # "outbound" (the app's calls) or "inbound" (calls to it)
         self.timeout = timeout  # seconds left until its deadline, None for none; may be set
-        self._metadata = metadata  # request headers, pseudo-headers (":path", ...) included
+        # Request headers, pseudo-headers (":path", ...) included. Not copied: they may be a
+        # cached block's; the first change copies them (copy on write).
+        self._metadata = metadata
         self.changed = False  # metadata was changed: the header block is encoded again
         # The mesh config's route that matched it and the subset it goes to (route/split)
         self.route: Route | None = None
@@ -59,6 +61,15 @@ class CallView:
                 return value
         return None
 
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """As header(): so that a rule's Match reads metadata without building a dict."""
+        value = self.header(name)
+        return default if value is None else value
+
+    def headers(self) -> list[tuple[str, str]]:
+        """All request headers as the relay will send them (for the relay)."""
+        return self._metadata
+
     def metadata(self) -> list[tuple[str, str]]:
         """Request metadata, without pseudo-headers (a copy)."""
         return [(k, v) for k, v in self._metadata if k[0] != ":"]
@@ -66,7 +77,7 @@ class CallView:
     def set_header(self, name: str, value: str) -> None:
         """Add request metadata name, or replace its values."""
         self._check(name)
-        self._metadata[:] = [(k, v) for k, v in self._metadata if k != name]
+        self._metadata = [(k, v) for k, v in self._metadata if k != name]
         self._metadata.append((name, value))
         self.changed = True
 
@@ -74,7 +85,7 @@ class CallView:
         self._check(name)
         kept = [(k, v) for k, v in self._metadata if k != name]
         if len(kept) != len(self._metadata):
-            self._metadata[:] = kept
+            self._metadata = kept
             self.changed = True
 
     @staticmethod

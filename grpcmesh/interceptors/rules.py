@@ -16,10 +16,6 @@ from grpcmesh.config.schema import Fault, RateLimit, Route, ServiceConfig, Subse
 from grpcmesh.interceptors.api import Answer, CallView, Delay, Interceptor
 
 
-def _metadata(call: CallView) -> dict[str, str]:
-    return dict(call.metadata())
-
-
 class Faults(Interceptor):
     """services.NAME.faults: the first rule that matches a call delays it (delay.percent of
     calls), then aborts it (abort.percent of calls) with a status that names the rule."""
@@ -31,12 +27,10 @@ class Faults(Interceptor):
         self.faults = faults
         self.rng = rng
         self.part = part  # "delay" or "abort": two interceptors, so a delay can come first
-        self.needs_metadata = any(f.match.metadata for f in faults)
 
     def request(self, call: CallView) -> Answer | Delay | None:
-        metadata = _metadata(call) if self.needs_metadata else {}
         for index, fault in enumerate(self.faults):
-            if not fault.match.matches(call.method, metadata):
+            if not fault.match.matches(call.method, call):
                 continue
             if self.part == "delay":
                 delay = fault.delay
@@ -60,12 +54,10 @@ class RouteSplit(Interceptor):
         self.routes = service.routes
         self.subsets = {s.name: s for s in service.subsets}
         self.rng = rng
-        self.needs_metadata = any(r.match.metadata for r in service.routes)
 
     def route(self, call: CallView) -> tuple[Route | None, Subset | None]:
-        metadata = _metadata(call) if self.needs_metadata else {}
         for route in self.routes:
-            if route.match.matches(call.method, metadata):
+            if route.match.matches(call.method, call):
                 return route, self._pick(route)
         return None, None
 

@@ -78,6 +78,27 @@ def header_frames(stream: int, block: bytes, end_stream: bool, max_frame: int) -
     return b"".join(out)
 
 
+def literal_header(name: str, value: str) -> bytes:
+    """One header field as an HPACK "literal without indexing, new name" (RFC 7541 6.2.2), no
+    Huffman coding: it can be appended to any header block without touching a table."""
+    raw_name, raw_value = name.encode(), value.encode()
+    return b"\0" + _hpack_length(len(raw_name)) + raw_name + _hpack_length(len(raw_value)) \
+        + raw_value
+
+
+def _hpack_length(n: int) -> bytes:
+    """A string length: a 7-bit prefix integer with the Huffman bit clear (RFC 7541 5.1)."""
+    if n < 127:
+        return bytes((n,))
+    out = bytearray((127,))
+    n -= 127
+    while n >= 128:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def strip_padding(flags: int, payload: bytes, kind: str) -> bytes:
     if not flags & PADDED:
         return payload

@@ -267,7 +267,7 @@ class Relay:
             down.deferred.append((call, target, block, headers))
             return
         call.chain = chain
-        call.view = CallView(path, list(headers), seconds, down.caller, target.service,
+        call.view = CallView(path, headers, seconds, down.caller, target.service,
                              self.direction)
         self._intercept(call, 0, target, block, headers, seconds, deferred=True)
 
@@ -336,18 +336,26 @@ class Relay:
         view = call.view
         assert view is not None
         if view.changed:
-            headers, block = list(view._metadata), None
+            headers, block = view.headers(), None
         if view.timeout != seconds:
             if call.timer is not None:
                 call.timer.cancel()
                 call.timer = None
-            headers = [h for h in headers if h[0] != "grpc-timeout"]
-            block = None
             if view.timeout is None:
                 call.deadline = None
+                headers = [h for h in headers if h[0] != "grpc-timeout"]
+                block = None
             else:
                 self._set_deadline(call, view.timeout)
-                headers.append(("grpc-timeout", f.format_timeout(view.timeout)))
+                timeout = f.format_timeout(view.timeout)
+                if seconds is None and block is not None:
+                    # The usual case, a deadline given to a call that had none: appended to
+                    # the block as it is (an HPACK literal), not encoded again.
+                    block += f.literal_header("grpc-timeout", timeout)
+                else:
+                    headers = [h for h in headers if h[0] != "grpc-timeout"]
+                    headers = [*headers, ("grpc-timeout", timeout)]
+                    block = None
         return block, headers
 
     def _set_deadline(self, call: Call, seconds: float) -> None:
@@ -381,7 +389,8 @@ class Relay:
                 if up is not None:
                     if call.deadline is not None:  # what is left of it goes upstream
                         left = f.format_timeout(max(call.deadline - self.clock.now(), 1e-6))
-                        headers = [(k, left if k == "grpc-timeout" else v) for k, v in headers]
+                        headers = [*(h for h in headers if h[0] != "grpc-timeout"),
+                                   ("grpc-timeout", left)]
                         block = None
                     call.attempt(endpoint, up.open_stream(call), block or up.encode(headers))
                     return

@@ -82,3 +82,12 @@ def test_settings_round_trip_and_bad_sizes_are_refused() -> None:
                                           (f.HEADER_TABLE_SIZE, 0)]
     with pytest.raises(f.ProtocolError):
         f.parse_settings(b"\0" * 7)
+
+
+def test_a_literal_header_appended_to_a_block_decodes_with_it() -> None:
+    import hpack
+
+    block = hpack.Encoder().encode([(":path", "/pkg.S/M")])
+    for name, value in (("grpc-timeout", "5000000u"), ("x-long", "v" * 300)):
+        headers = hpack.Decoder().decode(block + f.literal_header(name, value))
+        assert headers[-1] == (name, value)
