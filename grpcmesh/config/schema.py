@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -30,11 +30,18 @@ class MethodPattern:
 
     service: str
     method: str | None = None
+    # "/pkg.Service/Method", or "/pkg.Service/" for a service: made once, matched per call
+    _text: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        text = f"/{self.service}/{self.method}" if self.method is not None else \
+            f"/{self.service}/"
+        object.__setattr__(self, "_text", text)
 
     def matches(self, path: str) -> bool:
         if self.method is not None:
-            return path == f"/{self.service}/{self.method}"
-        return path.startswith(f"/{self.service}/") and path.count("/") == 2
+            return path == self._text
+        return path.startswith(self._text) and path.count("/") == 2
 
     def __str__(self) -> str:
         return f"/{self.service}/{self.method or '*'}"

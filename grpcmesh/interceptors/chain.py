@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class Chain:
-    __slots__ = ("interceptors", "names", "wants_responses")
+    __slots__ = ("interceptors", "names", "wants_end", "wants_responses")
 
     def __init__(self, interceptors: Sequence[Interceptor]) -> None:
         self.interceptors = tuple(interceptors)
         self.names = tuple(i.name or type(i).__name__ for i in self.interceptors)
         self.wants_responses = any(i.wants_responses for i in self.interceptors)
+        # A record per call only for chains with an interceptor that reads it
+        self.wants_end = any(type(i).end is not Interceptor.end for i in self.interceptors)
 
     def __bool__(self) -> bool:
         return bool(self.interceptors)

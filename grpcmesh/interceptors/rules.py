@@ -52,25 +52,33 @@ class RouteSplit(Interceptor):
     def __init__(self, service: ServiceConfig, rng: random.Random) -> None:
         self.name = f"services.{service.name}.routes"
         self.routes = service.routes
-        self.subsets = {s.name: s for s in service.subsets}
+        subsets = {s.name: s for s in service.subsets}
+        # Each route's split as (total weight, [(cumulative weight, subset), ...]): made once.
+        self.splits: dict[int, tuple[float, list[tuple[float, Subset]]]] = {}
+        for index, route in enumerate(service.routes):
+            running = 0.0
+            steps = []
+            for name, weight in route.to:
+                running += weight
+                steps.append((running, subsets[name]))
+            self.splits[index] = (running, steps)
         self.rng = rng
 
     def route(self, call: CallView) -> tuple[Route | None, Subset | None]:
-        for route in self.routes:
+        for index, route in enumerate(self.routes):
             if route.match.matches(call.method, call):
-                return route, self._pick(route)
+                return route, self._pick(index)
         return None, None
 
-    def _pick(self, route: Route) -> Subset | None:
-        if not route.to:
+    def _pick(self, index: int) -> Subset | None:
+        total, steps = self.splits[index]
+        if not steps:
             return None
-        total = sum(weight for _, weight in route.to)
         roll = self.rng.random() * total
-        for name, weight in route.to:
-            roll -= weight
-            if roll < 0:
-                return self.subsets[name]
-        return self.subsets[route.to[-1][0]]
+        for cumulative, subset in steps:
+            if roll < cumulative:
+                return subset
+        return steps[-1][1]
 
     def request(self, call: CallView) -> Answer | Delay | None:
         call.route, call.subset = self.route(call)

@@ -67,9 +67,11 @@ class Attempt:
         self.first_byte: float | None = None  # when its first response DATA arrived
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class CallRecord:
-    """How a call ended: what every observer of calls (the balancer, interceptors) reads."""
+    """How a call ended: what every observer of calls (the balancer, interceptors) reads.
+    Observers must not change it (it is not frozen: a frozen dataclass costs a setattr call
+    per field, and one is made per call)."""
 
     method: str
     caller: str  # the client's address
@@ -138,6 +140,8 @@ class Call:
         relay = self.relay
         relay.in_flight -= 1
         chain = self.chain
+        if chain is not None and not chain.wants_end:
+            chain = None
         if relay.observers or chain is not None:
             record = CallRecord(
                 self.method, self.down.peer.caller, self.service,
