@@ -137,9 +137,10 @@ class RateLimit_(Interceptor):
 def outbound_rules(service: ServiceConfig, rng: random.Random) -> list[Interceptor]:
     """The rules a caller's sidecar applies to calls to service, in chain order."""
     rules: list[Interceptor] = []
-    if any(f.delay is not None for f in service.faults):
+    # A part that no rule can fire (every percent 0: faults turned off) costs nothing per call.
+    if any(f.delay is not None and f.delay.percent > 0 for f in service.faults):
         rules.append(Faults(service.name, service.faults, rng, "delay"))
-    if any(f.abort is not None for f in service.faults):
+    if any(f.abort is not None and f.abort.percent > 0 for f in service.faults):
         rules.append(Faults(service.name, service.faults, rng, "abort"))
     if service.routes:
         rules.append(RouteSplit(service, rng))

@@ -92,7 +92,7 @@ class Call:
     __slots__ = ("attempts", "born", "chain", "closed", "deadline", "down", "early",
                  "end_headers", "ended", "headers_out", "limit", "method", "pause", "relay",
                  "req_framing", "request_bytes", "resp_framing", "response_bytes", "service",
-                 "task", "timer", "up", "view")
+                 "task", "tick", "up", "view")
 
     def __init__(self, relay: Relay, down: Leg) -> None:
         self.relay = relay
@@ -103,7 +103,7 @@ class Call:
         self.method = ""
         self.service = ""
         self.deadline: float | None = None
-        self.timer: asyncio.TimerHandle | None = None  # its deadline
+        self.tick: int | None = None  # its deadline's bucket in relay.deadlines
         self.pause: asyncio.TimerHandle | None = None  # an interceptor's Delay
         # Request frames that wait for an upstream stream: (DATA or trailers, end, length)
         self.early: list[tuple[bytes | Headers, bool, int]] | None = None
@@ -130,8 +130,8 @@ class Call:
             return
         self.ended = True
         now = self.relay.clock.now()
-        if self.timer is not None:
-            self.timer.cancel()
+        if self.tick is not None:
+            self.relay.deadlines.remove(self)
         if self.pause is not None:
             self.pause.cancel()
         attempt = self.attempts[-1] if self.attempts else None
@@ -178,7 +178,6 @@ class Call:
 
     def expire(self) -> None:
         """The deadline passed with the call still open: the relay's own timer answers."""
-        self.timer = None
         if not self.ended:
             self.reply_error(_SC.DEADLINE_EXCEEDED, f"deadline exceeded for {self.method} "
                              "(the proxy's timer; the upstream call was cancelled)", "deadline",

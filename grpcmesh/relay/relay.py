@@ -35,6 +35,7 @@ from grpcmesh.interceptors.rules import inbound_rules, outbound_rules
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache
 from grpcmesh.relay.call import Call, Observer
+from grpcmesh.relay.deadlines import Deadlines
 from grpcmesh.relay.downstream import Downstream
 from grpcmesh.relay.limits import RelayLimits, clip
 from grpcmesh.relay.peer import Flusher, Headers, Leg, call_soon_flushed
@@ -88,6 +89,8 @@ class Relay:
         self._sock: socket.socket | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        # One timer for every call's deadline (deadlines.py)
+        self.deadlines = Deadlines(self.call_later, clock.now)
         self._refused_connections = 0
         # Why client connections were closed since the last sweep: one log line a second
         # however many an attacker makes the relay close.
@@ -197,6 +200,7 @@ class Relay:
             else:
                 down.close()
         self.upstreams.close()
+        self.deadlines.close()
         self.flusher.flush()
 
     def discard(self, address: str) -> None:
@@ -204,7 +208,7 @@ class Relay:
         self.upstreams.discard(address)
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
-        """fn in delay seconds, its writes flushed (the calls' deadline timers)."""
+        """fn in delay seconds, its writes flushed (the deadlines' timer)."""
         return asyncio.get_running_loop().call_later(delay, call_soon_flushed, self.flusher, fn)
 
     # -- calls --------------------------------------------------------------------------------
@@ -338,9 +342,8 @@ class Relay:
         if view.changed:
             headers, block = view.headers(), None
         if view.timeout != seconds:
-            if call.timer is not None:
-                call.timer.cancel()
-                call.timer = None
+            if call.tick is not None:
+                self.deadlines.remove(call)
             if view.timeout is None:
                 call.deadline = None
                 headers = [h for h in headers if h[0] != "grpc-timeout"]
@@ -359,8 +362,8 @@ class Relay:
         return block, headers
 
     def _set_deadline(self, call: Call, seconds: float) -> None:
-        call.deadline = self.clock.now() + seconds
-        call.timer = self.call_later(seconds, call.expire)
+        call.deadline = deadline = self.clock.now() + seconds
+        self.deadlines.add(call, deadline)
 
     def route_to(self, call: Call, target: Target, block: bytes | None, headers: Headers
                  ) -> None:

@@ -127,3 +127,16 @@ def test_the_rate_limit_lets_a_burst_through_then_its_rate() -> None:
     assert refused.message == "rate limit of orders (100/s, burst 20) exceeded"
     clock.advance(0.1)  # 10 more at 100/s
     assert sum(chain.request(view("/shop.v1.Orders/Get"))[0] is None for _ in range(50)) == 10
+
+
+def test_faults_turned_off_cost_no_interceptor() -> None:
+    service = parse_text("""
+services:
+  orders:
+    faults:
+      - match: {method: /shop.v1.Orders/Get}
+        abort: {code: UNAVAILABLE, percent: 0}
+        delay: {duration: 1s, percent: 0}
+""").service("orders")
+    assert service is not None
+    assert outbound_rules(service, random.Random(1)) == []
