@@ -41,6 +41,7 @@ class Stats:
         self.latencies: dict[str, list[float]] = collections.defaultdict(list)
         self.errors: collections.Counter[str] = collections.Counter()
         self.last_error: dict[str, str] = {}  # code -> the latest message with it
+        self.since = 0.0  # seconds into the run when counting (re)started
 
     def report(self, elapsed: float) -> str:
         total = sum(len(v) for v in self.latencies.values())
@@ -50,7 +51,9 @@ class Stats:
             rows.append([name, len(lat), f"{100 * len(lat) / max(total, 1):.0f}%",
                          f"{lat[len(lat) // 2] * 1000:.1f}",
                          f"{lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000:.1f}"])
-        lines = [f"after {elapsed:.0f}s: {total} calls, {total / max(elapsed, 1e-9):.0f}/s, "
+        window = elapsed - self.since
+        counted = f" (since {self.since:.0f}s)" if self.since else ""
+        lines = [f"after {elapsed:.0f}s: {total} calls{counted}, {total / max(window, 1e-9):.0f}/s, "
                  f"{sum(self.errors.values())} errors"
                  + (f" {dict(self.errors)}" if self.errors else "")]
         lines += [f"  last {code}: {message}" for code, message in sorted(self.last_error.items())]
@@ -101,10 +104,10 @@ async def _apply(registry: str, text: str) -> int:
         await client.close()
 
 
-def _reset(stats: Stats) -> Stats:
+def _reset(stats: Stats, elapsed: float) -> None:
     """Count calls afresh from now on (the clients keep adding to the same Stats)."""
     stats.latencies.clear()
-    return stats
+    stats.since = elapsed
 
 
 async def _wait_ready(admin: str, timeout: float) -> None:
@@ -187,7 +190,7 @@ async def run_demo(duration: float, concurrency: int) -> int:
                       f"{version}: half the calls to the stable instances (version v1: echo-1, "
                       "echo-2), half to the canary (v2: echo-3). The next tables show it.\n",
                       flush=True)
-                stats = _reset(stats)
+                _reset(stats, elapsed)
             if duration and elapsed >= duration:
                 stop.set()
             if stop.is_set() or int(elapsed) % 5 == 0:
