@@ -330,8 +330,7 @@ class Call:
         if finished:  # its response is complete, and may still be on its way out
             down.peer.end_then_reset(down)
             return
-        if self.closed:
-            self.end(_SC.UNAVAILABLE, PROXY, "upstream_lost", blame=_SC.UNAVAILABLE)
+        if self.closed:  # (a closed call has ended already: its client left, or we answered)
             return
         self.up = None
         self.reply_error(_SC.UNAVAILABLE, f"the connection to {address} was lost while "

@@ -3,14 +3,13 @@ what the client sends; new streams are checked against the connection's limits (
 rapid resets) and opened by the Relay. It drains gracefully (GOAWAY, PING, final GOAWAY)."""
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import TYPE_CHECKING, Any
 
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.call import Call
 from grpcmesh.relay.limits import Abuse, ResetGuard
-from grpcmesh.relay.peer import Headers, Leg, Peer, call_soon_flushed
+from grpcmesh.relay.peer import Headers, Leg, Peer
 from grpcmesh.routing import Target
 
 if TYPE_CHECKING:
@@ -145,8 +144,7 @@ class Downstream(Peer):
         taken (RFC 9113 6.8). The connection closes once its streams are over."""
         self.queue(f.goaway(f.MAX_WINDOW))
         self.queue(f.frame(f.PING, 0, 0, _DRAIN_PING))
-        asyncio.get_running_loop().call_later(DRAIN_PING_TIMEOUT, call_soon_flushed,
-                                              self.flusher, self.final_goaway)
+        self.relay.call_later(DRAIN_PING_TIMEOUT, self.final_goaway)
 
     def on_ping_ack(self, payload: bytes) -> None:
         if payload == _DRAIN_PING:
