@@ -321,6 +321,8 @@ RELAY_LIMIT_FLAGS = (
     ("idle_timeout", "seconds a client connection may have no stream before it is drained"),
     ("stall_timeout", "seconds a peer's output may stay over --write-buffer-bytes"),
     ("listen_backlog", "the listening sockets' accept queue"),
+    ("retry_buffer_bytes", "request bytes a call holds until it commits, to send it again"),
+    ("retry_buffer_total_bytes", "request bytes all calls together hold to send again"),
 )
 
 def _registry_flag(p: argparse.ArgumentParser) -> None:

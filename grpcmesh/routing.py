@@ -41,7 +41,7 @@ class Target:
     proto: str | None = None
     labels: tuple[tuple[str, str], ...] = ()  # a subset: only instances with these labels
     _ready: Sequence[Endpoint] = ()
-    _versions: tuple[int, ...] = ()
+    _versions: object = None  # the pools' versions when _ready was made
 
     @property
     def service(self) -> str:
@@ -54,7 +54,9 @@ class Target:
                       labels)
 
     def ready(self) -> Sequence[Endpoint]:
-        versions = tuple(pool.version for pool in self.pools)
+        pools = self.pools  # (per call: one pool, the usual case, makes no tuple)
+        versions = pools[0].version if len(pools) == 1 else \
+            tuple([pool.version for pool in pools])
         if versions != self._versions:  # recomputed only after discovery changed a pool
             ready = [e for pool in self.pools for e in pool.ready]
             if self.proto is not None:

@@ -61,8 +61,14 @@ class Match:
     metadata: Pairs = ()  # (lowercase name, exact value), sorted
 
     def matches(self, path: str, metadata: Mapping[str, str] | _Metadata) -> bool:
-        return ((self.method is None or self.method.matches(path))
-                and all(metadata.get(name) == value for name, value in self.metadata))
+        # (loops, not all() over a generator: this runs per call and rule)
+        method = self.method
+        if method is not None and not method.matches(path):
+            return False
+        for name, value in self.metadata:
+            if metadata.get(name) != value:
+                return False
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 
 from grpcmesh.config.schema import Route, Subset
-from grpcmesh.relay.call import CallRecord
+from grpcmesh.relay.record import CallRecord
 
 Headers = list[tuple[str, str]]
 

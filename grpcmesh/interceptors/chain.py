@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import grpc
 
 from grpcmesh.interceptors.api import Answer, CallView, Delay, Headers, Interceptor
-from grpcmesh.relay.call import CallRecord
+from grpcmesh.relay.record import CallRecord
 
 log = logging.getLogger(__name__)
 

@@ -5,94 +5,42 @@ map stream ids to calls and hand them events: request data and trailers from the
 client's reset or departure; response headers, data and trailers from the upstream, its reset,
 its GOAWAY, its loss. The call decides what goes where. It ends exactly once, in `end`, with one
 CallRecord that the balancer and every observer read; the proxy's own answers end it too.
+
+Until an attempt commits, the call holds on to its request (`sent`: what went to an attempt;
+`early`: what waits for one), so that it can be sent again. An attempt commits (gRFC A6) when
+anything of its response goes to the client, or when the request held passes
+retry_buffer_bytes (or all calls' held requests pass retry_buffer_total_bytes). Until then an
+attempt that never reached its app (the endpoint's REFUSED_STREAM, or its GOAWAY below the
+attempt's stream) is tried again on another endpoint, whatever the method: no app saw it.
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 
-from grpcmesh.balance.endpoint import CallHandle, Endpoint
+from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.peer import Headers, Leg
-from grpcmesh.relay.settings import PUSHBACK
+from grpcmesh.relay.record import APP, CLIENT, PROXY, RESET_STATUS, Attempt, CallRecord, status_of
 
 if TYPE_CHECKING:
     from grpcmesh.interceptors.api import CallView
     from grpcmesh.interceptors.chain import Chain
     from grpcmesh.relay.relay import Relay
+    from grpcmesh.routing import Target
 
 _SC = grpc.StatusCode
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-# gRPC's mapping for a response without grpc-status (PROTOCOL-HTTP2.md, "HTTP to gRPC Status").
-_HTTP_STATUS = {"400": _SC.INTERNAL, "401": _SC.UNAUTHENTICATED, "403": _SC.PERMISSION_DENIED,
-                "404": _SC.UNIMPLEMENTED, "429": _SC.UNAVAILABLE, "502": _SC.UNAVAILABLE,
-                "503": _SC.UNAVAILABLE, "504": _SC.UNAVAILABLE}
-# What a gRPC client reads from an RST_STREAM code.
-_RESET_STATUS = {f.REFUSED_STREAM: _SC.UNAVAILABLE, f.CANCEL: _SC.CANCELLED}
 _MAX_MESSAGE = 1024  # characters of grpc-message in the proxy's own answers
-APP, PROXY, CLIENT = "app", "proxy", "client"  # who ended a call
-
-
-def status_of(headers: Headers) -> tuple[grpc.StatusCode, int | None]:
-    """The status a trailer block carries, and its grpc-retry-pushback-ms if any."""
-    code: grpc.StatusCode | None = None
-    http = "200"
-    pushback = None
-    for key, value in headers:
-        if key == "grpc-status":
-            code = _CODES.get(int(value) if value.isdigit() else -1, _SC.UNKNOWN)
-        elif key == ":status":
-            http = value
-        elif key == PUSHBACK:
-            pushback = int(value) if value.isdigit() else None
-    if code is None:
-        code = _HTTP_STATUS.get(http, _SC.UNKNOWN) if http != "200" else _SC.UNKNOWN
-    return code, pushback
-
-
-class Attempt:
-    """One try of a call on one endpoint: its stream there and its balancer handle."""
-
-    __slots__ = ("endpoint", "first_byte", "handle", "leg", "started")
-
-    def __init__(self, endpoint: Endpoint, leg: Leg, handle: CallHandle, started: float) -> None:
-        self.endpoint = endpoint
-        self.leg = leg
-        self.handle = handle
-        self.started = started
-        self.first_byte: float | None = None  # when its first response DATA arrived
-
-
-@dataclass(slots=True)
-class CallRecord:
-    """How a call ended: what every observer of calls (the balancer, interceptors) reads.
-    Observers must not change it (it is not frozen: a frozen dataclass costs a setattr call
-    per field, and one is made per call)."""
-
-    method: str
-    caller: str  # the client's address
-    service: str  # the mesh service it was routed to; "" if none
-    endpoint: str  # the address of the last attempt's endpoint; "" if it reached none
-    code: grpc.StatusCode  # what the client saw
-    by: str  # APP (its trailers or reset), PROXY (the relay answered) or CLIENT (it left)
-    reason: str  # the proxy's reason (no_route, deadline, too_large, ...); "" otherwise
-    started: float
-    duration: float
-    first_byte: float | None  # seconds from start to the first response DATA
-    request_bytes: int
-    response_bytes: int
-    attempts: int
+REFUSED_ATTEMPTS = 3  # endpoints a call is offered to when each refuses it unseen
 
 
 class Call:
     __slots__ = ("attempts", "born", "chain", "closed", "deadline", "down", "early",
-                 "end_headers", "ended", "headers_out", "limit", "method", "pause", "relay",
-                 "req_framing", "request_bytes", "resp_framing", "response_bytes", "service",
-                 "task", "tick", "up", "view")
+                 "end_headers", "ended", "headers_out", "held", "limit", "method", "pause",
+                 "relay", "req_framing", "request", "request_bytes", "resp_framing",
+                 "response_bytes", "sent", "service", "target", "task", "tick", "up", "view")
 
     def __init__(self, relay: Relay, down: Leg) -> None:
         self.relay = relay
@@ -105,8 +53,14 @@ class Call:
         self.deadline: float | None = None
         self.tick: int | None = None  # its deadline's bucket in relay.deadlines
         self.pause: asyncio.TimerHandle | None = None  # an interceptor's Delay
-        # Request frames that wait for an upstream stream: (DATA or trailers, end, length)
+        # Request frames that wait for an attempt: (DATA or trailers, end, length); not
+        # credited to the client until sent. None until the call is routed, and once it ends.
         self.early: list[tuple[bytes | Headers, bool, int]] | None = None
+        # Request frames an attempt has had, held until one commits (None: committed)
+        self.sent: list[tuple[bytes | Headers, bool, int]] | None = []
+        self.held = 0  # bytes of DATA in sent
+        self.target: Target | None = None  # where the call was routed
+        self.request: Headers = []  # the request headers its attempts are sent
         self.end_headers = False  # the request had no body
         self.headers_out = False  # response headers were sent to the client
         self.closed = False  # the client's side is over: nothing more to do upstream
@@ -129,6 +83,8 @@ class Call:
         if self.ended:
             return
         self.ended = True
+        if self.sent is not None:
+            self.commit()
         now = self.relay.clock.now()
         if self.tick is not None:
             self.relay.deadlines.remove(self)
@@ -208,6 +164,8 @@ class Call:
             down = self.down
             for _, _, length in early:
                 down.peer.credit(down, length)
+        if self.sent is not None:
+            self.commit()
         up = self.up
         if up is not None and not (up.ended_in and up.ended_out):
             up.peer.reset(up, f.CANCEL)
@@ -219,17 +177,54 @@ class Call:
         (block) and whatever of the request waited for it go out."""
         up = leg.peer
         self.up = leg
-        leg.other = self.down
-        self.down.other = leg
         now = self.relay.clock.now()
         self.attempts.append(Attempt(endpoint, leg, endpoint.start(now), now))
         up.send_headers(leg, block, self.end_headers)
-        early, self.early = self.early, None
-        for item, end, length in early or ():
-            if isinstance(item, bytes):
-                up.send_data(leg, item, end, self.down, length)
-            else:
-                up.send_headers(leg, up.encode(item), end)
+        sent = self.sent
+        if sent:  # again: the client's window had these already
+            for item, end, _ in sent:
+                if isinstance(item, bytes):
+                    up.send_data(leg, item, end, None, 0)
+                else:
+                    up.send_headers(leg, up.encode(item), end)
+        early = self.early
+        if early:
+            self.early = []
+            down = self.down
+            n = 0
+            for item, end, length in early:
+                if isinstance(item, bytes):
+                    up.send_data(leg, item, end, down, length)
+                    n += len(item)
+                else:
+                    up.send_headers(leg, up.encode(item), end)
+            if sent is not None:
+                sent += early
+                self._hold(n)
+
+    def _hold(self, n: int) -> None:
+        """n more bytes of request sent and held: past the limits, the attempt commits."""
+        self.held += n
+        relay = self.relay
+        relay.held += n
+        limits = relay.limits
+        if self.held > limits.retry_buffer_bytes or relay.held > limits.retry_buffer_total_bytes:
+            self.commit()
+
+    def commit(self) -> None:
+        """The current attempt is the call's last: its request is no longer held."""
+        self.relay.held -= self.held
+        self.held = 0
+        self.sent = None
+
+    def try_elsewhere(self, blame: grpc.StatusCode | None) -> bool:
+        """The current attempt never reached its app: try another endpoint, if the request is
+        still held and time is left (Relay.retry); False if not."""
+        attempt = self.attempts[-1]
+        attempt.handle.finish(self.relay.clock.now(), blame, None)
+        self.up = None
+        return (self.sent is not None and not self.closed
+                and len(self.attempts) < REFUSED_ATTEMPTS and self.relay.retry(self))
 
     # -- events from the client ---------------------------------------------------------------
 
@@ -241,6 +236,10 @@ class Call:
         up = self.up
         if up is not None:
             up.peer.send_data(up, payload, end, down, length)
+            sent = self.sent
+            if sent is not None:
+                sent.append((payload, end, length))
+                self._hold(len(payload))
         elif self.early is not None:
             self.early.append((payload, end, length))
         else:
@@ -252,6 +251,8 @@ class Call:
         up = self.up
         if up is not None:
             up.peer.send_headers(up, block if verbatim else up.peer.encode(headers), end)
+            if self.sent is not None:
+                self.sent.append((headers, end, 0))
         elif self.early is not None:
             self.early.append((headers, end, 0))
 
@@ -285,6 +286,8 @@ class Call:
             self.end(code, APP, blame=code, pushback=pushback)
         else:
             self.headers_out = True
+            if self.sent is not None:
+                self.commit()
         if not verbatim:
             assert headers is not None  # a block that is not forwarded as it is was decoded
             block = peer.encode(headers)
@@ -298,6 +301,8 @@ class Call:
             attempt.first_byte = now
             attempt.handle.first_response(now)
         self.response_bytes += len(payload)
+        if self.sent is not None:
+            self.commit()
         if self._oversized(self.resp_framing, payload, up, length, False):
             return
         if end:  # a response without trailers: gRPC reads it as UNKNOWN, and so does the pick
@@ -313,13 +318,18 @@ class Call:
             # What waits for the client's window is still delivered, then the client is told.
             down.peer.end_then_reset(down)
             return
-        status = _RESET_STATUS.get(code, _SC.INTERNAL)
+        if code == f.REFUSED_STREAM and self.try_elsewhere(_SC.UNAVAILABLE):
+            return  # the endpoint did not process it (RFC 9113 8.7)
+        status = RESET_STATUS.get(code, _SC.INTERNAL)
         self.end(status, APP, blame=status)
         if not (down.ended_in and down.ended_out):
             down.peer.reset(down, code)
 
     def upstream_refused(self) -> None:
-        """The upstream's GOAWAY came before it saw this call: the client may retry it."""
+        """The upstream's GOAWAY came before it saw this call: another endpoint takes it, or
+        (none left) the client is refused it, which a gRPC client retries transparently."""
+        if self.try_elsewhere(None):  # (a graceful GOAWAY: not the endpoint's failure)
+            return
         self.end(_SC.UNAVAILABLE, PROXY, "refused")
         down = self.down
         if not (down.ended_in and down.ended_out):
@@ -336,5 +346,3 @@ class Call:
         self.reply_error(_SC.UNAVAILABLE, f"the connection to {address} was lost while "
                          f"{self.method} was in flight", "upstream_lost", blame=_SC.UNAVAILABLE)
 
-
-Observer = Callable[[CallRecord], None]

@@ -8,6 +8,9 @@ default and why):
 - per connection: max_concurrent_streams streams, write_buffer_bytes of output (above it the
   relay stops reading that peer and stops crediting what is meant for it), plus
   max_unread_control_bytes of control-frame replies the peer does not read;
+- per call: up to retry_buffer_bytes of its request, held until an attempt commits so that it
+  can be sent again; all calls together hold at most retry_buffer_total_bytes (past either, a
+  call commits at once: it is not retried, and holds nothing);
 - per listener: max_connections connections; one without a preface after handshake_timeout, or
   with no stream for idle_timeout, or whose output has not drained for stall_timeout, closes.
 
@@ -40,6 +43,8 @@ class RelayLimits:
     idle_timeout: float = 3600.0  # a client connection with no stream is closed (GOAWAY)
     stall_timeout: float = 30.0  # output over write_buffer_bytes that does not drain
     listen_backlog: int = 1024
+    retry_buffer_bytes: int = 64 * 1024  # request a call holds to send again, until it commits
+    retry_buffer_total_bytes: int = 64 << 20  # ... and all calls hold (per listener and worker)
 
     def __post_init__(self) -> None:
         """ValueError naming the sidecar flag of the first setting out of its range."""
@@ -50,7 +55,8 @@ class RelayLimits:
                   "control_frames_per_second": (1, 2**31 - 1),
                   "max_empty_frames": (0, 2**31 - 1), "max_continuation_frames": (1, 2**31 - 1),
                   "reset_min_streams": (1, 2**31 - 1), "max_path_bytes": (16, 1 << 20),
-                  "max_connections": (1, 1 << 24), "listen_backlog": (1, 65_535)}
+                  "max_connections": (1, 1 << 24), "listen_backlog": (1, 65_535),
+                  "retry_buffer_bytes": (0, 1 << 30), "retry_buffer_total_bytes": (0, 1 << 40)}
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
             if not low <= value <= high:

@@ -34,11 +34,12 @@ from grpcmesh.interceptors.chain import Chain
 from grpcmesh.interceptors.rules import inbound_rules, outbound_rules
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache
-from grpcmesh.relay.call import Call, Observer
+from grpcmesh.relay.call import Call
 from grpcmesh.relay.deadlines import Deadlines
 from grpcmesh.relay.downstream import Downstream
 from grpcmesh.relay.limits import RelayLimits, clip
 from grpcmesh.relay.peer import Flusher, Headers, Leg, call_soon_flushed
+from grpcmesh.relay.record import Observer
 from grpcmesh.relay.request import Refused, read_request
 from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.relay.upstreams import Upstreams
@@ -79,10 +80,12 @@ class Relay:
         self.rng = random.Random()
         self._chains: dict[str, Chain | None] = {}
         self._subsets: dict[tuple[str, str], Target] = {}
+        self._timeouts: dict[float, tuple[str, bytes]] = {}
         self.flusher = Flusher()
         self.upstreams = Upstreams(self.flusher, clock, limits=limits, cache=self.cache)
         self.downstreams: set[Downstream] = set()
         self.in_flight = 0  # calls not yet ended
+        self.held = 0  # bytes of request held by calls until they commit (call.py)
         self.observers: list[Observer] = []  # each reads every call's CallRecord
         self.draining = False
         self.all_gone: asyncio.Event | None = None  # set when draining and every client is gone
@@ -350,16 +353,28 @@ class Relay:
                 block = None
             else:
                 self._set_deadline(call, view.timeout)
-                timeout = f.format_timeout(view.timeout)
+                timeout, literal = self._timeout_header(view.timeout)
                 if seconds is None and block is not None:
                     # The usual case, a deadline given to a call that had none: appended to
                     # the block as it is (an HPACK literal), not encoded again.
-                    block += f.literal_header("grpc-timeout", timeout)
+                    block += literal
                 else:
                     headers = [h for h in headers if h[0] != "grpc-timeout"]
                     headers = [*headers, ("grpc-timeout", timeout)]
                     block = None
         return block, headers
+
+    def _timeout_header(self, seconds: float) -> tuple[str, bytes]:
+        """grpc-timeout for seconds, and as an HPACK literal: made once per value (a rule's
+        timeout is the same for every call), for at most 64 values."""
+        made = self._timeouts.get(seconds)
+        if made is None:
+            if len(self._timeouts) >= 64:
+                self._timeouts.clear()
+            timeout = f.format_timeout(seconds)
+            made = self._timeouts[seconds] = (timeout,
+                                              f.literal_header("grpc-timeout", timeout))
+        return made
 
     def _set_deadline(self, call: Call, seconds: float) -> None:
         call.deadline = deadline = self.clock.now() + seconds
@@ -369,6 +384,8 @@ class Relay:
                  ) -> None:
         if call.closed:  # its client reset it in the same read
             return
+        call.target = target
+        call.request = headers
         endpoint = target.pick()
         up = self.upstreams.ready(endpoint.address) if endpoint is not None else None
         if up is not None and endpoint is not None:
@@ -377,11 +394,27 @@ class Relay:
         call.task = asyncio.get_running_loop().create_task(
             self._connect_then_start(call, target, endpoint, block, headers))
 
+    def retry(self, call: Call) -> bool:
+        """Send call again, to an endpoint it has not tried (Call.try_elsewhere); False if
+        there is none, or its deadline has passed."""
+        target = call.target
+        assert target is not None
+        tried = [attempt.endpoint for attempt in call.attempts]
+        endpoint = target.pick(tried)
+        if endpoint is None or (call.deadline is not None
+                                and self.clock.now() >= call.deadline):
+            return False
+        call.task = asyncio.get_running_loop().create_task(
+            self._connect_then_start(call, target, endpoint, None, call.request, tried))
+        return True
+
     async def _connect_then_start(self, call: Call, target: Target, endpoint: Endpoint | None,
-                                  block: bytes | None, headers: Headers) -> None:
-        """The slow path: the picked endpoint has no connection yet (or refuses one)."""
+                                  block: bytes | None, headers: Headers,
+                                  tried: Sequence[Endpoint] = ()) -> None:
+        """The slow path: the picked endpoint has no connection yet (or refuses one), or the
+        call is tried again (tried: the endpoints it was refused by)."""
         try:
-            refused: list[Endpoint] = []
+            refused: list[Endpoint] = [*tried]
             while endpoint is not None:
                 wait = self.settings.connect_timeout
                 if call.deadline is not None:
@@ -405,10 +438,10 @@ class Relay:
                                      f"deadline expired while connecting to {target.name}",
                                      "deadline")
                     return
-                tried = ", ".join(e.address for e in refused)
-                call.reply_error(_SC.UNAVAILABLE, f"no instance of {target.name} accepted a "
-                                 f"connection (tried {tried}) for {call.method}",
-                                 "connect_refused")
+                names = ", ".join(e.address for e in refused)
+                what = "took" if tried else "accepted a connection for"
+                call.reply_error(_SC.UNAVAILABLE, f"no instance of {target.name} {what} "
+                                 f"{call.method} (tried {names})", "connect_refused")
             else:
                 call.reply_error(_SC.UNAVAILABLE, f"no healthy instance of {target.name} "
                                  f"({target.describe()}) for {call.method}",

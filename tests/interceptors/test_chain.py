@@ -10,7 +10,7 @@ from grpcmesh.example.apikey import ApiKey
 from grpcmesh.interceptors import Answer, CallView, Delay, Interceptor
 from grpcmesh.interceptors.chain import Chain, load
 from grpcmesh.relay import frames as f
-from grpcmesh.relay.call import CallRecord
+from grpcmesh.relay.record import CallRecord
 from tests.relay.test_relay import (
     OK,
     REQUEST,

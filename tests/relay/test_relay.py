@@ -18,10 +18,10 @@ from grpcmesh.interceptors import Interceptor
 from grpcmesh.registry.model import Health, Instance
 from grpcmesh.relay import downstream as downstream_module
 from grpcmesh.relay import frames as f
-from grpcmesh.relay.call import CallRecord, status_of
 from grpcmesh.relay.downstream import Downstream
 from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.peer import CONN_WINDOW
+from grpcmesh.relay.record import CallRecord, status_of
 from grpcmesh.relay.relay import Relay
 from grpcmesh.relay.upstreams import Upstream
 from grpcmesh.routing import Target
