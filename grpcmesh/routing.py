@@ -4,7 +4,8 @@ A call to /pkg.Service/Method goes to the mesh services whose instances serve pk
 (usually one; if several do, their endpoints form one target). A client can instead name a mesh
 service explicitly with the `grpcmesh-service` request header (grpcio servers cannot see
 :authority, grpc/grpc#38906). Services stay known after their last instance goes, so a call
-during a full restart gets UNAVAILABLE (retryable), not UNIMPLEMENTED.
+during a full restart gets UNAVAILABLE (retryable), not UNIMPLEMENTED. The mesh config's
+external services (grpcmesh/external/) come first, by proto service and by name: set_external.
 """
 from __future__ import annotations
 

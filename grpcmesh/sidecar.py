@@ -1,7 +1,8 @@
 """The sidecar: registers its app, follows the registry, and proxies the app's calls.
 
 Start-up: outbound listener -> registry watch (instances, and the mesh config: mesh_config,
-config_version, on_config; sidecar_config.py) -> (with an app) learn its proto services,
+config_version, on_config; sidecar_config.py; its external services are resolved by DNS and
+routed to: grpcmesh/external/) -> (with an app) learn its proto services,
 watch its health, register under a lease, inbound listener. Shutdown (SIGTERM): report
 NOT_SERVING, deregister, wait drain_delay so peers stop sending, then stop the listeners,
 letting calls in flight finish within the grace period.
