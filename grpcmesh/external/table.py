@@ -61,14 +61,12 @@ class Outside:
 
     def unavailable(self, method: str) -> str:
         """Why the service has no endpoint: unusable TLS settings, or no DNS answer."""
+        res = self.table.resolutions
         if self.tls_error is not None:
-            why = f"cannot use the TLS settings of external service {self.name}: " \
-                  f"{self.tls_error}"
+            why = f"cannot use the TLS settings of external service {self.name}: {self.tls_error}"
         else:
-            res = self.table.resolutions
             why = "; ".join(res.why_none(a, self.name) for a in self.config.addresses
-                            if not res.answers(a)) or f"external service {self.name} has no " \
-                                                      "endpoint"
+                            if not res.answers(a))
         return f"{why} (calling {method})"
 
     def unreachable(self, tried: Sequence[Endpoint], reason: Callable[[str], str | None],
