@@ -29,9 +29,10 @@ async def cmd_config(args: argparse.Namespace) -> int:
     return await command(args)
 
 
-def _read(path: str, known: config.KnownInstances | None = None) -> config.Report:
+def _read(path: str, known: config.KnownInstances | None = None,
+          serving: config.ServingProtos | None = None) -> config.Report:
     try:
-        return config.check_file(path, known)
+        return config.check_file(path, known, serving)
     except OSError as err:
         raise CliError(f"cannot read {path}: {err.strerror or err}") from None
 
@@ -55,8 +56,11 @@ def _warnings(count: int) -> str:
 async def check(args: argparse.Namespace) -> int:
     report = _read(args.file)
     if report.config is not None and args.registry:
-        known = await _known_instances(args, [s.name for s in report.config.services])
-        report = _read(args.file, known)
+        cfg = report.config
+        known = await _known_instances(args, [*(s.name for s in cfg.services),
+                                              *(e.name for e in cfg.external)])
+        serving = await _serving(args, [p for e in cfg.external for p in e.proto_services])
+        report = _read(args.file, known, serving)
     for line in report.lines():
         print(line, file=sys.stderr)
     if report.config is None:
@@ -134,14 +138,22 @@ def render(rules: Any) -> str:
 async def _known_instances(args: argparse.Namespace, services: list[str]
                            ) -> dict[str, list[dict[str, str]]]:
     """service -> its registered instances' labels (a service never registered has none)."""
-    known: dict[str, list[dict[str, str]]] = {}
-    for name in services:
-        try:
-            resp = await _registry_call(args, "Resolve", pb.ResolveRequest(service=name))
-        except CliError as err:
-            if err.code != grpc.StatusCode.NOT_FOUND:
-                raise
-            known[name] = []
-            continue
-        known[name] = [dict(inst.labels) for inst in resp.instances]
-    return known
+    return {name: [dict(inst.labels) for inst in await _resolve(
+        args, pb.ResolveRequest(service=name))] for name in services}
+
+
+async def _serving(args: argparse.Namespace, protos: list[str]) -> dict[str, list[str]]:
+    """proto service -> the mesh services whose registered instances serve it."""
+    return {proto: sorted({inst.service for inst in await _resolve(
+        args, pb.ResolveRequest(proto_service=proto))}) for proto in protos}
+
+
+async def _resolve(args: argparse.Namespace, request: pb.ResolveRequest) -> list[pb.Instance]:
+    """The registered instances the request asks for; none when the registry knows none."""
+    try:
+        resp = await _registry_call(args, "Resolve", request)
+    except CliError as err:
+        if err.code != grpc.StatusCode.NOT_FOUND:
+            raise
+        return []
+    return list(resp.instances)

@@ -4,12 +4,14 @@ A call to /pkg.Service/Method goes to the mesh services whose instances serve pk
 (usually one; if several do, their endpoints form one target). A client can instead name a mesh
 service explicitly with the `grpcmesh-service` request header (grpcio servers cannot see
 :authority, grpc/grpc#38906). Services stay known after their last instance goes, so a call
-during a full restart gets UNAVAILABLE (retryable), not UNIMPLEMENTED.
+during a full restart gets UNAVAILABLE (retryable), not UNIMPLEMENTED. The mesh config's
+external services (grpcmesh/external/) come first, by proto service and by name: set_external.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -17,6 +19,9 @@ from grpcmesh.balance.endpoint import Endpoint, LoadSettings
 from grpcmesh.balance.picker import Picker, RoundRobin
 from grpcmesh.balance.pool import Pool
 from grpcmesh.registry.model import Event, EventType, Instance, Method
+
+if TYPE_CHECKING:
+    from grpcmesh.external.table import Outside
 
 SERVICE_HEADER = "grpcmesh-service"
 
@@ -40,6 +45,7 @@ class Target:
     picker: Picker = field(default_factory=RoundRobin)
     proto: str | None = None
     labels: tuple[tuple[str, str], ...] = ()  # a subset: only instances with these labels
+    external: Outside | None = None  # an external service's (grpcmesh/external/); None: mesh
     _ready: Sequence[Endpoint] = ()
     _versions: object = None  # the pools' versions when _ready was made
 
@@ -51,7 +57,7 @@ class Target:
     def subset(self, name: str, labels: tuple[tuple[str, str], ...]) -> Target:
         """The same target, restricted to the instances with labels (a config's subset)."""
         return Target(f"{self.name} (subset {name})", self.pools, self.picker, self.proto,
-                      labels)
+                      labels, self.external)
 
     def ready(self) -> Sequence[Endpoint]:
         pools = self.pools  # (per call: one pool, the usual case, makes no tuple)
@@ -95,6 +101,7 @@ class RouteTable:
         self._proto_index: dict[str, set[str]] = {}
         self._methods: dict[str, Method] = {}
         self._targets: dict[tuple[str, str], Target] = {}
+        self._external: Mapping[tuple[str, str], Target] = {}
         self._picker_factory = picker_factory
         self._on_endpoint_removed = on_endpoint_removed
         self._load = load
@@ -145,6 +152,13 @@ class RouteTable:
         calls already picked keep their endpoints, and the endpoints their load."""
         self._targets.clear()
 
+    def set_external(self, targets: Mapping[tuple[str, str], Target]) -> None:
+        """The external services' targets, by ("proto", proto service) and ("service", name)
+        (grpcmesh/external/table.py). They come first: the config names them explicitly, so
+        they win over mesh services that serve the same proto service or have the same name."""
+        self._external = targets
+        self._targets.clear()
+
     # -- routing ------------------------------------------------------------------------------
 
     def method(self, path: str) -> Method | None:
@@ -157,6 +171,10 @@ class RouteTable:
             key = ("service", service_override)
             target = self._targets.get(key)
             if target is None:
+                target = self._external.get(key)
+                if target is not None:
+                    self._targets[key] = target
+                    return target
                 self._require_sync(f"service {service_override!r}")
                 pool = self.pools.get(service_override)
                 if pool is None:
@@ -170,6 +188,10 @@ class RouteTable:
         key = ("proto", proto)
         target = self._targets.get(key)
         if target is None:
+            target = self._external.get(key)
+            if target is not None:
+                self._targets[key] = target
+                return target
             self._require_sync(proto)
             services = self._proto_index.get(proto)
             if not services:

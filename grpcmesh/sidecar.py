@@ -1,7 +1,8 @@
 """The sidecar: registers its app, follows the registry, and proxies the app's calls.
 
 Start-up: outbound listener -> registry watch (instances, and the mesh config: mesh_config,
-config_version, on_config; sidecar_config.py) -> (with an app) learn its proto services,
+config_version, on_config; sidecar_config.py; its external services are resolved by DNS and
+routed to: grpcmesh/external/) -> (with an app) learn its proto services,
 watch its health, register under a lease, inbound listener. Shutdown (SIGTERM): report
 NOT_SERVING, deregister, wait drain_delay so peers stop sending, then stop the listeners,
 letting calls in flight finish within the grace period.
@@ -27,6 +28,8 @@ from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
 from grpcmesh.clock import MonotonicClock
 from grpcmesh.config import MeshConfig
+from grpcmesh.external.resolver import Resolver
+from grpcmesh.external.table import ExternalTable
 from grpcmesh.health import HealthWatcher
 from grpcmesh.interceptors import Interceptor
 from grpcmesh.registry.client import Backoff, Registrar, RegistryClient, watch_forever
@@ -95,6 +98,12 @@ class Sidecar:
         self.outbound_server = Relay(self._route, local=((HEALTH_PREFIX,), local),
                                      settings=settings.forward, limits=settings.limits,
                                      interceptors=settings.interceptors, clock=self.clock)
+        # The mesh config's external services: pools of their resolved addresses, and how the
+        # outbound relay dials them (TLS). Built in each process from the config it receives.
+        self.external = ExternalTable(self._picker_for, self._endpoint_removed,
+                                      settings.balancer.load)
+        self.outbound_server.upstreams.dials = self.external.dials
+        self.resolver = Resolver(self.external, self.clock)
         self.inbound_server: Relay | None = None
         self.registrar: Registrar | None = None
         self.app_health = Health.UNKNOWN
@@ -125,6 +134,7 @@ class Sidecar:
         await self.outbound_server.start()
         await self._set_own_health(False)
         self._spawn(self.config.follow(), "mesh-config")
+        self._spawn(self.resolver.run(), "external-dns")
         self._spawn(watch_forever(self.client, self._on_event,
                                   pb.WatchRequest(include_config=True),
                                   on_state=self._registry_state), "registry-watch")
@@ -234,6 +244,9 @@ class Sidecar:
             if relay is not None:
                 relay.set_config(config.config)
         self.routes.new_pickers()  # a service's balancer may have changed
+        self.routes.set_external(self.external.configure(config.config.external,
+                                                         self.clock.now()))
+        self.resolver.wake()  # new addresses are resolved at once
 
     @property
     def mesh_config(self) -> MeshConfig:
@@ -268,9 +281,9 @@ class Sidecar:
         return self.routes.route(method, override)
 
     def _endpoint_removed(self, endpoint: Endpoint) -> None:
+        pools = [*self.routes.pools.values(), *self.external.pools.values()]
         still_used = any(e.address == endpoint.address
-                         for pool in self.routes.pools.values() for e in pool.endpoints.values()
-                         if e is not endpoint)
+                         for pool in pools for e in pool.endpoints.values() if e is not endpoint)
         if not still_used:
             self.outbound_server.discard(endpoint.address)
 
@@ -315,8 +328,9 @@ class Sidecar:
     def _endpoints(self) -> tuple[int, Any]:
         """Why an endpoint gets picked: its estimate, calls in flight and cost, per service."""
         now = self.clock.now()
-        services = {}
-        for name, pool in sorted(self.routes.pools.items()):
+        services: dict[str, Any] = {}
+        external = self.external.describe()
+        for name, pool in sorted({**self.routes.pools, **self.external.pools}.items()):
             endpoints = []
             for _, e in sorted(pool.endpoints.items()):
                 estimate = e.rtt.get(now)
@@ -328,6 +342,8 @@ class Sidecar:
                     "calls": e.calls, "failures": e.failures})
             services[name] = {"balancer": self.settings.balancer.kind_for(name),
                               "endpoints": endpoints}
+            if name in external:  # its configured addresses and what DNS said of each
+                services[name]["external"] = external[name]
         return 200, {"revision": self.routes.revision, "registry_up": self.registry_up,
                      "services": services}
 

@@ -34,11 +34,11 @@ from grpcmesh.config.source import (
     from_data,
     parse_text,
 )
-from grpcmesh.config.validate import KnownInstances
+from grpcmesh.config.validate import KnownInstances, ServingProtos
 
 __all__ = [
     "MAX_CONFIG_BYTES", "Abort", "ConfigInvalid", "Delay", "Duration", "ExternalService",
     "Fault", "KnownInstances", "Match", "MeshConfig", "MethodPattern", "Problem", "RateLimit",
-    "Report", "Route", "ServiceConfig", "Subset", "Tls", "check_data", "check_file",
-    "check_text", "from_data", "parse_text",
+    "Report", "Route", "ServiceConfig", "ServingProtos", "Subset", "Tls", "check_data",
+    "check_file", "check_text", "from_data", "parse_text",
 ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from grpcmesh.config.problems import ConfigInvalid, Problem
 from grpcmesh.config.reader import Reader
 from grpcmesh.config.schema import MeshConfig
-from grpcmesh.config.validate import KnownInstances, build
+from grpcmesh.config.validate import KnownInstances, ServingProtos, build
 from grpcmesh.config.yamlnodes import from_data as nodes_from_data
 from grpcmesh.config.yamlnodes import parse_yaml
 
@@ -40,9 +40,12 @@ class Report:
 
 
 def check_text(text: str | bytes, source: str = "config",
-               known: KnownInstances | None = None) -> Report:
+               known: KnownInstances | None = None,
+               serving: ServingProtos | None = None) -> Report:
     """Validate YAML text. known: service -> its instances' labels, for the warnings about
-    subsets that select nothing (None: not known, no such warnings)."""
+    subsets that select nothing; serving: proto service -> the mesh services that serve it,
+    for the warnings about external services that take their calls (None: not known, no
+    such warnings)."""
     size = len(text.encode() if isinstance(text, str) else text)
     if size > MAX_CONFIG_BYTES:
         return _too_big(source, size)
@@ -57,7 +60,7 @@ def check_text(text: str | bytes, source: str = "config",
     parsed = parse_yaml(text)
     if parsed.root is None and parsed.errors:
         return Report(source, None, parsed.errors)
-    return _report(source, parsed.root, parsed.errors, known)
+    return _report(source, parsed.root, parsed.errors, known, serving)
 
 
 def check_data(data: object, source: str = "config",
@@ -70,13 +73,14 @@ def check_data(data: object, source: str = "config",
     return _report(source, root, (), known)
 
 
-def check_file(path: str, known: KnownInstances | None = None) -> Report:
+def check_file(path: str, known: KnownInstances | None = None,
+               serving: ServingProtos | None = None) -> Report:
     """Raises OSError if the file cannot be read."""
     with open(path, "rb") as f:
         data = f.read(MAX_CONFIG_BYTES + 1)
         if len(data) > MAX_CONFIG_BYTES:
             return _too_big(path, os.fstat(f.fileno()).st_size)
-    return check_text(data, path, known)
+    return check_text(data, path, known, serving)
 
 
 def parse_text(text: str | bytes, source: str = "config") -> MeshConfig:
@@ -90,9 +94,9 @@ def from_data(data: object) -> MeshConfig:
 
 
 def _report(source: str, root: object, errors: tuple[Problem, ...],
-            known: KnownInstances | None) -> Report:
+            known: KnownInstances | None, serving: ServingProtos | None = None) -> Report:
     r = Reader()
-    config = build(root, r, known)  # type: ignore[arg-type]
+    config = build(root, r, known, serving)  # type: ignore[arg-type]
     problems = tuple(sorted((*errors, *r.errors), key=_order))
     return Report(source, None if problems else config, problems,
                   tuple(sorted(r.warnings, key=_order)))

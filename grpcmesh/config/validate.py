@@ -4,7 +4,12 @@ The file's layout, top down: `services` (per mesh service: balancer, timeouts, s
 routes, faults, rate_limit) and `external` (services outside the mesh). docs/config.md
 describes each key. Each node is read once, and cross-checks use dicts, so the cost is linear
 in the file's size. Subsets that select no instance are warnings, given the instances the
-registry knows (offline nothing is known, so nothing is said).
+registry knows (offline nothing is known, so nothing is said), and so are external services
+whose proto services or name mesh services have too (the external service wins).
+
+`services.NAME` may hold the rules of an external service NAME (its balancer, timeouts, routes
+without `to`, faults): its calls pass the same interceptors. Subsets and rate limits are errors
+there: its endpoints are DNS answers, with no labels, and it has no inbound sidecar.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ from grpcmesh.config.yamlnodes import Map, Node, Scalar
 
 # service -> the label sets of its instances (what the registry knows today)
 KnownInstances = Mapping[str, Sequence[Mapping[str, str]]]
+# proto service -> the mesh services whose registered instances serve it
+ServingProtos = Mapping[str, Sequence[str]]
 
 SERVICE_KEYS = ("balancer", "timeout", "max_timeout", "subsets", "routes", "faults",
                 "rate_limit")
@@ -45,11 +52,18 @@ RESERVED = {key: f"{key!r} is reserved and not supported yet (it will configure 
             for key, what in (("retry", "retries"), ("hedge", "hedged calls"),
                               ("outlier", "outlier detection"))}
 EXTERNAL_KEYS = ("addresses", "proto_services", "tls")
+# The rules `services.NAME` cannot have when NAME is an external service, and why.
+EXTERNAL_CANNOT = {
+    "subsets": "its endpoints are the addresses DNS gives, which have no labels to select",
+    "rate_limit": "rate limits are applied by each instance's inbound sidecar, and an external "
+                  "service has none"}
 Rule = TypeVar("Rule", Route, Fault)
 
 
-def build(root: Node | None, r: Reader, known: KnownInstances | None = None) -> MeshConfig:
-    """The config the nodes describe; meaningful only if r collected no errors."""
+def build(root: Node | None, r: Reader, known: KnownInstances | None = None,
+          serving: ServingProtos | None = None) -> MeshConfig:
+    """The config the nodes describe; meaningful only if r collected no errors. known and
+    serving (what the registry knows today, if anything) only add warnings."""
     if root is None:  # an empty file: no rules
         return MeshConfig()
     top = r.map(root, "", "a map with the keys services and/or external")
@@ -62,7 +76,7 @@ def build(root: Node | None, r: Reader, known: KnownInstances | None = None) -> 
     if "external" in f:
         m = r.map(f["external"], "external", "a map of external service names to settings")
         for key, body in m.items if m else ():
-            ext = _external(key, body, r, claimed)
+            ext = _external(key, body, r, claimed, known, serving)
             ext_keys[key.text] = key
             if ext is not None:
                 external.append(ext)
@@ -70,11 +84,10 @@ def build(root: Node | None, r: Reader, known: KnownInstances | None = None) -> 
     if "services" in f:
         m = r.map(f["services"], "services", "a map of mesh service names to their rules")
         for key, body in m.items if m else ():
-            if key.text in ext_keys:
-                r.error(ext_keys[key.text], join("external", key.text),
-                        f"{show(key.text)} is also a mesh service (services, line {key.line}): "
-                        "an external service needs a name of its own")
-            service = _service(key, body, r, claimed, known)
+            outside = ext_keys.get(key.text)  # the rules of an external service
+            others = claimed if outside is None else {
+                proto: owner for proto, owner in claimed.items() if owner != key.text}
+            service = _service(key, body, r, others, known, outside)
             if service is not None:
                 services.append(service)
     return MeshConfig(tuple(sorted(services, key=lambda s: s.name)),
@@ -82,13 +95,21 @@ def build(root: Node | None, r: Reader, known: KnownInstances | None = None) -> 
 
 
 def _service(key: Scalar, body: Node, r: Reader, external: Mapping[str, str],
-             known: KnownInstances | None) -> ServiceConfig | None:
+             known: KnownInstances | None, outside: Scalar | None = None
+             ) -> ServiceConfig | None:
+    """external: proto service -> the external service its calls go to (other than this
+    one); outside: the key of external.NAME when this service is that external service."""
     path = join("services", key.text)
     name = r.check(names.check_service, key.text, key, path, "service name")
     m = r.map(body, path, "a map of the service's rules (balancer, timeout, routes, ...)")
     if m is None:
         return None
     f = r.fields(m, path, SERVICE_KEYS, RESERVED)
+    if outside is not None:
+        for rule, why in EXTERNAL_CANNOT.items():
+            if rule in f:
+                r.error(f[rule], join(path, rule), f"{show(key.text)} is an external service "
+                        f"(external, line {outside.line}): {why}")
     balancer = (r.choice(f["balancer"], join(path, "balancer"), PICKER_KINDS, "balancer")
                 if "balancer" in f else None)
     timeout = r.duration(f["timeout"], join(path, "timeout")) if "timeout" in f else None
@@ -196,7 +217,8 @@ def _warn_empty(subsets: Mapping[str, tuple[Scalar, Subset]],
                                                  f"(labels {labels})")
 
 
-def _external(key: Scalar, body: Node, r: Reader, claimed: dict[str, str]
+def _external(key: Scalar, body: Node, r: Reader, claimed: dict[str, str],
+              known: KnownInstances | None, serving: ServingProtos | None
               ) -> ExternalService | None:
     path = join("external", key.text)
     name = r.check(names.check_service, key.text, key, path, "external service name")
@@ -212,6 +234,15 @@ def _external(key: Scalar, body: Node, r: Reader, claimed: dict[str, str]
         if owner != (name or key.text):
             r.error(node, join(path, "proto_services"), f"{proto} is already routed to "
                                                         f"external service {owner}")
+        elif serving and serving.get(proto):
+            r.warn(node, join(path, "proto_services"), f"{proto} is also served by mesh "
+                   f"service {', '.join(sorted(serving[proto]))}: its calls go to external "
+                   f"service {key.text}, which the config names explicitly (the "
+                   "grpcmesh-service header still reaches a mesh service)")
+    if known and known.get(key.text):
+        r.warn(key, path, f"a mesh service named {show(key.text)} has "
+               f"{len(known[key.text])} registered instance(s): calls that name it in the "
+               "grpcmesh-service header go to this external service")
     tls = _tls(f["tls"], join(path, "tls"), r) if "tls" in f else None
     if name is None or addresses is None or protos is None or (tls is None and "tls" in f):
         return None

@@ -4,7 +4,8 @@ kept across restarts. Pure: no sockets, no asyncio; time is passed in.
 Applying is two steps, so that the slow one can run off the event loop:
 - prepare() validates the file's text as `grpcmesh config check` does (the registry does not
   trust the client's check: an older CLI must not push a config this registry cannot read),
-  with the registry's instances for the warnings about empty subsets, and bounds the
+  with the registry's instances for the warnings about empty subsets and about external
+  services that take the calls of mesh services, and bounds the
   canonical form. It raises RegistryError(INVALID_ARGUMENT) with every error, and changes
   nothing.
 - ConfigStore.apply() makes the prepared config the one in force: version + 1 if its content
@@ -71,6 +72,16 @@ def known_instances(instances: Iterable[Instance]) -> dict[str, list[dict[str, s
     return known
 
 
+def serving_protos(instances: Iterable[Instance]) -> dict[str, list[str]]:
+    """proto service -> the mesh services that serve it, for check_text's warnings about
+    external services that take their calls."""
+    serving: dict[str, set[str]] = {}
+    for inst in instances:
+        for proto in inst.proto_services:
+            serving.setdefault(proto, set()).add(inst.service)
+    return {proto: sorted(services) for proto, services in serving.items()}
+
+
 def clean_source(source: str) -> str:
     """The client's file name as it may appear in messages: one printable line, not huge."""
     text = "".join(c if c.isprintable() else "?" for c in source) or "config"
@@ -78,9 +89,10 @@ def clean_source(source: str) -> str:
 
 
 def prepare(text: str | bytes, source: str = "config",
-            known: Mapping[str, Sequence[Mapping[str, str]]] | None = None) -> Prepared:
+            known: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
+            serving: Mapping[str, Sequence[str]] | None = None) -> Prepared:
     """Validate a config file's text; raises RegistryError(INVALID_ARGUMENT) with its errors."""
-    return prepared(check_text(text, clean_source(source), known))
+    return prepared(check_text(text, clean_source(source), known, serving))
 
 
 def prepared(report: Report) -> Prepared:

@@ -22,7 +22,12 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh import names
 from grpcmesh.reflection import MethodCatalog
-from grpcmesh.registry.config_store import ConfigStore, known_instances, prepare
+from grpcmesh.registry.config_store import (
+    ConfigStore,
+    known_instances,
+    prepare,
+    serving_protos,
+)
 from grpcmesh.registry.limits import check_watchers
 from grpcmesh.registry.model import (
     Event,
@@ -262,10 +267,11 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
     async def ApplyConfig(self, request: pb.ApplyConfigRequest,
                           context: grpc.aio.ServicerContext) -> pb.ApplyConfigResponse:
         async with self._applying:  # one at a time: each may take a core for a second
-            known = known_instances(self.store.instances())
+            instances = self.store.instances()
+            known, serving = known_instances(instances), serving_protos(instances)
             try:
                 ready = await asyncio.to_thread(prepare, request.text,
-                                                request.source or "config", known)
+                                                request.source or "config", known, serving)
             except RegistryError as err:
                 await context.abort(err.code, err.message)
             applied = self.configs.apply(ready, time.time())

@@ -389,6 +389,8 @@ class Relay:
         endpoint = target.pick()
         up = self.upstreams.ready(endpoint.address) if endpoint is not None else None
         if up is not None and endpoint is not None:
+            if target.external is not None:  # its :authority (grpcmesh/external/)
+                block, headers = None, target.external.headers(endpoint, headers)
             call.attempt(endpoint, up.open_stream(call), block or up.encode(headers))
             return
         call.task = asyncio.get_running_loop().create_task(
@@ -428,6 +430,9 @@ class Relay:
                         headers = [*(h for h in headers if h[0] != "grpc-timeout"),
                                    ("grpc-timeout", left)]
                         block = None
+                    if target.external is not None:
+                        block = None
+                        headers = target.external.headers(endpoint, headers)
                     call.attempt(endpoint, up.open_stream(call), block or up.encode(headers))
                     return
                 refused.append(endpoint)
@@ -441,10 +446,15 @@ class Relay:
                 names = ", ".join(e.address for e in refused)
                 what = "took" if tried else "accepted a connection for"
                 call.reply_error(_SC.UNAVAILABLE, f"no instance of {target.name} {what} "
-                                 f"{call.method} (tried {names})", "connect_refused")
+                                 f"{call.method} (tried {names})"
+                                 if target.external is None else target.external.unreachable(
+                                     refused, self.upstreams.failure, call.method),
+                                 "connect_refused")
             else:
                 call.reply_error(_SC.UNAVAILABLE, f"no healthy instance of {target.name} "
-                                 f"({target.describe()}) for {call.method}",
+                                 f"({target.describe()}) for {call.method}"
+                                 if target.external is None
+                                 else target.external.unavailable(call.method),
                                  "no_healthy_instance")
         finally:
             self.flusher.flush()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from grpcmesh.clock import Clock
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache
+from grpcmesh.relay.dial import Dial, check_h2
 from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.peer import Flusher, Leg, Peer
 
@@ -109,7 +112,11 @@ class Upstream(Peer):
 class Upstreams:
     """One HTTP/2 connection per endpoint address, opened on demand; a failed connect makes
     the address wait (200 ms, doubling up to 2 s) before it is tried again, as grpc channels
-    back off, so that every call does not pay for a dead endpoint."""
+    back off, so that every call does not pay for a dead endpoint; `failure` says why it failed.
+
+    An address in `dials` (an external service's endpoint: grpcmesh/external/table.py, which
+    keeps that dict up to date) is connected as its Dial says, with TLS if it has a context;
+    any other address is HOST:PORT in plaintext."""
 
     def __init__(self, flusher: Flusher, clock: Clock, handshake_timeout: float = 10.0,
                  limits: RelayLimits = RelayLimits(), cache: BlockCache | None = None) -> None:
@@ -121,7 +128,9 @@ class Upstreams:
         self._current: dict[str, Upstream] = {}
         self._all: set[Upstream] = set()
         self._connecting: dict[str, asyncio.Task[Upstream | None]] = {}
-        self._failed: dict[str, tuple[float, float]] = {}  # address -> (retry at, backoff)
+        # address -> (retry at, backoff, why)
+        self._failed: dict[str, tuple[float, float, str]] = {}
+        self.dials: Mapping[str, Dial] = {}
         self._dropped: set[str] = set()  # discarded while a connect to it was under way
 
     def ready(self, address: str) -> Upstream | None:
@@ -156,23 +165,36 @@ class Upstreams:
             if not conn.full() or loop.time() >= give_up:
                 return None  # gone or going away: this endpoint refuses, for now
 
+    def failure(self, address: str) -> str | None:
+        """Why the last connect to address failed, while it waits to be tried again."""
+        failed = self._failed.get(address)
+        return failed[2] if failed is not None else None
+
     async def _open(self, address: str) -> Upstream | None:
-        host, _, port = address.rpartition(":")
+        dial = self.dials.get(address)
         loop = asyncio.get_running_loop()
         conn: Upstream | None = None
         try:
-            _, opened = await asyncio.wait_for(loop.create_connection(
-                lambda: Upstream(address, self), host.strip("[]"), int(port)),
-                self.handshake_timeout)
+            if dial is None:
+                host, _, port = address.rpartition(":")
+                connecting = loop.create_connection(lambda: Upstream(address, self),
+                                                    host.strip("[]"), int(port))
+            else:
+                connecting = loop.create_connection(
+                    lambda: Upstream(address, self), dial.host, dial.port, ssl=dial.tls,
+                    server_hostname=dial.server_name if dial.tls is not None else None)
+            transport, opened = await asyncio.wait_for(connecting, self.handshake_timeout)
             conn = opened
             self._all.add(conn)
+            if dial is not None and dial.tls is not None:
+                check_h2(transport.get_extra_info("ssl_object"))
             if not await asyncio.wait_for(conn.handshake(), self.handshake_timeout):
                 raise ConnectionError("closed before its HTTP/2 SETTINGS")
         except (OSError, TimeoutError, ValueError) as err:
             if conn is not None:
                 conn.close()
-            backoff = min(2.0, self._failed.get(address, (0.0, 0.1))[1] * 2)
-            self._failed[address] = (self.clock.now() + backoff, backoff)
+            backoff = min(2.0, self._failed.get(address, (0.0, 0.1, ""))[1] * 2)
+            self._failed[address] = (self.clock.now() + backoff, backoff, _why(err))
             log.debug("cannot connect to %s: %r (retry in %.1fs)", address, err, backoff)
             return None
         finally:
@@ -221,3 +243,13 @@ class Upstreams:
             conn.close()
         self._all.clear()
         self._current.clear()
+
+
+def _why(err: Exception) -> str:
+    """A connect error as a call's message shows it: TLS errors as TLS, with the reason
+    (such as "certificate verify failed: unable to get local issuer certificate")."""
+    if isinstance(err, ssl.SSLError):
+        return f"TLS: {err}"
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    return (err.strerror if isinstance(err, OSError) and err.strerror else str(err)) or repr(err)

@@ -41,8 +41,9 @@ def errors(text: str) -> list[str]:
     return [p.format("f") for p in report.errors]
 
 
-def warnings(text: str, known: dict[str, list[dict[str, str]]] | None = None) -> list[str]:
-    report = check_text(dedent(text), "f", known)
+def warnings(text: str, known: dict[str, list[dict[str, str]]] | None = None,
+             serving: dict[str, list[str]] | None = None) -> list[str]:
+    report = check_text(dedent(text), "f", known, serving)
     assert not report.errors, report.lines()
     return [p.format("f", warning=True) for p in report.warnings]
 

@@ -1,6 +1,8 @@
 """Each kind of error, with its exact line and key path, and the warnings."""
 from __future__ import annotations
 
+from textwrap import dedent
+
 import pytest
 
 from grpcmesh.config import check_text, parse_text
@@ -163,10 +165,15 @@ def test_reserved_keys(key: str, what: str) -> None:
                                "(balancer, timeout, routes, ...), got 5")),
     ("services:\n  orders: {}\n  orders: {}", ("f:3: services: duplicate key 'orders' (first "
                                               "at line 2)")),
-    (("services:\n  weather: {}\nexternal:\n  weather:\n    addresses: [a:1]\n"
+    (("services:\n  weather: {subsets: {a: {}}}\nexternal:\n  weather:\n    addresses: [a:1]\n"
      "    proto_services: [w.W]"),
-     ("f:4: external.weather: 'weather' is also a mesh service (services, line 2): an external "
-     "service needs a name of its own")),
+     ("f:2: services.weather.subsets: 'weather' is an external service (external, line 4): its "
+     "endpoints are the addresses DNS gives, which have no labels to select")),
+    (("services:\n  weather:\n    rate_limit: {per_second: 1}\nexternal:\n  weather:\n"
+      "    addresses: [a:1]\n    proto_services: [w.W]"),
+     ("f:3: services.weather.rate_limit: 'weather' is an external service (external, line 5): "
+      "rate limits are applied by each instance's inbound sidecar, and an external service has "
+      "none")),
     ("external:\n  w:\n    addresses: [a.example]\n    proto_services: [w.W]",
      "f:3: external.w.addresses[0]: address 'a.example' is not HOST:PORT"),
     ("external:\n  w:\n    addresses: []\n    proto_services: [w.W]",
@@ -287,3 +294,28 @@ def test_subsets_that_select_nothing_are_warnings_given_the_instances() -> None:
         ("f:3: warning: services.orders.subsets.canary: selects no instance of orders today "
         "(labels version=v2)")]
     assert len(warnings(text, {})) == 2
+
+
+def test_an_external_service_has_rules_of_its_own_and_overlaps_are_warnings() -> None:
+    text = """\
+        services:
+          weather:
+            balancer: round_robin
+            timeout: 2s
+            routes: [{match: {method: /w.W/Get}, timeout: 1s}]
+            faults: [{match: {method: /w.W/*}, abort: {code: UNAVAILABLE, percent: 1}}]
+        external:
+          weather:
+            addresses: [a:1]
+            proto_services: [w.W]
+        """
+    report = check_text(dedent(text), "f")
+    assert report.config is not None and report.config.service("weather") is not None
+    assert warnings(text) == []  # offline: who serves w.W is not known
+    assert warnings(text, {"weather": [{}]}, {"w.W": ["forecast", "weather-v1"]}) == [
+        ("f:8: warning: external.weather: a mesh service named 'weather' has 1 registered "
+         "instance(s): calls that name it in the grpcmesh-service header go to this external "
+         "service"),
+        ("f:10: warning: external.weather.proto_services: w.W is also served by mesh service "
+         "forecast, weather-v1: its calls go to external service weather, which the config "
+         "names explicitly (the grpcmesh-service header still reaches a mesh service)")]

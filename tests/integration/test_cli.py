@@ -502,7 +502,7 @@ def test_demo_runs_and_prints_a_table_of_the_three_instances() -> None:
 
 
 @module_loop
-async def test_config_check_with_a_registry_warns_about_empty_subsets(
+async def test_config_check_with_a_registry_warns_about_empty_subsets_and_overlaps(
         shared: Shared, tmp_path: Path) -> None:
     reg = ("--registry", shared.registry)
     result = await arun("register", "--service", "cfg", "--address", shared.app,
@@ -514,17 +514,26 @@ async def test_config_check_with_a_registry_warns_about_empty_subsets(
                         "  cfg:\n"
                         "    subsets: {stable: {version: v1}, canary: {version: v2}}\n"
                         "  nobody:\n"
-                        "    subsets: {all: {}}\n")
+                        "    subsets: {all: {}}\n"
+                        "external:\n"
+                        "  outside:\n"
+                        "    addresses: [localhost:1]\n"
+                        "    proto_services: [grpcmesh.example.v1.Echo]\n")
         offline = await arun("config", "check", str(path))
         assert (offline.code, offline.err) == (0, ""), str(offline)
         checked = await arun("config", "check", str(path), *reg)
         assert checked.code == 0, str(checked)
-        assert checked.out.endswith("; 2 warnings\n")
-        assert checked.err.splitlines() == [
+        assert checked.out.endswith("; 3 warnings\n")
+        lines = checked.err.splitlines()
+        assert lines[:2] == [
             (f"{path}:3: warning: services.cfg.subsets.canary: selects no instance of cfg "
             "today (labels version=v2)"),
             (f"{path}:5: warning: services.nobody.subsets.all: selects no instance of nobody "
             "today (labels none)")]
+        # The registered cfg instance serves Echo, which the external service takes.
+        assert lines[2].startswith(f"{path}:9: warning: external.outside.proto_services: "
+                                   "grpcmesh.example.v1.Echo is also served by mesh service ")
+        assert "cfg" in lines[2] and "its calls go to external service outside" in lines[2]
     finally:
         await arun("deregister", "--service", "cfg", "--instance-id", "cfg-1", *reg)
 

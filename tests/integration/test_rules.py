@@ -20,8 +20,10 @@ from tests.conftest import Mesh, wait_for
 ECHO = "grpcmesh.example.v1.Echo"
 
 
-async def apply(registry: RegistryServer, text: str) -> int:
-    async with grpc.aio.insecure_channel(registry.address) as channel:
+async def apply(registry: RegistryServer | str, text: str) -> int:
+    """Apply text to the registry (or the registry at this address); its version."""
+    address = registry if isinstance(registry, str) else registry.address
+    async with grpc.aio.insecure_channel(address) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         resp = await stub.ApplyConfig(rpb.ApplyConfigRequest(text=text.encode(),
                                                               source="mesh.yaml"), timeout=10)

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -14,6 +15,8 @@ import pytest_asyncio
 from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
 from grpcmesh import procs
 from grpcmesh.admin import admin_get
+from tests.integration.test_external import external
+from tests.integration.test_rules import apply
 
 
 def secondary_pids(parent: int) -> list[int]:
@@ -112,6 +115,29 @@ async def test_both_workers_forward_and_sigterm_drains_both(
     assert await server.stop(timeout=20) == 0
     assert [r.instance for r in await asyncio.gather(*slow)] == ["a"] * 6
     assert not any(Path(f"/proc/{pid}").exists() for pid in server_workers)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_each_worker_routes_external_services(mesh2: dict[str, procs.Daemon]) -> None:
+    client, app = mesh2["client"], mesh2["app"]
+    admin = client.addresses["admin"]
+    # The example app itself, straight, as an external service: it takes Echo from the mesh.
+    await apply(mesh2["registry"].addresses["registry"],
+                external("direct", f"localhost:{app.addresses['app'].rpartition(':')[2]}"))
+
+    async def views() -> list[dict[str, Any]]:
+        workers: list[dict[str, Any]] = (await admin_get(admin, "/endpoints"))["workers"]
+        return workers
+    for _ in range(100):  # each worker follows the registry, and resolves, on its own
+        if all(w["services"].get("direct", {}).get("endpoints") for w in await views()):
+            break
+        await asyncio.sleep(0.05)
+    for _ in range(30):
+        assert (await call(client.addresses["outbound"])).instance == "a"
+    calls = [sum(e["calls"] for e in w["services"]["direct"]["endpoints"])
+             for w in await views()]
+    assert all(c >= 1 for c in calls) and sum(calls) == 30, calls
 
 
 def alive(pid: int) -> bool:

@@ -19,6 +19,7 @@ from grpcmesh.registry.config_store import (
     known_instances,
     next_version,
     prepare,
+    serving_protos,
 )
 from grpcmesh.registry.model import Instance, PushedConfig, RegistryError
 from grpcmesh.registry.sqlite_store import SqlitePersistence
@@ -100,6 +101,15 @@ def test_warnings_name_subsets_that_select_no_registered_instance() -> None:
     assert ready.warnings == (("mesh.yaml:8: warning: services.orders.subsets.canary: selects no "
                               "instance of orders today (labels version=v2)"),)
     assert prepare(EXAMPLE, "mesh.yaml").warnings == ()  # nothing known, nothing said
+
+
+def test_warnings_name_mesh_services_whose_calls_an_external_service_takes() -> None:
+    serving = serving_protos([Instance("forecast", "f1", "10.0.0.1:1",
+                                       proto_services=("weather.v1.Forecast", "x.v1.X")),
+                              Instance("other", "o1", "10.0.0.2:1", proto_services=("x.v1.X",))])
+    assert serving == {"weather.v1.Forecast": ["forecast"], "x.v1.X": ["forecast", "other"]}
+    ready = prepare(EXAMPLE, "mesh.yaml", None, serving)
+    assert [w.split(": ")[2] for w in ready.warnings] == ["external.weather.proto_services"]
 
 
 def test_a_canonical_form_over_the_limit_is_refused_with_its_size() -> None:
