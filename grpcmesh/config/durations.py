@@ -7,7 +7,7 @@ milliseconds from 1ms to 24h. Exact arithmetic (no floats), so `0.1s` is exactly
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from grpcmesh.config.problems import show
 
@@ -22,10 +22,13 @@ class Duration:
     """A positive duration in whole milliseconds; str() gives its canonical text."""
 
     ms: int
+    # ms / 1000, made once: rules read it per call
+    seconds: float = field(init=False, repr=False, compare=False, default=0.0)
 
     def __post_init__(self) -> None:
         if not 1 <= self.ms <= MAX_MS:
             raise ValueError(f"duration {self.ms}ms is out of range: expected 1ms to 24h")
+        object.__setattr__(self, "seconds", self.ms / 1000)
 
     @classmethod
     def parse(cls, text: str, field: str = "duration") -> Duration:
@@ -43,10 +46,6 @@ class Duration:
         if not 1 <= ms <= MAX_MS:
             raise ValueError(f"{field} {show(text)} is out of range: expected 1ms to 24h")
         return cls(ms)
-
-    @property
-    def seconds(self) -> float:
-        return self.ms / 1000
 
     def __str__(self) -> str:
         for unit in ("h", "m", "s"):

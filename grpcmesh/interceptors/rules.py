@@ -51,34 +51,32 @@ class RouteSplit(Interceptor):
 
     def __init__(self, service: ServiceConfig, rng: random.Random) -> None:
         self.name = f"services.{service.name}.routes"
-        self.routes = service.routes
         subsets = {s.name: s for s in service.subsets}
-        # Each route's split as (total weight, [(cumulative weight, subset), ...]): made once.
-        self.splits: dict[int, tuple[float, list[tuple[float, Subset]]]] = {}
-        for index, route in enumerate(service.routes):
+        # Each route with its split as (total weight, [(cumulative weight, subset), ...]),
+        # made once.
+        self.routes: list[tuple[Route, float, list[tuple[float, Subset]]]] = []
+        for route in service.routes:
             running = 0.0
             steps = []
             for name, weight in route.to:
                 running += weight
                 steps.append((running, subsets[name]))
-            self.splits[index] = (running, steps)
+            self.routes.append((route, running, steps))
         self.rng = rng
 
     def route(self, call: CallView) -> tuple[Route | None, Subset | None]:
-        for index, route in enumerate(self.routes):
-            if route.match.matches(call.method, call):
-                return route, self._pick(index)
+        """The first route that matches call, and the subset its split picks."""
+        method = call.method
+        for route, total, steps in self.routes:
+            if route.match.matches(method, call):
+                if not steps:
+                    return route, None
+                roll = self.rng.random() * total
+                for cumulative, subset in steps:
+                    if roll < cumulative:
+                        return route, subset
+                return route, steps[-1][1]
         return None, None
-
-    def _pick(self, index: int) -> Subset | None:
-        total, steps = self.splits[index]
-        if not steps:
-            return None
-        roll = self.rng.random() * total
-        for cumulative, subset in steps:
-            if roll < cumulative:
-                return subset
-        return steps[-1][1]
 
     def request(self, call: CallView) -> Answer | Delay | None:
         call.route, call.subset = self.route(call)

@@ -256,7 +256,8 @@ class Relay:
             except RouteError as err:
                 call.reply_error(err.code, err.message, "no_route")
                 return
-        call.service = target.service or target.name  # the mesh service, for records
+        service = target.service
+        call.service = service or target.name  # the mesh service, for records
         if block is not None and down.fresh:
             down.keep(block, headers)
         call.limit = settings.max_message_bytes
@@ -274,8 +275,7 @@ class Relay:
             down.deferred.append((call, target, block, headers))
             return
         call.chain = chain
-        call.view = CallView(path, headers, seconds, down.caller, target.service,
-                             self.direction)
+        call.view = CallView(path, headers, seconds, down.caller, service, self.direction)
         self._intercept(call, 0, target, block, headers, seconds, deferred=True)
 
     def set_config(self, config: MeshConfig) -> None:
@@ -304,15 +304,21 @@ class Relay:
                    headers: Headers, seconds: float | None, deferred: bool) -> None:
         """Run the call's chain from interceptor start; the call then goes on as the chain left
         it, is answered by an interceptor, or waits (Delay) and the chain goes on after it."""
-        assert call.chain is not None and call.view is not None
+        view = call.view
+        assert call.chain is not None and view is not None
         if call.closed:  # its client left while it waited
             return
-        outcome, index = call.chain.request(call.view, start)
+        outcome, index = call.chain.request(view, start)
         if outcome is None:
-            block, headers = self._changed(call, block, headers, seconds)
-            subset = call.view.subset
+            if view.changed or view.timeout != seconds:
+                block, headers = self._changed(call, block, headers, seconds)
+            subset = view.subset
             if subset is not None:  # the route/split rule chose one of its subsets
-                target = self._subset(target, subset.name, subset.labels)
+                key = (target.name, subset.name)
+                restricted = self._subsets.get(key)
+                if restricted is None:
+                    restricted = self._subsets[key] = target.subset(subset.name, subset.labels)
+                target = restricted
             if deferred:
                 down = call.down.peer
                 assert isinstance(down, Downstream)
@@ -329,14 +335,6 @@ class Relay:
                 max(0.0, outcome.seconds),
                 lambda: self._intercept(call, index + 1, target, block, headers, seconds, False))
 
-    def _subset(self, target: Target, name: str, labels: tuple[tuple[str, str], ...]
-                ) -> Target:
-        key = (target.name, name)
-        restricted = self._subsets.get(key)
-        if restricted is None:
-            restricted = self._subsets[key] = target.subset(name, labels)
-        return restricted
-
     def _changed(self, call: Call, block: bytes | None, headers: Headers,
                  seconds: float | None) -> tuple[bytes | None, Headers]:
         """The request as the interceptors left it: their metadata, their deadline."""
@@ -352,8 +350,18 @@ class Relay:
                 headers = [h for h in headers if h[0] != "grpc-timeout"]
                 block = None
             else:
-                self._set_deadline(call, view.timeout)
-                timeout, literal = self._timeout_header(view.timeout)
+                call.deadline = deadline = self.clock.now() + view.timeout
+                self.deadlines.add(call, deadline)
+                # grpc-timeout, and as an HPACK literal: made once per value (a rule's
+                # timeout is the same for every call), for at most 64 values
+                made = self._timeouts.get(view.timeout)
+                if made is None:
+                    if len(self._timeouts) >= 64:
+                        self._timeouts.clear()
+                    text = f.format_timeout(view.timeout)
+                    made = self._timeouts[view.timeout] = (
+                        text, f.literal_header("grpc-timeout", text))
+                timeout, literal = made
                 if seconds is None and block is not None:
                     # The usual case, a deadline given to a call that had none: appended to
                     # the block as it is (an HPACK literal), not encoded again.
@@ -363,18 +371,6 @@ class Relay:
                     headers = [*headers, ("grpc-timeout", timeout)]
                     block = None
         return block, headers
-
-    def _timeout_header(self, seconds: float) -> tuple[str, bytes]:
-        """grpc-timeout for seconds, and as an HPACK literal: made once per value (a rule's
-        timeout is the same for every call), for at most 64 values."""
-        made = self._timeouts.get(seconds)
-        if made is None:
-            if len(self._timeouts) >= 64:
-                self._timeouts.clear()
-            timeout = f.format_timeout(seconds)
-            made = self._timeouts[seconds] = (timeout,
-                                              f.literal_header("grpc-timeout", timeout))
-        return made
 
     def _set_deadline(self, call: Call, seconds: float) -> None:
         call.deadline = deadline = self.clock.now() + seconds

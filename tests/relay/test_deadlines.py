@@ -85,3 +85,28 @@ def test_an_earlier_deadline_rearms_the_timer() -> None:
     assert expired == ["soon"]
     assert [round(d, 2) for d, _ in timers.live()] == [5.0]
     assert TICK == 0.01
+
+
+def test_a_bucket_emptied_by_a_call_is_reused_by_the_next_of_its_tick() -> None:
+    timers, expired = Timers(), []
+    deadlines = Deadlines(timers.schedule, lambda: 0.0)
+    for n in range(100):  # sequential calls, each ending before the next: one bucket
+        call = FakeCall(str(n), expired)
+        deadlines.add(call, 60.0)
+        deadlines.remove(call)
+    assert deadlines.buckets() == 1 and len(deadlines) == 0 and len(timers.live()) == 1
+
+
+def test_memory_follows_the_calls_in_flight_not_the_deadlines_clients_chose() -> None:
+    timers, expired = Timers(), []
+    deadlines = Deadlines(timers.schedule, lambda: 0.0)
+    held = FakeCall("held", expired)
+    deadlines.add(held, 1.0)
+    for n in range(50_000):  # each a different far deadline, each call ended at once
+        call = FakeCall(str(n), expired)
+        deadlines.add(call, 1000.0 + n * TICK)
+        deadlines.remove(call)
+    assert len(deadlines) == 1
+    assert deadlines.buckets() <= 2 * 1 + 1024 + 1
+    timers.fire()
+    assert expired == ["held"] and len(deadlines) == 0
