@@ -61,10 +61,15 @@ class Match:
     metadata: Pairs = ()  # (lowercase name, exact value), sorted
 
     def matches(self, path: str, metadata: Mapping[str, str] | _Metadata) -> bool:
-        # (loops, not all() over a generator: this runs per call and rule)
+        # (MethodPattern.matches inline, and loops, not all() over a generator: this runs per
+        # call and rule)
         method = self.method
-        if method is not None and not method.matches(path):
-            return False
+        if method is not None:
+            if method.method is not None:
+                if path != method._text:
+                    return False
+            elif not path.startswith(method._text) or path.count("/") != 2:
+                return False
         for name, value in self.metadata:
             if metadata.get(name) != value:
                 return False

@@ -64,22 +64,20 @@ class RouteSplit(Interceptor):
             self.routes.append((route, running, steps))
         self.rng = rng
 
-    def route(self, call: CallView) -> tuple[Route | None, Subset | None]:
-        """The first route that matches call, and the subset its split picks."""
+    def request(self, call: CallView) -> Answer | Delay | None:
+        """The first route that matches call, and the subset its split picks, go on call."""
         method = call.method
         for route, total, steps in self.routes:
             if route.match.matches(method, call):
-                if not steps:
-                    return route, None
-                roll = self.rng.random() * total
-                for cumulative, subset in steps:
-                    if roll < cumulative:
-                        return route, subset
-                return route, steps[-1][1]
-        return None, None
-
-    def request(self, call: CallView) -> Answer | Delay | None:
-        call.route, call.subset = self.route(call)
+                call.route = route
+                if steps:
+                    roll = self.rng.random() * total
+                    for cumulative, subset in steps:
+                        if roll < cumulative:
+                            call.subset = subset
+                            return None
+                    call.subset = steps[-1][1]
+                return None
         return None
 
 

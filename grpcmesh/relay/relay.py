@@ -9,6 +9,10 @@ response headers, DATA and trailers come back the same way. The balancer learns 
 first response DATA (latency) and the trailers' grpc-status (outcome). Messages are never
 deserialized, and the kind of a method does not matter: every call is just a stream.
 
+This module is the listener and a call's way in (Relay.open); the interceptor chain between
+the route and the pick is in intercept.py, and the pick and the attempts in dispatch.py. A call,
+once opened, owns its life (call.py).
+
 The proxy's own answers (no route, no healthy instance, oversized metadata or message, an
 upstream connection lost) are trailers-only responses with a status that names what failed; a
 request that is not gRPC gets HTTP 415 (request.py). What one client may hold or make the relay
@@ -26,17 +30,17 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.config.schema import MeshConfig
-from grpcmesh.interceptors.api import Answer, CallView, Delay, Interceptor
+from grpcmesh.interceptors.api import CallView, Interceptor
 from grpcmesh.interceptors.chain import Chain
-from grpcmesh.interceptors.rules import inbound_rules, outbound_rules
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache
 from grpcmesh.relay.call import Call
 from grpcmesh.relay.deadlines import Deadlines
+from grpcmesh.relay.dispatch import Dispatch
 from grpcmesh.relay.downstream import Downstream
+from grpcmesh.relay.intercept import Interception
 from grpcmesh.relay.limits import RelayLimits, clip
 from grpcmesh.relay.peer import Flusher, Headers, Leg, call_soon_flushed
 from grpcmesh.relay.record import Observer
@@ -57,7 +61,7 @@ def headers_path(headers: Headers) -> str:
     return next((v for k, v in headers if k == ":path"), "")
 
 
-class Relay:
+class Relay(Interception, Dispatch):
     """A listener whose calls are relayed to the endpoints router picks."""
 
     def __init__(self, router: Router, *, local: tuple[tuple[str, ...], Target] | None = None,
@@ -278,179 +282,7 @@ class Relay:
         call.view = CallView(path, headers, seconds, down.caller, service, self.direction)
         self._intercept(call, 0, target, block, headers, seconds, deferred=True)
 
-    def set_config(self, config: MeshConfig) -> None:
-        """A new mesh config is in force: calls from now on get chains built from it; calls in
-        flight keep the rules they started with."""
-        self.config = config
-        self._chains.clear()
-        self._subsets.clear()
-
-    def chain_for(self, target: Target) -> Chain | None:
-        """The interceptors of calls to target: the user's, then the mesh config's rules for
-        its service (chain.py gives the order). Built once per target and config version."""
-        key = target.name
-        if key in self._chains:
-            return self._chains[key]
-        interceptors = list(self.user_interceptors)
-        own = self.local is not None and target is self.local[1]  # the sidecar's own health
-        service = None if own else self.config.service(self.own_service or target.service)
-        if service is not None:
-            interceptors += (inbound_rules(service, self.clock) if self.direction == "inbound"
-                             else outbound_rules(service, self.rng))
-        chain = self._chains[key] = Chain(interceptors) if interceptors else None
-        return chain
-
-    def _intercept(self, call: Call, start: int, target: Target, block: bytes | None,
-                   headers: Headers, seconds: float | None, deferred: bool) -> None:
-        """Run the call's chain from interceptor start; the call then goes on as the chain left
-        it, is answered by an interceptor, or waits (Delay) and the chain goes on after it."""
-        view = call.view
-        assert call.chain is not None and view is not None
-        if call.closed:  # its client left while it waited
-            return
-        outcome, index = call.chain.request(view, start)
-        if outcome is None:
-            if view.changed or view.timeout != seconds:
-                block, headers = self._changed(call, block, headers, seconds)
-            subset = view.subset
-            if subset is not None:  # the route/split rule chose one of its subsets
-                key = (target.name, subset.name)
-                restricted = self._subsets.get(key)
-                if restricted is None:
-                    restricted = self._subsets[key] = target.subset(subset.name, subset.labels)
-                target = restricted
-            if deferred:
-                down = call.down.peer
-                assert isinstance(down, Downstream)
-                down.deferred.append((call, target, block, headers))
-            else:
-                self.route_to(call, target, block, headers)
-        elif isinstance(outcome, Answer):
-            call.reply_error(outcome.code, outcome.message,
-                             f"interceptor {call.chain.names[index]}")
-        else:
-            assert isinstance(outcome, Delay), \
-                f"interceptor {call.chain.names[index]} returned {outcome!r}"
-            call.pause = self.call_later(
-                max(0.0, outcome.seconds),
-                lambda: self._intercept(call, index + 1, target, block, headers, seconds, False))
-
-    def _changed(self, call: Call, block: bytes | None, headers: Headers,
-                 seconds: float | None) -> tuple[bytes | None, Headers]:
-        """The request as the interceptors left it: their metadata, their deadline."""
-        view = call.view
-        assert view is not None
-        if view.changed:
-            headers, block = view.headers(), None
-        if view.timeout != seconds:
-            if call.tick is not None:
-                self.deadlines.remove(call)
-            if view.timeout is None:
-                call.deadline = None
-                headers = [h for h in headers if h[0] != "grpc-timeout"]
-                block = None
-            else:
-                call.deadline = deadline = self.clock.now() + view.timeout
-                self.deadlines.add(call, deadline)
-                # grpc-timeout, and as an HPACK literal: made once per value (a rule's
-                # timeout is the same for every call), for at most 64 values
-                made = self._timeouts.get(view.timeout)
-                if made is None:
-                    if len(self._timeouts) >= 64:
-                        self._timeouts.clear()
-                    text = f.format_timeout(view.timeout)
-                    made = self._timeouts[view.timeout] = (
-                        text, f.literal_header("grpc-timeout", text))
-                timeout, literal = made
-                if seconds is None and block is not None:
-                    # The usual case, a deadline given to a call that had none: appended to
-                    # the block as it is (an HPACK literal), not encoded again.
-                    block += literal
-                else:
-                    headers = [h for h in headers if h[0] != "grpc-timeout"]
-                    headers = [*headers, ("grpc-timeout", timeout)]
-                    block = None
-        return block, headers
-
     def _set_deadline(self, call: Call, seconds: float) -> None:
         call.deadline = deadline = self.clock.now() + seconds
         self.deadlines.add(call, deadline)
 
-    def route_to(self, call: Call, target: Target, block: bytes | None, headers: Headers
-                 ) -> None:
-        if call.closed:  # its client reset it in the same read
-            return
-        call.target = target
-        call.request = headers
-        endpoint = target.pick()
-        up = self.upstreams.ready(endpoint.address) if endpoint is not None else None
-        if up is not None and endpoint is not None:
-            if target.external is not None:  # its :authority (grpcmesh/external/)
-                block, headers = None, target.external.headers(endpoint, headers)
-            call.attempt(endpoint, up.open_stream(call), block or up.encode(headers))
-            return
-        call.task = asyncio.get_running_loop().create_task(
-            self._connect_then_start(call, target, endpoint, block, headers))
-
-    def retry(self, call: Call) -> bool:
-        """Send call again, to an endpoint it has not tried (Call.try_elsewhere); False if
-        there is none, or its deadline has passed."""
-        target = call.target
-        assert target is not None
-        tried = [attempt.endpoint for attempt in call.attempts]
-        endpoint = target.pick(tried)
-        if endpoint is None or (call.deadline is not None
-                                and self.clock.now() >= call.deadline):
-            return False
-        call.task = asyncio.get_running_loop().create_task(
-            self._connect_then_start(call, target, endpoint, None, call.request, tried))
-        return True
-
-    async def _connect_then_start(self, call: Call, target: Target, endpoint: Endpoint | None,
-                                  block: bytes | None, headers: Headers,
-                                  tried: Sequence[Endpoint] = ()) -> None:
-        """The slow path: the picked endpoint has no connection yet (or refuses one), or the
-        call is tried again (tried: the endpoints it was refused by)."""
-        try:
-            refused: list[Endpoint] = [*tried]
-            while endpoint is not None:
-                wait = self.settings.connect_timeout
-                if call.deadline is not None:
-                    wait = min(wait, max(0.0, call.deadline - self.clock.now()))
-                up = await self.upstreams.connect(endpoint.address, wait)
-                if call.closed:
-                    return
-                if up is not None:
-                    if call.deadline is not None:  # what is left of it goes upstream
-                        left = f.format_timeout(max(call.deadline - self.clock.now(), 1e-6))
-                        headers = [*(h for h in headers if h[0] != "grpc-timeout"),
-                                   ("grpc-timeout", left)]
-                        block = None
-                    if target.external is not None:
-                        block = None
-                        headers = target.external.headers(endpoint, headers)
-                    call.attempt(endpoint, up.open_stream(call), block or up.encode(headers))
-                    return
-                refused.append(endpoint)
-                endpoint = target.pick(refused)
-            if refused:
-                if call.deadline is not None and self.clock.now() >= call.deadline:
-                    call.reply_error(_SC.DEADLINE_EXCEEDED,
-                                     f"deadline expired while connecting to {target.name}",
-                                     "deadline")
-                    return
-                names = ", ".join(e.address for e in refused)
-                what = "took" if tried else "accepted a connection for"
-                call.reply_error(_SC.UNAVAILABLE, f"no instance of {target.name} {what} "
-                                 f"{call.method} (tried {names})"
-                                 if target.external is None else target.external.unreachable(
-                                     refused, self.upstreams.failure, call.method),
-                                 "connect_refused")
-            else:
-                call.reply_error(_SC.UNAVAILABLE, f"no healthy instance of {target.name} "
-                                 f"({target.describe()}) for {call.method}"
-                                 if target.external is None
-                                 else target.external.unavailable(call.method),
-                                 "no_healthy_instance")
-        finally:
-            self.flusher.flush()

@@ -1,0 +1,109 @@
+"""How the relay gets a call to an endpoint: pick one whose connection is up (the fast path),
+or connect first (a refused connection means the call never left: the next endpoint is tried);
+and, for an attempt that no app saw (Call.try_elsewhere), another endpoint it has not tried.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import grpc
+
+from grpcmesh.balance.endpoint import Endpoint
+from grpcmesh.clock import Clock
+from grpcmesh.relay import frames as f
+from grpcmesh.relay.call import Call
+from grpcmesh.relay.peer import Flusher, Headers
+from grpcmesh.relay.settings import ForwardSettings
+from grpcmesh.relay.upstreams import Upstreams
+from grpcmesh.routing import Target
+
+_SC = grpc.StatusCode
+
+
+class Dispatch:
+    """Relay's methods that start attempts (a mixin: Relay holds the state below)."""
+
+    upstreams: Upstreams
+    settings: ForwardSettings
+    clock: Clock
+    flusher: Flusher
+
+    def route_to(self, call: Call, target: Target, block: bytes | None, headers: Headers
+                 ) -> None:
+        if call.closed:  # its client reset it in the same read
+            return
+        call.target = target
+        call.request = headers
+        endpoint = target.pick()
+        up = self.upstreams.ready(endpoint.address) if endpoint is not None else None
+        if up is not None and endpoint is not None:
+            if target.external is not None:  # its :authority (grpcmesh/external/)
+                block, headers = None, target.external.headers(endpoint, headers)
+            call.attempt(endpoint, up.open_stream(call), block or up.encode(headers))
+            return
+        call.task = asyncio.get_running_loop().create_task(
+            self._connect_then_start(call, target, endpoint, block, headers))
+
+    def retry(self, call: Call) -> bool:
+        """Send call again, to an endpoint it has not tried (Call.try_elsewhere); False if
+        there is none, or its deadline has passed."""
+        target = call.target
+        assert target is not None
+        tried = [attempt.endpoint for attempt in call.attempts]
+        endpoint = target.pick(tried)
+        if endpoint is None or (call.deadline is not None
+                                and self.clock.now() >= call.deadline):
+            return False
+        call.task = asyncio.get_running_loop().create_task(
+            self._connect_then_start(call, target, endpoint, None, call.request, tried))
+        return True
+
+    async def _connect_then_start(self, call: Call, target: Target, endpoint: Endpoint | None,
+                                  block: bytes | None, headers: Headers,
+                                  tried: Sequence[Endpoint] = ()) -> None:
+        """The slow path: the picked endpoint has no connection yet (or refuses one), or the
+        call is tried again (tried: the endpoints it was refused by)."""
+        try:
+            refused: list[Endpoint] = [*tried]
+            while endpoint is not None:
+                wait = self.settings.connect_timeout
+                if call.deadline is not None:
+                    wait = min(wait, max(0.0, call.deadline - self.clock.now()))
+                up = await self.upstreams.connect(endpoint.address, wait)
+                if call.closed:
+                    return
+                if up is not None:
+                    if call.deadline is not None:  # what is left of it goes upstream
+                        left = f.format_timeout(max(call.deadline - self.clock.now(), 1e-6))
+                        headers = [*(h for h in headers if h[0] != "grpc-timeout"),
+                                   ("grpc-timeout", left)]
+                        block = None
+                    if target.external is not None:
+                        block = None
+                        headers = target.external.headers(endpoint, headers)
+                    call.attempt(endpoint, up.open_stream(call), block or up.encode(headers))
+                    return
+                refused.append(endpoint)
+                endpoint = target.pick(refused)
+            if refused:
+                if call.deadline is not None and self.clock.now() >= call.deadline:
+                    call.reply_error(_SC.DEADLINE_EXCEEDED,
+                                     f"deadline expired while connecting to {target.name}",
+                                     "deadline")
+                    return
+                names = ", ".join(e.address for e in refused)
+                what = "took" if tried else "accepted a connection for"
+                call.reply_error(_SC.UNAVAILABLE, f"no instance of {target.name} {what} "
+                                 f"{call.method} (tried {names})"
+                                 if target.external is None else target.external.unreachable(
+                                     refused, self.upstreams.failure, call.method),
+                                 "connect_refused")
+            else:
+                call.reply_error(_SC.UNAVAILABLE, f"no healthy instance of {target.name} "
+                                 f"({target.describe()}) for {call.method}"
+                                 if target.external is None
+                                 else target.external.unavailable(call.method),
+                                 "no_healthy_instance")
+        finally:
+            self.flusher.flush()
