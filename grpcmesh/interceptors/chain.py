@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 
 
 class Chain:
-    __slots__ = ("interceptors", "names", "wants_end", "wants_responses")
+    __slots__ = ("_through", "interceptors", "names", "wants_end", "wants_responses")
 
     def __init__(self, interceptors: Sequence[Interceptor]) -> None:
         self.interceptors = tuple(interceptors)
         self.names = tuple(i.name or type(i).__name__ for i in self.interceptors)
+        self._through: tuple[None, int] = (None, len(self.interceptors))  # all let it go on
         self.wants_responses = any(i.wants_responses for i in self.interceptors)
         # A record per call only for chains with an interceptor that reads it
         self.wants_end = any(type(i).end is not Interceptor.end for i in self.interceptors)
@@ -45,20 +46,24 @@ class Chain:
         index of the interceptor that said it), or (None, len) once all let it go on. An
         interceptor that raises answers its call with INTERNAL; the relay goes on."""
         interceptors = self.interceptors
-        for index in range(start, len(interceptors)):
-            try:
-                outcome = interceptors[index].request(call)
-            except Exception as err:
-                log.exception("interceptor %s failed on %s", self.names[index], call.method)
-                outcome = Answer(grpc.StatusCode.INTERNAL, f"interceptor {self.names[index]} "
-                                 f"failed on {call.method}: {type(err).__name__}")
-            if outcome is not None:
-                if not isinstance(outcome, Answer | Delay):
-                    log.error("interceptor %s returned %r", self.names[index], outcome)
-                    outcome = Answer(grpc.StatusCode.INTERNAL, f"interceptor "
-                                     f"{self.names[index]} returned neither Answer nor Delay")
-                return outcome, index
-        return None, len(interceptors)
+        index = start
+        try:  # (one try and no range(): this runs per call)
+            for interceptor in interceptors if start == 0 else interceptors[start:]:
+                outcome = interceptor.request(call)
+                if outcome is not None:
+                    break
+                index += 1
+            else:
+                return self._through
+        except Exception as err:
+            log.exception("interceptor %s failed on %s", self.names[index], call.method)
+            return Answer(grpc.StatusCode.INTERNAL, f"interceptor {self.names[index]} failed "
+                          f"on {call.method}: {type(err).__name__}"), index
+        if not isinstance(outcome, Answer | Delay):
+            log.error("interceptor %s returned %r", self.names[index], outcome)
+            outcome = Answer(grpc.StatusCode.INTERNAL, f"interceptor {self.names[index]} "
+                             "returned neither Answer nor Delay")
+        return outcome, index
 
     def response_headers(self, call: CallView, headers: Headers) -> None:
         self._observe("response_headers", call, headers)

@@ -79,8 +79,37 @@ class Interception:
             return
         outcome, index = call.chain.request(view, start)
         if outcome is None:
-            if view.changed or view.timeout != seconds:
-                block, headers = self._changed(call, block, headers, seconds)
+            # The request as the interceptors left it: their metadata, their deadline.
+            if view.changed:
+                headers, block = view.headers(), None
+            if view.timeout != seconds:
+                if call.tick is not None:
+                    self.deadlines.remove(call)
+                if view.timeout is None:
+                    call.deadline = None
+                    headers = [h for h in headers if h[0] != "grpc-timeout"]
+                    block = None
+                else:
+                    call.deadline = deadline = self.clock.now() + view.timeout
+                    self.deadlines.add(call, deadline)
+                    # grpc-timeout, and as an HPACK literal: made once per value (a rule's
+                    # timeout is the same for every call), for at most 64 values
+                    made = self._timeouts.get(view.timeout)
+                    if made is None:
+                        if len(self._timeouts) >= 64:
+                            self._timeouts.clear()
+                        text = f.format_timeout(view.timeout)
+                        made = self._timeouts[view.timeout] = (
+                            text, f.literal_header("grpc-timeout", text))
+                    timeout, literal = made
+                    if seconds is None and block is not None:
+                        # The usual case, a deadline given to a call that had none: appended to
+                        # the block as it is (an HPACK literal), not encoded again.
+                        block += literal
+                    else:
+                        headers = [h for h in headers if h[0] != "grpc-timeout"]
+                        headers = [*headers, ("grpc-timeout", timeout)]
+                        block = None
             subset = view.subset
             if subset is not None:  # the route/split rule chose one of its subsets
                 key = (target.name, subset.name)
@@ -103,40 +132,3 @@ class Interception:
             call.pause = self.call_later(
                 max(0.0, outcome.seconds),
                 lambda: self._intercept(call, index + 1, target, block, headers, seconds, False))
-
-    def _changed(self, call: Call, block: bytes | None, headers: Headers,
-                 seconds: float | None) -> tuple[bytes | None, Headers]:
-        """The request as the interceptors left it: their metadata, their deadline."""
-        view = call.view
-        assert view is not None
-        if view.changed:
-            headers, block = view.headers(), None
-        if view.timeout != seconds:
-            if call.tick is not None:
-                self.deadlines.remove(call)
-            if view.timeout is None:
-                call.deadline = None
-                headers = [h for h in headers if h[0] != "grpc-timeout"]
-                block = None
-            else:
-                call.deadline = deadline = self.clock.now() + view.timeout
-                self.deadlines.add(call, deadline)
-                # grpc-timeout, and as an HPACK literal: made once per value (a rule's
-                # timeout is the same for every call), for at most 64 values
-                made = self._timeouts.get(view.timeout)
-                if made is None:
-                    if len(self._timeouts) >= 64:
-                        self._timeouts.clear()
-                    text = f.format_timeout(view.timeout)
-                    made = self._timeouts[view.timeout] = (
-                        text, f.literal_header("grpc-timeout", text))
-                timeout, literal = made
-                if seconds is None and block is not None:
-                    # The usual case, a deadline given to a call that had none: appended to
-                    # the block as it is (an HPACK literal), not encoded again.
-                    block += literal
-                else:
-                    headers = [h for h in headers if h[0] != "grpc-timeout"]
-                    headers = [*headers, ("grpc-timeout", timeout)]
-                    block = None
-        return block, headers

@@ -280,7 +280,7 @@ class Relay(Interception, Dispatch):
             return
         call.chain = chain
         call.view = CallView(path, headers, seconds, down.caller, service, self.direction)
-        self._intercept(call, 0, target, block, headers, seconds, deferred=True)
+        self._intercept(call, 0, target, block, headers, seconds, True)
 
     def _set_deadline(self, call: Call, seconds: float) -> None:
         call.deadline = deadline = self.clock.now() + seconds
