@@ -1,6 +1,6 @@
 """Decoded header blocks, shared by every connection of a process. Pure: no sockets.
 
-A block from a peer whose HPACK table is empty (see peer.py) refers to nothing outside itself,
+A block from a peer whose HPACK table is empty (see headers.py) refers to nothing outside itself,
 so the same bytes always decode to the same headers, whoever sent them: most calls repeat the
 blocks of earlier ones and need no decoding. The cache is bounded in bytes, holds only blocks
 the relay accepted (a rejected block is never kept: an attacker sending new blocks that are

@@ -98,7 +98,7 @@ class Downstream(Peer):
         limit = self.limits.max_concurrent_streams
         if len(self.streams) >= limit:
             self.queue_control(f.rst_stream(sid, f.REFUSED_STREAM))
-            if self.acked:  # it knew the limit: a client that ignores it is not let go on
+            if self.blocks.acked:  # it knew the limit: a client that ignores it is not let go on
                 self.refused += 1
                 if self.refused > limit:
                     raise Abuse(f"over {limit} streams refused: the client ignores "

@@ -1,11 +1,13 @@
-"""A transport that records what the relay writes, for tests without sockets."""
+"""A transport that records what the relay writes, and peers that record what they read, for
+tests without sockets."""
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from grpcmesh.relay.peer import Peer
-from tests.h2raw import parse_frames
+from grpcmesh.relay import frames as f
+from grpcmesh.relay.peer import Flusher, Leg, Peer
+from tests.h2raw import Frame, parse_frames
 
 
 class FakeTransport:
@@ -66,7 +68,7 @@ class FakeTransport:
     def get_extra_info(self, name: str) -> Any:
         return None
 
-    def frames(self) -> list[tuple[int, int, int, bytes]]:
+    def frames(self) -> list[Frame]:
         """The frames written since the last call."""
         out, _ = parse_frames(bytes(self.written))
         self.written = bytearray()
@@ -78,3 +80,47 @@ def attach(peer: Peer) -> FakeTransport:
     transport.protocol = peer
     peer.connection_made(transport)  # type: ignore[arg-type]
     return transport
+
+
+class Recorder(Peer):
+    """A peer whose side only records what it is handed."""
+
+    def __init__(self, flusher: Flusher) -> None:
+        super().__init__(flusher)
+        self.events: list[tuple[Any, ...]] = []
+
+    def on_data(self, leg: Leg, payload: bytes, end: bool, length: int) -> None:
+        self.events.append(("data", leg.sid, payload, end, length))
+
+    def on_headers(self, sid: int, block: bytes, end: bool) -> None:
+        self.events.append(("headers", sid, block, end))
+
+    def on_reset(self, leg: Leg, code: int, finished: bool, answered: bool) -> None:
+        self.events.append(("reset", leg.sid, code))
+
+    def on_goaway(self, last: int, code: int, debug: bytes) -> None:
+        self.events.append(("goaway", last, code, debug))
+
+
+def pair() -> tuple[Flusher, Recorder, FakeTransport, Recorder, FakeTransport]:
+    """A source peer and a destination peer, as the two sides of a relayed call."""
+    flusher = Flusher()
+    src, dst = Recorder(flusher), Recorder(flusher)
+    return flusher, src, attach(src), dst, attach(dst)
+
+
+def legs(src: Peer, dst: Peer, sid: int = 1) -> tuple[Leg, Leg]:
+    """A call's two legs: sid on src, relayed to sid on dst."""
+    a, b = Leg(src, sid, None), Leg(dst, sid, None)
+    src.streams[sid], dst.streams[sid] = a, b
+    a.other, b.other = b, a
+    return a, b
+
+
+def data_payloads(frames: list[Frame]) -> list[bytes]:
+    return [p for kind, _, _, p in frames if kind == f.DATA]
+
+
+def goaway_code(frames: list[Frame]) -> int | None:
+    codes = [int.from_bytes(p[4:8], "big") for kind, _, _, p in frames if kind == f.GOAWAY]
+    return codes[-1] if codes else None

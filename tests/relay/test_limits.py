@@ -1,5 +1,6 @@
-"""The relay's limits as plain objects: frame guards, the rapid-reset rule, the header-block
-cache and the request checks. No sockets, no event loop, time passed in."""
+"""The relay's limits as plain objects: frame guards, the rapid-reset rule and the request
+checks (the header-block cache's bounds are in test_headers.py). No sockets, no event loop,
+time passed in."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,6 @@ import grpc
 import pytest
 
 from grpcmesh.cli import RELAY_LIMIT_FLAGS
-from grpcmesh.relay.blocks import BlockCache
 from grpcmesh.relay.limits import Abuse, FrameGuard, RelayLimits, ResetGuard, clip
 from grpcmesh.relay.request import Refused, read_request
 
@@ -94,17 +94,6 @@ def test_limits_out_of_range_are_named_by_their_flag() -> None:
     RelayLimits()
     assert [f.name for f in dataclasses.fields(RelayLimits)] == [
         name for name, _ in RELAY_LIMIT_FLAGS]  # each has a sidecar flag
-
-
-def test_the_block_cache_is_bounded_in_bytes_and_keeps_the_newest() -> None:
-    cache = BlockCache(limit=2000, max_block=100)
-    headers = [(":path", "/pkg.S/M")]
-    for n in range(50):
-        cache.accept(b"block-%d" % n, headers)
-    assert cache.bytes <= 2000 and 0 < len(cache) < 50
-    assert cache.get(b"block-49") == headers and cache.get(b"block-0") is None
-    cache.accept(b"x" * 101, headers)  # over max_block: never kept
-    assert cache.get(b"x" * 101) is None
 
 
 def test_a_request_is_read_and_its_fields_returned() -> None:

@@ -384,7 +384,7 @@ def test_rejected_header_blocks_are_never_cached() -> None:
         big = [*REQUEST, ("x-big", f"{n}" * 20_000)]  # over the metadata limit
         block = mesh.client.encode(big, huffman=False)
         mesh.down.data_received(f.header_frames(2 * n + 1, block, True, f.DEFAULT_FRAME_SIZE))
-    assert mesh.down.verbatim and len(mesh.relay.cache) == 0
+    assert mesh.down.blocks.verbatim and len(mesh.relay.cache) == 0
     mesh.request(99, body=message(b"ok"), end=True)  # an accepted block is kept
     assert len(mesh.relay.cache) == 1
 
