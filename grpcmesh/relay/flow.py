@@ -31,7 +31,7 @@ CONN_WINDOW = 16 << 20
 class Leg:
     """A call's stream on one connection."""
 
-    __slots__ = ("call", "ended_in", "ended_out", "other", "peer", "pending", "recv", "sid",
+    __slots__ = ("call", "ended_in", "ended_out", "peer", "pending", "recv", "sid",
                  "then_reset", "unacked", "window")
 
     def __init__(self, peer: Peer, sid: int, call: Any) -> None:
@@ -41,7 +41,6 @@ class Leg:
         self.window = peer.peer_initial  # what we may still send on it
         self.unacked = 0  # bytes received on it not yet credited back
         self.recv = peer.limits.stream_window  # what the peer may still send on it
-        self.other: Leg | None = None  # the call's leg on the other connection
         # (frames, end_stream, source leg, credit, is_headers): waiting for window
         self.pending: list[tuple[bytes, bool, Leg | None, int, bool]] = []
         self.ended_in = False  # the peer ended its side (END_STREAM or RST)

@@ -113,7 +113,6 @@ def legs(src: Peer, dst: Peer, sid: int = 1) -> tuple[Leg, Leg]:
     """A call's two legs: sid on src, relayed to sid on dst."""
     a, b = Leg(src, sid, None), Leg(dst, sid, None)
     src.streams[sid], dst.streams[sid] = a, b
-    a.other, b.other = b, a
     return a, b
 
 
