@@ -24,6 +24,7 @@ from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.peer import Headers, Leg
 from grpcmesh.relay.record import APP, CLIENT, PROXY, RESET_STATUS, Attempt, CallRecord, status_of
+from grpcmesh.relay.request_side import RequestSide
 
 if TYPE_CHECKING:
     from grpcmesh.interceptors.api import CallView
@@ -36,11 +37,11 @@ _MAX_MESSAGE = 1024  # characters of grpc-message in the proxy's own answers
 REFUSED_ATTEMPTS = 3  # endpoints a call is offered to when each refuses it unseen
 
 
-class Call:
-    __slots__ = ("attempts", "born", "chain", "closed", "deadline", "down", "early",
-                 "end_headers", "ended", "headers_out", "held", "limit", "method", "pause",
-                 "relay", "req_framing", "request", "request_bytes", "resp_framing",
-                 "response_bytes", "sent", "service", "target", "task", "tick", "up", "view")
+class Call(RequestSide):
+    __slots__ = ("attempts", "born", "chain", "closed", "deadline", "down", "end_headers",
+                 "ended", "headers_out", "limit", "method", "pause", "relay", "req_framing",
+                 "request", "resp_framing", "response_bytes", "service",
+                 "target", "task", "tick", "up", "view")
 
     def __init__(self, relay: Relay, down: Leg) -> None:
         self.relay = relay
@@ -53,12 +54,15 @@ class Call:
         self.deadline: float | None = None
         self.tick: int | None = None  # its deadline's bucket in relay.deadlines
         self.pause: asyncio.TimerHandle | None = None  # an interceptor's Delay
-        # Request frames that wait for an attempt: (DATA or trailers, end, length); not
-        # credited to the client until sent. None until the call is routed, and once it ends.
-        self.early: list[tuple[bytes | Headers, bool, int]] | None = None
-        # Request frames an attempt has had, held until one commits (None: committed)
-        self.sent: list[tuple[bytes | Headers, bool, int]] | None = []
-        self.held = 0  # bytes of DATA in sent
+        # The request (request_side.py): DATA that waits for an attempt, not yet credited to
+        # the client (None until the call is routed, and once it is cancelled); DATA attempts
+        # had, held until one commits (None: committed); its end; its trailers.
+        self.early: bytearray | None = None
+        self.early_credit = 0
+        self.sent: bytearray | None = bytearray()
+        self.held = 0  # len(sent), counted in relay.held too
+        self.req_end = False
+        self.trailers: Headers | None = None
         self.target: Target | None = None  # where the call was routed
         self.request: Headers = []  # the request headers its attempts are sent
         self.end_headers = False  # the request had no body
@@ -159,11 +163,7 @@ class Call:
     def cancel_upstream(self) -> None:
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
-        early, self.early = self.early, None
-        if early:  # request DATA that waited for an upstream: dropped, so credited back
-            down = self.down
-            for _, _, length in early:
-                down.peer.credit(down, length)
+        self.drop_early()
         if self.sent is not None:
             self.commit()
         up = self.up
@@ -180,42 +180,7 @@ class Call:
         now = self.relay.clock.now()
         self.attempts.append(Attempt(endpoint, leg, endpoint.start(now), now))
         up.send_headers(leg, block, self.end_headers)
-        sent = self.sent
-        if sent:  # again: the client's window had these already
-            for item, end, _ in sent:
-                if isinstance(item, bytes):
-                    up.send_data(leg, item, end, None, 0)
-                else:
-                    up.send_headers(leg, up.encode(item), end)
-        early = self.early
-        if early:
-            self.early = []
-            down = self.down
-            n = 0
-            for item, end, length in early:
-                if isinstance(item, bytes):
-                    up.send_data(leg, item, end, down, length)
-                    n += len(item)
-                else:
-                    up.send_headers(leg, up.encode(item), end)
-            if sent is not None:
-                sent += early
-                self._hold(n)
-
-    def _hold(self, n: int) -> None:
-        """n more bytes of request sent and held: past the limits, the attempt commits."""
-        self.held += n
-        relay = self.relay
-        relay.held += n
-        limits = relay.limits
-        if self.held > limits.retry_buffer_bytes or relay.held > limits.retry_buffer_total_bytes:
-            self.commit()
-
-    def commit(self) -> None:
-        """The current attempt is the call's last: its request is no longer held."""
-        self.relay.held -= self.held
-        self.held = 0
-        self.sent = None
+        self.send_request(leg)
 
     def try_elsewhere(self, blame: grpc.StatusCode | None) -> bool:
         """The current attempt never reached its app: try another endpoint, if the request is
@@ -226,35 +191,17 @@ class Call:
         return (self.sent is not None and not self.closed
                 and len(self.attempts) < REFUSED_ATTEMPTS and self.relay.retry(self))
 
-    # -- events from the client ---------------------------------------------------------------
+    # -- events from the client (and request_side.py) -----------------------------------------
 
-    def request_data(self, payload: bytes, end: bool, length: int) -> None:
+    def malformed(self, why: str) -> None:
+        """The client's stream broke HTTP/2's rules for a request (RFC 9113 8.1.1): it is reset
+        with PROTOCOL_ERROR, and the call ends."""
+        self.closed = True
+        self.cancel_upstream()
         down = self.down
-        self.request_bytes += len(payload)
-        if self._oversized(self.req_framing, payload, down, length, True):
-            return
-        up = self.up
-        if up is not None:
-            up.peer.send_data(up, payload, end, down, length)
-            sent = self.sent
-            if sent is not None:
-                sent.append((payload, end, length))
-                self._hold(len(payload))
-        elif self.early is not None:
-            self.early.append((payload, end, length))
-        else:
-            down.peer.credit(down, length)
-
-    def request_trailers(self, headers: Headers, block: bytes, verbatim: bool, end: bool
-                         ) -> None:
-        """Trailers from the client: HTTP/2 allows them, gRPC clients send none."""
-        up = self.up
-        if up is not None:
-            up.peer.send_headers(up, block if verbatim else up.peer.encode(headers), end)
-            if self.sent is not None:
-                self.sent.append((headers, end, 0))
-        elif self.early is not None:
-            self.early.append((headers, end, 0))
+        if not (down.ended_in and down.ended_out):
+            down.peer.reset(down, f.PROTOCOL_ERROR)
+        self.end(_SC.INTERNAL, PROXY, "malformed")
 
     def client_gone(self) -> None:
         """The client reset the stream or closed its connection."""
@@ -327,9 +274,15 @@ class Call:
 
     def upstream_refused(self) -> None:
         """The upstream's GOAWAY came before it saw this call: another endpoint takes it, or
-        (none left) the client is refused it, which a gRPC client retries transparently."""
-        if self.try_elsewhere(None):  # (a graceful GOAWAY: not the endpoint's failure)
-            return
+        (none left) the client is refused it."""
+        if not self.try_elsewhere(None):  # (a graceful GOAWAY: not the endpoint's failure)
+            self.refuse()
+
+    def refuse(self) -> None:
+        """No app saw the call, and no endpoint takes it now: the client's stream is reset
+        with REFUSED_STREAM, which gRPC clients retry transparently (RFC 9113 8.7)."""
+        self.closed = True
+        self.cancel_upstream()
         self.end(_SC.UNAVAILABLE, PROXY, "refused")
         down = self.down
         if not (down.ended_in and down.ended_out):

@@ -92,10 +92,12 @@ class Dispatch:
                                      f"deadline expired while connecting to {target.name}",
                                      "deadline")
                     return
+                if tried:  # sent again, and no other endpoint took it: no app saw it
+                    call.refuse()
+                    return
                 names = ", ".join(e.address for e in refused)
-                what = "took" if tried else "accepted a connection for"
-                call.reply_error(_SC.UNAVAILABLE, f"no instance of {target.name} {what} "
-                                 f"{call.method} (tried {names})"
+                call.reply_error(_SC.UNAVAILABLE, f"no instance of {target.name} accepted a "
+                                 f"connection for {call.method} (tried {names})"
                                  if target.external is None else target.external.unreachable(
                                      refused, self.upstreams.failure, call.method),
                                  "connect_refused")

@@ -78,10 +78,12 @@ class Downstream(Peer):
             if leg.ended_in:
                 raise f.ProtocolError(f"HEADERS on stream {sid} after its END_STREAM",
                                       f.STREAM_CLOSED)
-            if end:
-                leg.ended_in = True
-            leg.call.request_trailers(headers, block, verbatim, end)
-            if end and leg.ended_out:
+            if not end:  # trailers end the request; anything else is malformed (8.1)
+                leg.call.malformed(f"HEADERS on stream {sid} that do not end the request")
+                return
+            leg.ended_in = True
+            leg.call.request_trailers(headers, block, verbatim)
+            if leg.ended_out:
                 self.forget(leg)
             return
         if sid % 2 == 0:

@@ -267,7 +267,7 @@ class Relay(Interception, Dispatch):
         call.limit = settings.max_message_bytes
         call.req_framing = f.MessageFraming(call.limit)
         call.resp_framing = f.MessageFraming(call.limit)
-        call.early = []
+        call.early = bytearray()
         if override is not None:
             headers = [h for h in headers if h[0] != SERVICE_HEADER]
             block = None
