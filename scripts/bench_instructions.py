@@ -19,7 +19,7 @@ Targets (issue 10): interceptor <= 1.05x base; config <= 1.1x base. Prints a tab
 says PASS or MISS, exits 1 on a MISS. Needs valgrind (apt-get install -y valgrind); about 20 s
 per run, 8 runs.
 
-  python scripts/bench_instructions.py [--calls 500,1500] [--json bench-results/instructions.json]
+  python scripts/bench_instructions.py [--calls 500,2500] [--json bench-results/instructions.json]
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def count(variant: str, app: str, calls: int) -> int:
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
              __file__, "--relay", variant, app, str(calls)],
             check=False, capture_output=True, text=True, timeout=600, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            # A fixed hash seed: str hashes (so dict and set layouts) are the same every run
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0"})
         found = re.search(r"Collected : (\d+)", run.stderr)
         if run.returncode != 0 or found is None:
             raise RuntimeError(f"{variant}: valgrind failed\n{run.stderr[-2000:]}")
@@ -105,7 +106,7 @@ def main() -> int:
         asyncio.run(client_main(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", default="500,1500",
+    parser.add_argument("--calls", default="500,2500",
                         type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         type=lambda s: s.split(","))
