@@ -28,7 +28,7 @@ class Health(enum.IntEnum):
 
 class Idempotency(enum.IntEnum):
     """A method's `option idempotency_level` (google.protobuf.MethodOptions.IdempotencyLevel:
-    the same names and numbers)."""
+    the same numbers; UNKNOWN is its IDEMPOTENCY_UNKNOWN)."""
 
     UNKNOWN = pb.Method.IDEMPOTENCY_UNKNOWN
     NO_SIDE_EFFECTS = pb.Method.NO_SIDE_EFFECTS
