@@ -235,6 +235,8 @@ async def _registry_call(args: argparse.Namespace, method: str, request: Any) ->
 
 
 async def cmd_register(args: argparse.Namespace) -> int:
+    from grpcmesh.reflection import methods_summary
+
     instance_id = args.instance_id or args.address
     _check(names.check_instance_id, instance_id, "--instance-id")
     protos, methods = await _describe_app(args.address, list(args.proto_service))
@@ -242,19 +244,18 @@ async def cmd_register(args: argparse.Namespace) -> int:
                         tuple(args.label), owner=args.owner, methods=methods)
     await _registry_call(args, "Register", pb.RegisterRequest(instance=instance.to_proto(),
                                                               ttl_seconds=0))
-    kinds = (f"{len(methods)} methods described" if methods
-             else "no method kinds: its calls take the generic streaming path")
     print(f"registered {args.service}/{instance_id} at {args.address} serving "
-          f"{', '.join(protos)} ({kinds}); the registry checks its health")
+          f"{', '.join(protos)} ({methods_summary(methods)}); the registry checks its health")
     return 0
 
 
 async def _describe_app(address: str, given: list[str]) -> tuple[list[str], tuple[Method, ...]]:
-    """The app's proto services (given, or from its reflection) and their methods' call kinds.
+    """The app's proto services (given, or from its reflection) and their methods (call kinds
+    and idempotency levels).
 
     The sidecar's reflection code, so that sidecars forward a registry-checked instance's
-    methods with calls of their own kind, as they do for a sidecar's app. With --proto-service
-    the kinds are a bonus: an app without reflection is registered without them."""
+    methods as they do a sidecar's app's (which are safe to retry). With --proto-service the
+    methods are a bonus: an app without reflection is registered without them."""
     from grpcmesh import reflection
 
     async with grpc.aio.insecure_channel(address) as channel:

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
-from grpcmesh.registry.model import Method
+from grpcmesh.registry.model import Idempotency, Method, is_idempotent
 
 _V1 = "grpc.reflection.v1.ServerReflection"
 _V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
@@ -94,7 +94,8 @@ async def list_services(channel: grpc.aio.Channel, timeout: float = 5.0) -> list
 
 async def describe_methods(channel: grpc.aio.Channel, services: Iterable[str],
                            timeout: float = 5.0) -> tuple[Method, ...]:
-    """The methods of services with their call kinds, from the app's file descriptors.
+    """The methods of services with their call kinds and idempotency levels, from the app's
+    file descriptors.
 
     Services the app cannot describe are left out: their methods take the generic path."""
     wanted = sorted(set(services))
@@ -107,7 +108,8 @@ async def describe_methods(channel: grpc.aio.Channel, services: Iterable[str],
 
 def methods_in_files(files: Iterable[descriptor_pb2.FileDescriptorProto],
                      services: Iterable[str] | None = None) -> tuple[Method, ...]:
-    """The methods (with call kinds) of the services the files define, or of those named."""
+    """The methods (with call kinds and `option idempotency_level`) of the services the files
+    define, or of those named."""
     wanted = None if services is None else set(services)
     methods: dict[str, Method] = {}
     for file in files:
@@ -117,13 +119,24 @@ def methods_in_files(files: Iterable[descriptor_pb2.FileDescriptorProto],
             if wanted is None or full in wanted:
                 for m in service.method:
                     path = f"/{full}/{m.name}"
-                    methods[path] = Method(path, m.client_streaming, m.server_streaming)
+                    methods[path] = Method(path, m.client_streaming, m.server_streaming,
+                                           Idempotency.of(m.options.idempotency_level))
     return tuple(methods[p] for p in sorted(methods))
 
 
+def methods_summary(methods: Iterable[Method]) -> str:
+    """'5 methods described, 1 idempotent', for logs and `grpcmesh register`."""
+    described = list(methods)
+    if not described:
+        return "no methods described: none is known to be idempotent"
+    return (f"{len(described)} methods described, "
+            f"{sum(map(is_idempotent, described))} idempotent")
+
+
 class MethodCatalog:
-    """Method kinds from descriptor sets (`protoc --descriptor_set_out`), for apps that serve
-    no reflection: the registry fills them in for instances registered without methods."""
+    """Method kinds and idempotency levels from descriptor sets (`protoc --descriptor_set_out`),
+    for apps that serve no reflection: the registry fills them in for instances registered
+    without methods."""
 
     def __init__(self, methods: Iterable[Method] = ()) -> None:
         self._by_service: dict[str, list[Method]] = {}

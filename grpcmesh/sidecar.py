@@ -197,7 +197,7 @@ class Sidecar:
 
     async def _learn_services(self, app: str) -> tuple[list[str], tuple[Method, ...]]:
         """The proto services the app serves (--proto-service, or its reflection) and their
-        methods' kinds (from reflection; unknown without it)."""
+        methods' kinds and idempotency levels (from reflection; unknown without it)."""
         given = list(self.settings.proto_services)
         backoff = Backoff(maximum=2.0)
         waited = False
@@ -210,8 +210,8 @@ class Sidecar:
                 except grpc.aio.AioRpcError as err:
                     if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                         if given:
-                            log.info("the app at %s serves no reflection: method kinds are "
-                                     "unknown, calls take the generic streaming path", app)
+                            log.info("the app at %s serves no reflection: its methods are "
+                                     "unknown, and none is known to be idempotent", app)
                             return given, ()
                         raise RuntimeError(
                             f"cannot learn which proto services the app at {app} serves: it "
@@ -224,8 +224,8 @@ class Sidecar:
                 if not services:
                     raise RuntimeError(f"the app at {app} reports no services through "
                                        "reflection; pass --proto-service NAME")
-                log.info("app %s serves %s (%d methods described)", app, ", ".join(services),
-                         len(methods))
+                log.info("app %s serves %s (%s)", app, ", ".join(services),
+                         reflection.methods_summary(methods))
                 return services, methods
 
     # -- discovery ----------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """An Echo server with all four call kinds, grpc.health.v1 and reflection.
 
+Get answers as Unary does, but its proto declares it NO_SIDE_EFFECTS: the mesh may retry and
+hedge it, and not Unary, which declares nothing.
+
 Knobs for demos and benchmarks: a fixed extra delay per call and a status code to fail with,
 both per server (flags) and per request (EchoRequest.delay_ms / fail_code); recover() (SIGUSR1
 from the command line) drops the failure and switches to the recovered delay.
@@ -53,6 +56,11 @@ class EchoService(echo_pb2_grpc.EchoServicer):
 
     async def Unary(self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
                     ) -> pb.EchoResponse:
+        return await self._answer(request, context)
+
+    async def Get(self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
+                  ) -> pb.EchoResponse:
+        """Unary's answer, under a method whose proto says NO_SIDE_EFFECTS (safe to retry)."""
         return await self._answer(request, context)
 
     async def ServerStream(self, request: pb.EchoRequest, context: grpc.aio.ServicerContext

@@ -26,17 +26,50 @@ class Health(enum.IntEnum):
     NOT_SERVING = pb.NOT_SERVING
 
 
+class Idempotency(enum.IntEnum):
+    """A method's `option idempotency_level` (google.protobuf.MethodOptions.IdempotencyLevel:
+    the same numbers; UNKNOWN is its IDEMPOTENCY_UNKNOWN)."""
+
+    UNKNOWN = pb.Method.IDEMPOTENCY_UNKNOWN
+    NO_SIDE_EFFECTS = pb.Method.NO_SIDE_EFFECTS
+    IDEMPOTENT = pb.Method.IDEMPOTENT
+
+    @classmethod
+    def of(cls, value: int) -> Idempotency:
+        """A level from a message; a value this version does not know is UNKNOWN."""
+        return cls(value) if value in cls._value2member_map_ else cls.UNKNOWN
+
+
 @dataclass(frozen=True)
 class Method:
-    """A proto method and its call kind: which sides stream."""
+    """A proto method, its call kind (which sides stream) and its idempotency level."""
 
     path: str  # "/shop.v1.Orders/Get"
     client_streaming: bool = False
     server_streaming: bool = False
+    idempotency: Idempotency = Idempotency.UNKNOWN
 
     @property
     def kind(self) -> tuple[bool, bool]:
         return (self.client_streaming, self.server_streaming)
+
+    def to_proto(self) -> pb.Method:
+        return pb.Method(path=self.path, client_streaming=self.client_streaming,
+                         server_streaming=self.server_streaming,
+                         idempotency_level=cast(pb.Method.IdempotencyLevel,
+                                                int(self.idempotency)))
+
+    @classmethod
+    def from_proto(cls, msg: pb.Method) -> Method:
+        return cls(msg.path, msg.client_streaming, msg.server_streaming,
+                   Idempotency.of(msg.idempotency_level))
+
+
+def is_idempotent(method: Method | None) -> bool:
+    """Whether calls of method may be sent again once their request left (retried, hedged):
+    its proto says NO_SIDE_EFFECTS or IDEMPOTENT. A method nobody described (None) or whose
+    level is unknown is not: sending it twice may do twice what it does."""
+    return method is not None and method.idempotency != Idempotency.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -65,8 +98,7 @@ class Instance:
             proto_services=list(self.proto_services), labels=dict(self.labels),
             health=cast(pb.HealthStatus, int(self.health)), owner=self.owner,
             lease_id=self.lease_id,
-            methods=[pb.Method(path=m.path, client_streaming=m.client_streaming,
-                               server_streaming=m.server_streaming) for m in self.methods],
+            methods=[m.to_proto() for m in self.methods],
         )
 
     @classmethod
@@ -76,8 +108,7 @@ class Instance:
             proto_services=tuple(msg.proto_services), labels=tuple(sorted(msg.labels.items())),
             health=Health(msg.health) if msg.health in Health._value2member_map_ else Health.UNKNOWN,
             owner=msg.owner, lease_id=msg.lease_id,
-            methods=tuple(Method(m.path, m.client_streaming, m.server_streaming)
-                          for m in msg.methods),
+            methods=tuple(Method.from_proto(m) for m in msg.methods),
         )
 
 

@@ -3,11 +3,13 @@ survive a restart.
 
 Only instances without a lease are written (the store decides which): leased instances
 re-register themselves when their keep-alive is refused, but nobody would re-register a
-registry-checked one. Method kinds are stored with the instance, since `grpcmesh register` read
-them from the app's reflection once and sidecars need them to forward its calls with handlers of
-their own kind. Health is not stored; the store reloads every instance as UNKNOWN until its
-checker has looked again. SQLite from the standard library keeps the registry free of a database
-server; the connection is in autocommit mode, so each save or delete is committed on its own.
+registry-checked one. Methods (kinds and idempotency levels) are stored with the instance, as a
+JSON list, since `grpcmesh register` read them from the app's reflection once and sidecars need
+them (which methods are safe to retry). A method written before levels were stored has no
+`idempotency_level` key and reads as unknown (not idempotent) until registered again. Health is
+not stored; the store reloads every instance as UNKNOWN until its checker has looked again.
+SQLite from the standard library keeps the registry free of a database server; the connection
+is in autocommit mode, so each save or delete is committed on its own.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from grpcmesh.registry.model import Instance, Method, PushedConfig, RegistryError
+from grpcmesh.registry.model import Idempotency, Instance, Method, PushedConfig, RegistryError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -91,8 +93,7 @@ class SqlitePersistence:
             (instance.service, instance.instance_id, instance.address,
              json.dumps(list(instance.proto_services)),
              json.dumps(dict(instance.labels), sort_keys=True), instance.owner,
-             json.dumps([{"path": m.path, "client_streaming": m.client_streaming,
-                          "server_streaming": m.server_streaming} for m in instance.methods])),
+             json.dumps([_method_row(m) for m in instance.methods])),
         )
 
     def delete(self, key: tuple[str, str]) -> None:
@@ -127,8 +128,17 @@ class SqlitePersistence:
         self._conn.close()
 
 
+def _method_row(method: Method) -> dict[str, Any]:
+    return {"path": method.path, "client_streaming": method.client_streaming,
+            "server_streaming": method.server_streaming,
+            "idempotency_level": method.idempotency.name}
+
+
 def _method(row: dict[str, Any]) -> Method:
     kinds = (row["client_streaming"], row["server_streaming"])
-    if not isinstance(row["path"], str) or not all(isinstance(k, bool) for k in kinds):
+    level = row.get("idempotency_level", Idempotency.UNKNOWN.name)  # absent: an older file
+    if not isinstance(row["path"], str) or not all(isinstance(k, bool) for k in kinds) or \
+            not isinstance(level, str):
         raise ValueError(f"malformed method {row!r}")
-    return Method(row["path"], *kinds)
+    # A level this version does not know (a newer one wrote it) is unknown: not idempotent.
+    return Method(row["path"], *kinds, Idempotency.__members__.get(level, Idempotency.UNKNOWN))

@@ -25,7 +25,9 @@ from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import procs
 from grpcmesh.admin import admin_get
-from grpcmesh.registry.client import RegistryClient
+from grpcmesh.registry.client import RegistryClient, watch_forever
+from grpcmesh.registry.model import Idempotency, is_idempotent
+from grpcmesh.routing import RouteTable
 
 ECHO = "grpcmesh.example.v1.Echo"
 GRPCMESH = (sys.executable, "-m", "grpcmesh")
@@ -404,19 +406,24 @@ async def test_sidecar_deregisters_then_finishes_calls_in_flight_on_sigterm(
         await stop(daemons)
 
 
-# -- method kinds from reflection ---------------------------------------------------------------
+# -- method kinds and idempotency levels from reflection ----------------------------------------
 
-ECHO_KINDS = [(f"/{ECHO}/BidiStream", True, True), (f"/{ECHO}/ClientStream", True, False),
-              (f"/{ECHO}/ServerStream", False, True), (f"/{ECHO}/Unary", False, False)]
+UNKNOWN, NO_SIDE_EFFECTS = pb.Method.IDEMPOTENCY_UNKNOWN, pb.Method.NO_SIDE_EFFECTS
+ECHO_KINDS = [(f"/{ECHO}/BidiStream", True, True, UNKNOWN),
+              (f"/{ECHO}/ClientStream", True, False, UNKNOWN),
+              (f"/{ECHO}/Get", False, False, NO_SIDE_EFFECTS),  # its option in echo.proto
+              (f"/{ECHO}/ServerStream", False, True, UNKNOWN),
+              (f"/{ECHO}/Unary", False, False, UNKNOWN)]
 
 
-async def method_kinds(registry: str, service: str) -> list[tuple[str, bool, bool]]:
+async def method_kinds(registry: str, service: str) -> list[tuple[str, bool, bool, int]]:
     client = RegistryClient([registry])
     try:
         [instance] = await instances(client, service)
     finally:
         await client.close()
-    return [(m.path, m.client_streaming, m.server_streaming) for m in instance.methods]
+    return [(m.path, m.client_streaming, m.server_streaming, m.idempotency_level)
+            for m in instance.methods]
 
 
 @pytest.mark.parametrize("flags", [(), ("--proto-service", ECHO)], ids=["reflection", "given"])
@@ -427,7 +434,7 @@ async def test_register_publishes_method_kinds_from_reflection(
     result = await arun("register", "--service", "kinds", "--address", shared.app, *flags, *reg)
     try:
         assert result.code == 0, str(result)
-        assert f"serving {ECHO} (4 methods described)" in result.out, str(result)
+        assert f"serving {ECHO} (5 methods described, 1 idempotent)" in result.out, str(result)
         assert await method_kinds(shared.registry, "kinds") == ECHO_KINDS
     finally:
         gone = await arun("deregister", "--service", "kinds", "--address", shared.app, *reg)
@@ -445,7 +452,7 @@ async def test_register_with_proto_service_needs_no_reflection(shared: Shared) -
         result = await arun("register", "--service", "bare", "--address", address,
                             "--proto-service", "shop.v1.Bare", *reg)
         assert result.code == 0, str(result)
-        unknown = "no method kinds: its calls take the generic streaming path"
+        unknown = "no methods described: none is known to be idempotent"
         assert f"serving shop.v1.Bare ({unknown})" in result.out, str(result)
         assert await method_kinds(shared.registry, "bare") == []
         gone = await arun("deregister", "--service", "bare", "--address", address, *reg)
@@ -473,6 +480,57 @@ async def test_method_kinds_survive_a_sqlite_registry_restart(
         daemons.append(second)
         assert await method_kinds(second.addresses["registry"], "kinds") == ECHO_KINDS
     finally:
+        await stop(daemons)
+
+
+@module_loop
+async def test_idempotency_level_read_from_a_real_proto_through_reflection(
+        shared: Shared) -> None:
+    """echo.proto declares Get NO_SIDE_EFFECTS: the app's sidecar reads it from the app's
+    reflection and registers it; Resolve (`grpcmesh resolve --json`) shows it, and a route
+    table fed by the registry's Watch says Get is idempotent and Unary is not."""
+    daemons: list[procs.Daemon] = []
+    client = None
+    watching = None
+    try:
+        registry = await procs.start("registry-idem", "registry", "--listen", "127.0.0.1:0")
+        daemons.append(registry)
+        reg = registry.addresses["registry"]
+        daemons.append(await procs.start(
+            "idem-sidecar", "sidecar", "--service", "echo", "--app", shared.app,
+            "--registry", reg, "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+            "--workers", "1"))
+        client = RegistryClient([reg])
+
+        async def registered() -> bool:
+            return bool(await instances(client, "echo"))
+
+        await wait_for(registered, 10, "the app's sidecar to register it")
+        result = await arun("resolve", "echo", "--json", "--registry", reg)
+        assert result.code == 0, str(result)
+        [instance] = json.loads(result.out)["instances"]
+        levels = {m["path"]: m["idempotencyLevel"] for m in instance["methods"]}
+        assert levels[f"/{ECHO}/Get"] == "NO_SIDE_EFFECTS", levels
+        assert levels[f"/{ECHO}/Unary"] == "IDEMPOTENCY_UNKNOWN", levels
+
+        table = RouteTable()
+        watching = asyncio.ensure_future(watch_forever(client, table.apply))
+
+        async def known() -> bool:
+            return table.method(f"/{ECHO}/Get") is not None
+
+        await wait_for(known, 10, "the watch to bring the methods")
+        get = table.method(f"/{ECHO}/Get")
+        assert get is not None and get.idempotency == Idempotency.NO_SIDE_EFFECTS
+        assert is_idempotent(get)
+        assert not is_idempotent(table.method(f"/{ECHO}/Unary"))
+        assert not is_idempotent(table.method(f"/{ECHO}/NotAMethod"))
+    finally:
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        if client is not None:
+            await client.close()
         await stop(daemons)
 
 

@@ -18,9 +18,11 @@ import pytest_asyncio
 
 from grpcmesh import reflection
 from grpcmesh.commands import _describe_app
+from grpcmesh.registry.model import is_idempotent
 from tests.reflection_app import ECHO
 
-ECHO_METHODS = [f"/{ECHO}/{m}" for m in ("BidiStream", "ClientStream", "ServerStream", "Unary")]
+ECHO_METHODS = [f"/{ECHO}/{m}"
+                for m in ("BidiStream", "ClientStream", "Get", "ServerStream", "Unary")]
 
 
 @pytest_asyncio.fixture
@@ -52,6 +54,8 @@ async def test_register_describes_an_app_with_one_reflection_version_every_time(
         protos, methods = await _describe_app(app, [])  # what `grpcmesh register` runs
         assert protos == [ECHO], attempt
         assert [m.path for m in methods] == ECHO_METHODS, attempt
+        # echo.proto's `option idempotency_level`, through either reflection version
+        assert [m.path for m in methods if is_idempotent(m)] == [f"/{ECHO}/Get"], attempt
 
 
 @pytest.mark.asyncio

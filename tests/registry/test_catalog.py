@@ -1,4 +1,5 @@
-"""Method kinds from descriptor sets (registry --descriptor-set): pure, no sockets."""
+"""Method kinds and idempotency levels from descriptor sets (registry --descriptor-set): pure,
+no sockets."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from google.protobuf import descriptor_pb2
 
 from generated.grpcmesh.example.v1 import echo_pb2
 from grpcmesh.reflection import MethodCatalog
-from grpcmesh.registry.model import Method
+from grpcmesh.registry.model import Idempotency, Method
 
 ECHO = "grpcmesh.example.v1.Echo"
 
@@ -27,6 +28,7 @@ def test_kinds_of_every_method_of_the_named_services(tmp_path: Path) -> None:
     assert catalog.methods_for([ECHO, "other.v1.Unknown"]) == (
         Method(f"/{ECHO}/BidiStream", True, True),
         Method(f"/{ECHO}/ClientStream", True, False),
+        Method(f"/{ECHO}/Get", False, False, Idempotency.NO_SIDE_EFFECTS),
         Method(f"/{ECHO}/ServerStream", False, True),
         Method(f"/{ECHO}/Unary", False, False))
     assert catalog.methods_for(["other.v1.Unknown"]) == ()

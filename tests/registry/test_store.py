@@ -1,6 +1,7 @@
 """RegistryStore on a fake clock and a seeded RNG: no sockets, no sleeps."""
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 from collections.abc import Iterator
@@ -12,7 +13,15 @@ import grpc
 import pytest
 
 from grpcmesh.clock import FakeClock
-from grpcmesh.registry.model import Event, EventType, Health, Instance, Method, ServiceSummary
+from grpcmesh.registry.model import (
+    Event,
+    EventType,
+    Health,
+    Idempotency,
+    Instance,
+    Method,
+    ServiceSummary,
+)
 from grpcmesh.registry.sqlite_store import SqlitePersistence
 from grpcmesh.registry.store import (
     MAX_TTL_SECONDS,
@@ -466,10 +475,19 @@ def test_checked_instances_survive_a_restart_leased_ones_do_not(
 
 ORDERS_METHODS = (
     Method("/shop.v1.Orders/Chat", client_streaming=True, server_streaming=True),
-    Method("/shop.v1.Orders/Get"),
+    Method("/shop.v1.Orders/Get", idempotency=Idempotency.NO_SIDE_EFFECTS),
     Method("/shop.v1.Orders/Follow", server_streaming=True),
-    Method("/shop.v1.Orders/Upload", client_streaming=True),
+    Method("/shop.v1.Orders/Upload", client_streaming=True, idempotency=Idempotency.IDEMPOTENT),
 )
+
+
+def test_memory_store_keeps_methods_with_their_levels(h: Harness) -> None:
+    registered = h.store.register(replace(inst("a1"), methods=ORDERS_METHODS), 0).instance
+    assert h.store.instances()[0].methods == ORDERS_METHODS
+    assert h.store.resolve(service="orders")[0].methods == ORDERS_METHODS
+    [(event, _)] = h.events
+    assert event.instances == (registered,)
+    assert h.store.snapshot().instances[0].methods == ORDERS_METHODS
 
 
 def test_method_kinds_survive_a_restart(db: tuple[str, list[SqlitePersistence]]) -> None:
@@ -482,6 +500,9 @@ def test_method_kinds_survive_a_restart(db: tuple[str, list[SqlitePersistence]])
     assert after.store.instances()[0].methods == ORDERS_METHODS
     assert [m.kind for m in after.store.instances()[0].methods] == [
         (True, True), (False, False), (False, True), (True, False)]
+    assert [m.idempotency for m in after.store.instances()[0].methods] == [
+        Idempotency.UNKNOWN, Idempotency.NO_SIDE_EFFECTS, Idempotency.UNKNOWN,
+        Idempotency.IDEMPOTENT]
     assert after.store.instances()[1].methods == ()
 
 
@@ -504,18 +525,44 @@ def test_file_from_before_method_kinds_gains_the_column(tmp_path: Path) -> None:
         p.close()
 
 
-@pytest.mark.parametrize("methods", [
-    '[{"path": 7, "client_streaming": false, "server_streaming": false}]',
-    '[{"path": "/shop.v1.Orders/Get"}]',
-    '"/shop.v1.Orders/Get"',
-])
-def test_malformed_methods_are_a_value_error(
-        db: tuple[str, list[SqlitePersistence]], methods: str) -> None:
+def _stored_methods(db: tuple[str, list[SqlitePersistence]], methods: str) -> None:
+    """Instance a1 in the file, with methods (JSON text) as its methods column."""
     _open(db).save(inst("a1"))
     conn = sqlite3.connect(db[0])
     conn.execute("UPDATE instances SET methods = ?", (methods,))
     conn.commit()
     conn.close()
+
+
+def _get(**fields: object) -> str:
+    return json.dumps([{"path": "/shop.v1.Orders/Get", "client_streaming": False,
+                        "server_streaming": False, **fields}])
+
+
+def test_methods_stored_before_levels_read_as_unknown(
+        db: tuple[str, list[SqlitePersistence]]) -> None:
+    _stored_methods(db, _get(server_streaming=True))  # the previous version's: no level
+    p = _open(db)
+    assert p.load()[0].methods == (Method("/shop.v1.Orders/Get", server_streaming=True),)
+    p.save(replace(inst("a1"), methods=ORDERS_METHODS))  # registered again: levels kept
+    assert _open(db).load()[0].methods == ORDERS_METHODS
+
+
+def test_a_level_this_version_does_not_know_reads_as_unknown(
+        db: tuple[str, list[SqlitePersistence]]) -> None:
+    _stored_methods(db, _get(idempotency_level="SOMEDAY"))
+    assert _open(db).load()[0].methods == (Method("/shop.v1.Orders/Get"),)
+
+
+@pytest.mark.parametrize("methods", [
+    '[{"path": 7, "client_streaming": false, "server_streaming": false}]',
+    _get(idempotency_level=1),
+    '[{"path": "/shop.v1.Orders/Get"}]',
+    '"/shop.v1.Orders/Get"',
+])
+def test_malformed_methods_are_a_value_error(
+        db: tuple[str, list[SqlitePersistence]], methods: str) -> None:
+    _stored_methods(db, methods)
     with pytest.raises(ValueError, match="cannot read instances"):
         _open(db).load()
 

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egrpcmesh/example/v1/echo.proto\x12\x13grpcmesh.example.v1\"g\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\x05\x12\x11\n\tfail_code\x18\x04 \x01(\x05\x12\x11\n\tresponses\x18\x05 \x01(\x05\"B\n\x0c\x45\x63hoResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08instance\x18\x03 \x01(\t2\xd9\x02\n\x04\x45\x63ho\x12L\n\x05Unary\x12 .grpcmesh.example.v1.EchoRequest\x1a!.grpcmesh.example.v1.EchoResponse\x12U\n\x0cServerStream\x12 .grpcmesh.example.v1.EchoRequest\x1a!.grpcmesh.example.v1.EchoResponse0\x01\x12U\n\x0c\x43lientStream\x12 .grpcmesh.example.v1.EchoRequest\x1a!.grpcmesh.example.v1.EchoResponse(\x01\x12U\n\nBidiStream\x12 .grpcmesh.example.v1.EchoRequest\x1a!.grpcmesh.example.v1.EchoResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egrpcmesh/example/v1/echo.proto\x12\x13grpcmesh.example.v1\"g\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\x05\x12\x11\n\tfail_code\x18\x04 \x01(\x05\x12\x11\n\tresponses\x18\x05 \x01(\x05\"B\n\x0c\x45\x63hoResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08instance\x18\x03 \x01(\t2\xaa\x03\n\x04\x45\x63ho\x12L\n\x05Unary\x12 .grpcmesh.example.v1.EchoRequest\x1a!.grpcmesh.example.v1.EchoResponse\x12O\n\x03Get\x12 .grpcmesh.example.v1.EchoRequest\x1a!.grpcmesh.example.v1.EchoResponse\"\x03\x90\x02\x01\x12U\n\x0cServerStream\x12 .grpcmesh.example.v1.EchoRequest\x1a!.grpcmesh.example.v1.EchoResponse0\x01\x12U\n\x0c\x43lientStream\x12 .grpcmesh.example.v1.EchoRequest\x1a!.grpcmesh.example.v1.EchoResponse(\x01\x12U\n\nBidiStream\x12 .grpcmesh.example.v1.EchoRequest\x1a!.grpcmesh.example.v1.EchoResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'grpcmesh.example.v1.echo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ECHO'].methods_by_name['Get']._loaded_options = None
+  _globals['_ECHO'].methods_by_name['Get']._serialized_options = b'\220\002\001'
   _globals['_ECHOREQUEST']._serialized_start=55
   _globals['_ECHOREQUEST']._serialized_end=158
   _globals['_ECHORESPONSE']._serialized_start=160
   _globals['_ECHORESPONSE']._serialized_end=226
   _globals['_ECHO']._serialized_start=229
-  _globals['_ECHO']._serialized_end=574
+  _globals['_ECHO']._serialized_end=655
 # @@protoc_insertion_point(module_scope)

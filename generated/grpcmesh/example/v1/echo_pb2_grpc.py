@@ -39,6 +39,11 @@ class EchoStub:
                 request_serializer=grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
                 response_deserializer=grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoResponse.FromString,
                 _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/grpcmesh.example.v1.Echo/Get',
+                request_serializer=grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
+                response_deserializer=grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoResponse.FromString,
+                _registered_method=True)
         self.ServerStream = channel.unary_stream(
                 '/grpcmesh.example.v1.Echo/ServerStream',
                 request_serializer=grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
@@ -60,7 +65,17 @@ class EchoServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Unary(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every method but Get says nothing about idempotency: the mesh never retries them after
+        their request left, nor hedges them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Get(self, request, context):
+        """The same answer as Unary, from a method declared free of side effects, so the mesh may
+        retry and hedge it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -88,6 +103,11 @@ def add_EchoServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Unary': grpc.unary_unary_rpc_method_handler(
                     servicer.Unary,
+                    request_deserializer=grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoRequest.FromString,
+                    response_serializer=grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
                     request_deserializer=grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoRequest.FromString,
                     response_serializer=grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoResponse.SerializeToString,
             ),
@@ -132,6 +152,33 @@ class Echo:
             request,
             target,
             '/grpcmesh.example.v1.Echo/Unary',
+            grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
+            grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grpcmesh.example.v1.Echo/Get',
             grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
             grpcmesh_dot_example_dot_v1_dot_echo__pb2.EchoResponse.FromString,
             options,

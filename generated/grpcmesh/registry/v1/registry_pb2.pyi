@@ -49,14 +49,24 @@ class Instance(_message.Message):
     def __init__(self, service: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., proto_services: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., health: _Optional[_Union[HealthStatus, str]] = ..., owner: _Optional[str] = ..., lease_id: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[Method, _Mapping]]] = ...) -> None: ...
 
 class Method(_message.Message):
-    __slots__ = ("path", "client_streaming", "server_streaming")
+    __slots__ = ("path", "client_streaming", "server_streaming", "idempotency_level")
+    class IdempotencyLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        IDEMPOTENCY_UNKNOWN: _ClassVar[Method.IdempotencyLevel]
+        NO_SIDE_EFFECTS: _ClassVar[Method.IdempotencyLevel]
+        IDEMPOTENT: _ClassVar[Method.IdempotencyLevel]
+    IDEMPOTENCY_UNKNOWN: Method.IdempotencyLevel
+    NO_SIDE_EFFECTS: Method.IdempotencyLevel
+    IDEMPOTENT: Method.IdempotencyLevel
     PATH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_STREAMING_FIELD_NUMBER: _ClassVar[int]
     SERVER_STREAMING_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_LEVEL_FIELD_NUMBER: _ClassVar[int]
     path: str
     client_streaming: bool
     server_streaming: bool
-    def __init__(self, path: _Optional[str] = ..., client_streaming: _Optional[bool] = ..., server_streaming: _Optional[bool] = ...) -> None: ...
+    idempotency_level: Method.IdempotencyLevel
+    def __init__(self, path: _Optional[str] = ..., client_streaming: _Optional[bool] = ..., server_streaming: _Optional[bool] = ..., idempotency_level: _Optional[_Union[Method.IdempotencyLevel, str]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("instance", "ttl_seconds")
