@@ -10,7 +10,6 @@ from grpcmesh.relay import frames as f
 from grpcmesh.relay.call import Call
 from grpcmesh.relay.limits import Abuse, ResetGuard
 from grpcmesh.relay.peer import Headers, Leg, Peer
-from grpcmesh.routing import Target
 
 if TYPE_CHECKING:
     from grpcmesh.relay.relay import Relay
@@ -39,7 +38,8 @@ class Downstream(Peer):
         self.idle_since: float | None = None  # see Relay.sweep
         self.seen_opened = 0
         # Calls opened by this read, routed at its end: (call, target, block, headers)
-        self.deferred: list[tuple[Call, Target, bytes | None, Headers]] = []
+        # Streams opened in this read: (call, request headers, block, block is fresh)
+        self.deferred: list[tuple[Call, Headers, bytes | None, bool]] = []
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -127,9 +127,10 @@ class Downstream(Peer):
 
     def after_read(self) -> None:
         deferred, self.deferred = self.deferred, []
-        route_to = self.relay.route_to
-        for call, target, block, headers in deferred:
-            route_to(call, target, block, headers)
+        begin = self.relay.begin
+        for call, headers, block, fresh in deferred:
+            if not call.closed:  # (its client may have reset it in the same read)
+                begin(call, headers, block, fresh)
 
     def lost(self, legs: list[Leg]) -> None:
         relay = self.relay

@@ -19,7 +19,6 @@ from grpcmesh.interceptors.rules import inbound_rules, outbound_rules
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.call import Call
 from grpcmesh.relay.deadlines import Deadlines
-from grpcmesh.relay.downstream import Downstream
 from grpcmesh.relay.peer import Headers
 from grpcmesh.routing import Target
 
@@ -70,7 +69,7 @@ class Interception:
         return chain
 
     def _intercept(self, call: Call, start: int, target: Target, block: bytes | None,
-                   headers: Headers, seconds: float | None, deferred: bool) -> None:
+                   headers: Headers, seconds: float | None) -> None:
         """Run the call's chain from interceptor start; the call then goes on as the chain left
         it, is answered by an interceptor, or waits (Delay) and the chain goes on after it."""
         view = call.view
@@ -117,12 +116,7 @@ class Interception:
                 if restricted is None:
                     restricted = self._subsets[key] = target.subset(subset.name, subset.labels)
                 target = restricted
-            if deferred:
-                down = call.down.peer
-                assert isinstance(down, Downstream)
-                down.deferred.append((call, target, block, headers))
-            else:
-                self.route_to(call, target, block, headers)
+            self.route_to(call, target, block, headers)
         elif isinstance(outcome, Answer):
             call.reply_error(outcome.code, outcome.message,
                              f"interceptor {call.chain.names[index]}")
@@ -131,4 +125,4 @@ class Interception:
                 f"interceptor {call.chain.names[index]} returned {outcome!r}"
             call.pause = self.call_later(
                 max(0.0, outcome.seconds),
-                lambda: self._intercept(call, index + 1, target, block, headers, seconds, False))
+                lambda: self._intercept(call, index + 1, target, block, headers, seconds))

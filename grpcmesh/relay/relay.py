@@ -222,6 +222,10 @@ class Relay(Interception, Dispatch):
 
     def open(self, down: Downstream, sid: int, headers: Headers, block: bytes | None,
              end: bool) -> None:
+        """A client's new stream. The call is made now, and read, routed and sent on at the end
+        of the read that brought it (begin, from Downstream.after_read): a stream its client
+        resets in the same read costs no more than this, and no app or interceptor sees it
+        (rapid reset, CVE-2023-44487). What it sends meanwhile waits in call.early."""
         leg = Leg(down, sid, None)
         call = leg.call = Call(self, leg)
         down.streams[sid] = leg
@@ -229,6 +233,16 @@ class Relay(Interception, Dispatch):
         if end:
             leg.ended_in = True
             call.end_headers = True
+        call.early = bytearray()
+        down.deferred.append((call, headers, block, block is not None and down.fresh))
+        down.fresh = False
+
+    def begin(self, call: Call, headers: Headers, block: bytes | None, fresh: bool) -> None:
+        """The call's request headers are read, checked and routed; its chain runs; it goes
+        to an endpoint. (fresh: block was decoded, not found in the cache: it is kept once the
+        request is accepted.)"""
+        down = call.down.peer
+        assert isinstance(down, Downstream)
         settings = self.settings
         try:
             request = read_request(headers, settings.max_metadata_bytes,
@@ -262,25 +276,28 @@ class Relay(Interception, Dispatch):
                 return
         service = target.service
         call.service = service or target.name  # the mesh service, for records
-        if block is not None and down.fresh:
+        if fresh:
+            assert block is not None
             down.keep(block, headers)
-        call.limit = settings.max_message_bytes
-        call.req_framing = f.MessageFraming(call.limit)
-        call.resp_framing = f.MessageFraming(call.limit)
-        call.early = bytearray()
+        call.limit = limit = settings.max_message_bytes
+        call.req_framing = framing = f.MessageFraming(limit)
+        call.resp_framing = f.MessageFraming(limit)
+        early = call.early
+        if early:  # request DATA of the same read: its messages are checked now
+            size = framing.feed(bytes(early))
+            if size is not None:
+                call.too_big(True, size)
+                return
         if override is not None:
             headers = [h for h in headers if h[0] != SERVICE_HEADER]
             block = None
         chain = self.chain_for(target)
         if chain is None:
-            # The call goes upstream at the end of the read that brought it (after_read, just
-            # before the flush that would send it anyway): a reset in the same read ends it in
-            # the relay, and no app sees it (rapid reset, CVE-2023-44487).
-            down.deferred.append((call, target, block, headers))
+            self.route_to(call, target, block, headers)
             return
         call.chain = chain
         call.view = CallView(path, headers, seconds, down.caller, service, self.direction)
-        self._intercept(call, 0, target, block, headers, seconds, True)
+        self._intercept(call, 0, target, block, headers, seconds)
 
     def _set_deadline(self, call: Call, seconds: float) -> None:
         call.deadline = deadline = self.clock.now() + seconds

@@ -14,7 +14,7 @@ import pytest
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.pool import Pool
 from grpcmesh.clock import FakeClock
-from grpcmesh.interceptors import Interceptor
+from grpcmesh.interceptors import CallView, Interceptor
 from grpcmesh.registry.model import Health, Instance
 from grpcmesh.relay import downstream as downstream_module
 from grpcmesh.relay import frames as f
@@ -314,6 +314,32 @@ def test_rapid_resets_are_absorbed_and_the_client_disconnected() -> None:
         assert [k for k, *_ in mesh.up_t.frames()] == [] and opened == 100
         await asyncio.sleep(0)
         assert mesh.relay.in_flight == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_a_stream_reset_in_the_read_that_opened_it_reaches_no_interceptor() -> None:
+    class Seen(Interceptor):
+        def __init__(self) -> None:
+            self.methods: list[str] = []
+
+        def request(self, call: CallView) -> None:
+            self.methods.append(call.method)
+
+    async def scenario() -> None:
+        seen = Seen()
+        mesh = Mesh(interceptors=[seen])
+        records: list[CallRecord] = []
+        mesh.relay.observers.append(records.append)
+        mesh.down.data_received(
+            f.frame(f.HEADERS, f.END_HEADERS, 1, mesh.client.encode(REQUEST))
+            + f.frame(f.DATA, 0, 1, message(b"hi")) + f.rst_stream(1, f.CANCEL))
+        mesh.request(3, body=message(b"hi"), end=True)  # the next one goes on
+        assert seen.methods == ["/pkg.S/M"]
+        assert [k for k, _, sid, _ in mesh.up_t.frames()] == [f.HEADERS, f.DATA]
+        assert [r.code for r in records] == [grpc.StatusCode.CANCELLED]
+        mesh.respond(mesh.headers(1, RESPONSE), mesh.headers(1, OK, end=True))
+        mesh.assert_clean()
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
 
