@@ -13,7 +13,7 @@ from tests.config.support import EXAMPLE
 
 T0 = 1_700_000_000.0
 GOOD = PushedConfig(1, parse_text(EXAMPLE).canonical_json(), T0)
-NEWER = PushedConfig(2, '{"services":{"orders":{"retry":{"attempts":2}}}}', T0 + 1)
+NEWER = PushedConfig(2, '{"services":{"orders":{"mirror":{"percent":5}}}}', T0 + 1)
 
 
 def test_starts_with_version_0_and_no_rules() -> None:
@@ -45,7 +45,8 @@ def test_a_config_the_sidecar_cannot_read_is_refused_and_the_old_one_stays(
         caplog: pytest.LogCaptureFixture) -> None:
     live = LiveConfig()
     live.take(GOOD, read_pushed(GOOD), T0)
-    with pytest.raises(ValueError, match=r"config version 2: services\.orders\.retry"):
+    with pytest.raises(ValueError,
+                       match=r"config version 2: services\.orders: unknown key 'mirror'"):
         read_pushed(NEWER)
     with pytest.raises(ValueError, match="not JSON"):
         read_pushed(PushedConfig(3, "{"))

@@ -155,11 +155,13 @@ def _fields(r: Reader, node: Node, path: str, known: Sequence[str], example: str
 
 def _status(r: Reader, f: Mapping[str, Node], m: Map, path: str) -> str | None:
     node = r.require(f, "code", m, path)
-    if node is None:
-        return None
-    cpath = join(path, "code")
+    return None if node is None else read_status(r, node, join(path, "code"))
+
+
+def read_status(r: Reader, node: Node, path: str) -> str | None:
+    """A grpc.StatusCode name other than OK, with a hint for a number or lower case."""
     value = node.value if isinstance(node, Scalar) else None
-    text = r.text(node, cpath, "a gRPC status name such as UNAVAILABLE")
+    text = r.text(node, path, "a gRPC status name such as UNAVAILABLE")
     if text is None or text in STATUS_NAMES:
         return text
     if isinstance(value, int) and not isinstance(value, bool) and value in _STATUS_BY_NUMBER:
@@ -168,9 +170,9 @@ def _status(r: Reader, f: Mapping[str, Node], m: Map, path: str) -> str | None:
         hint = f" (write {text.upper()})"
     else:
         hint = ""
-    r.error(node, cpath, f"{show(text)} is not a gRPC status name{hint}: expected one of "
-                         f"{', '.join(STATUS_NAMES)}" + (" (OK is not an error)"
-                                                          if text == "OK" else ""))
+    r.error(node, path, f"{show(text)} is not a gRPC status name{hint}: expected one of "
+                        f"{', '.join(STATUS_NAMES)}" + (" (OK is not an error)"
+                                                        if text == "OK" else ""))
     return None
 
 

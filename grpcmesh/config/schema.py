@@ -14,11 +14,14 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from grpcmesh.config.durations import Duration
+
+if TYPE_CHECKING:  # policies.py imports this module
+    from grpcmesh.config.policies import HedgeSettings, OutlierSettings, RetrySettings
 
 Number = int | float
 Pairs = tuple[tuple[str, str], ...]
@@ -160,6 +163,9 @@ class ServiceConfig:
     routes: tuple[Route, ...] = ()  # first match wins
     faults: tuple[Fault, ...] = ()  # first match wins
     rate_limit: RateLimit | None = None
+    retry: RetrySettings | None = None  # None: no retry once a request reached an app
+    hedge: HedgeSettings | None = None  # None: no hedging
+    outlier: OutlierSettings | None = None  # None: no outlier detection
 
     def subset(self, name: str) -> Subset | None:
         return next((s for s in self.subsets if s.name == name), None)
@@ -178,6 +184,10 @@ class ServiceConfig:
         if self.rate_limit is not None:
             out["rate_limit"] = {"per_second": self.rate_limit.per_second,
                                  "burst": self.rate_limit.burst}
+        for key, policy in (("retry", self.retry), ("hedge", self.hedge),
+                            ("outlier", self.outlier)):
+            if policy is not None:
+                out[key] = policy.to_dict()
         return out
 
 
@@ -242,7 +252,10 @@ class MeshConfig:
             count(sum(len(s.routes) for s in self.services), "route"),
             count(sum(len(s.faults) for s in self.services), "fault"),
             count(sum(s.rate_limit is not None for s in self.services), "rate limit"),
-        ])
+        ] + [count(n, what) for n, what in (  # named only when present (issue 11)
+            (sum(s.retry is not None for s in self.services), "retry policy"),
+            (sum(s.hedge is not None for s in self.services), "hedge policy"),
+            (sum(s.outlier is not None for s in self.services), "outlier detector")) if n])
 
 
 def _durations(out: dict[str, Any], **durations: Duration | None) -> dict[str, Any]:

@@ -21,6 +21,12 @@ from grpcmesh import names
 from grpcmesh.balance.picker import PICKER_KINDS
 from grpcmesh.config.problems import show
 from grpcmesh.config.reader import Reader, join
+from grpcmesh.config.resilience_rules import (
+    check_exclusive,
+    read_hedge,
+    read_outlier,
+    read_retry,
+)
 from grpcmesh.config.rules import (
     Limits,
     check_order,
@@ -46,11 +52,7 @@ KnownInstances = Mapping[str, Sequence[Mapping[str, str]]]
 ServingProtos = Mapping[str, Sequence[str]]
 
 SERVICE_KEYS = ("balancer", "timeout", "max_timeout", "subsets", "routes", "faults",
-                "rate_limit")
-RESERVED = {key: f"{key!r} is reserved and not supported yet (it will configure {what}): "
-                 "remove it"
-            for key, what in (("retry", "retries"), ("hedge", "hedged calls"),
-                              ("outlier", "outlier detection"))}
+                "rate_limit", "retry", "hedge", "outlier")
 EXTERNAL_KEYS = ("addresses", "proto_services", "tls")
 # The rules `services.NAME` cannot have when NAME is an external service, and why.
 EXTERNAL_CANNOT = {
@@ -104,7 +106,7 @@ def _service(key: Scalar, body: Node, r: Reader, external: Mapping[str, str],
     m = r.map(body, path, "a map of the service's rules (balancer, timeout, routes, ...)")
     if m is None:
         return None
-    f = r.fields(m, path, SERVICE_KEYS, RESERVED)
+    f = r.fields(m, path, SERVICE_KEYS)
     if outside is not None:
         for rule, why in EXTERNAL_CANNOT.items():
             if rule in f:
@@ -126,11 +128,22 @@ def _service(key: Scalar, body: Node, r: Reader, external: Mapping[str, str],
     faults = _list(f, "faults", path, r, lambda node, p: read_fault(node, p, r, external))
     rate_limit = (read_rate_limit(f["rate_limit"], join(path, "rate_limit"), r)
                   if "rate_limit" in f else None)
-    if name is None or subsets is None:
+    retry = read_retry(f["retry"], join(path, "retry"), r, external) if "retry" in f else None
+    hedge = read_hedge(f["hedge"], join(path, "hedge"), r, external) if "hedge" in f else None
+    if retry is not None and hedge is not None:
+        check_exclusive(r, retry, hedge, f["hedge"], join(path, "hedge"))
+    outlier = read_outlier(f["outlier"], join(path, "outlier"), r) if "outlier" in f else None
+    for rule in ("retry", "hedge", "outlier"):
+        if rule in f:  # (until the relay applies them: issue 11)
+            r.warn(f[rule], join(path, rule), "checked and stored, but not applied yet: this "
+                   "version's sidecars ignore it (docs/resilience.md)")
+    if name is None or subsets is None or any(
+            key in f and value is None for key, value in (
+                ("retry", retry), ("hedge", hedge), ("outlier", outlier))):
         return None
     return ServiceConfig(name, balancer, timeout, max_timeout,
                          tuple(s for _, s in sorted(subsets.values(), key=lambda v: v[1].name)),
-                         tuple(routes), tuple(faults), rate_limit)
+                         tuple(routes), tuple(faults), rate_limit, retry, hedge, outlier)
 
 
 def _list(f: Mapping[str, Node], key: str, path: str, r: Reader,

@@ -87,13 +87,13 @@ def test_services_are_sorted_by_name() -> None:
 
 
 def test_from_data_validates() -> None:
-    bad = {"services": {"orders": {"timeout": "soon", "retry": {}}}}
+    bad = {"services": {"orders": {"timeout": "soon", "retry": {"attempts": 0}}}}
     report = check_data(bad)
     assert [p.format("stored") for p in report.errors] == [
-        ("stored: services.orders.retry: 'retry' is reserved and not supported yet (it will "
-        "configure retries): remove it"),
         ("stored: services.orders.timeout: timeout 'soon' is not a duration: expected a number "
         "and a unit: ms, s, m or h (e.g. 250ms, 1.5s, 2m)"),
+        ("stored: services.orders.retry.attempts: attempts must be a whole number from 1 to 5 "
+         "(total attempts, the first one included; gRFC A6 caps them at 5), got 0"),
     ]
     with pytest.raises(ConfigInvalid, match="timeout 'soon'"):
         from_data(bad)

@@ -32,8 +32,8 @@ def test_the_format_from_the_issue() -> None:
 @pytest.mark.parametrize(("body", "expected"), [
     # unknown keys, with a suggestion
     ("balancr: random", ("f:3: services.orders: unknown key 'balancr' (did you mean balancer?): "
-                        "expected balancer, timeout, max_timeout, subsets, routes, faults or "
-                        "rate_limit")),
+                        "expected balancer, timeout, max_timeout, subsets, routes, faults, "
+                        "rate_limit, retry, hedge or outlier")),
     ("routes: [{match: {methd: /a.B/C}}]",
      ("f:3: services.orders.routes[0].match: unknown key 'methd' (did you mean method?): "
      "expected method or metadata")),
@@ -144,15 +144,6 @@ def test_service_errors(body: str, expected: str) -> None:
     assert found[0].startswith(expected), found[0]
 
 
-@pytest.mark.parametrize(("key", "what"), [
-    ("retry", "retries"), ("hedge", "hedged calls"), ("outlier", "outlier detection"),
-])
-def test_reserved_keys(key: str, what: str) -> None:
-    assert errors(service(f"timeout: 1s\n{key}: {{attempts: 3}}")) == [
-        (f"f:4: services.orders.{key}: '{key}' is reserved and not supported yet (it will "
-        f"configure {what}): remove it")]
-
-
 @pytest.mark.parametrize(("text", "expected"), [
     ("servces: {}", ("f:1: unknown key 'servces' (did you mean services?): expected services "
                     "or external")),
@@ -214,7 +205,7 @@ def test_every_error_is_reported_in_line_order() -> None:
     found = errors(service("""
         balancer: fastest
         timeout: soon
-        retry: {}
+        retry: {attempts: 0}
         subsets: {a: {}}
         routes:
           - to: {a: -1, b: 1}
@@ -225,7 +216,7 @@ def test_every_error_is_reported_in_line_order() -> None:
     assert [line.split(": ")[0:2] for line in found] == [
         ["f:3", "services.orders.balancer"],
         ["f:4", "services.orders.timeout"],
-        ["f:5", "services.orders.retry"],
+        ["f:5", "services.orders.retry.attempts"],
         ["f:8", "services.orders.routes[0].to"],
         ["f:8", "services.orders.routes[0].to"],
         ["f:10", "services.orders.faults[0].abort.code"],

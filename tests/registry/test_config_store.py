@@ -160,9 +160,10 @@ def test_persistence_keeps_the_version_and_a_restart_reads_it_back() -> None:
 
 
 def test_a_stored_config_this_registry_cannot_read_stops_it() -> None:
-    newer = PushedConfig(4, '{"services":{"orders":{"retry":{"attempts":2}}}}', T0)
+    newer = PushedConfig(4, '{"services":{"orders":{"mirror":{"percent":5}}}}', T0)
     with pytest.raises(ValueError, match=r"the stored config cannot be read by this registry: "
-                                         r"stored config version 4: services\.orders\.retry"):
+                                         r"stored config version 4: services\.orders: "
+                                         r"unknown key 'mirror'"):
         ConfigStore(MemoryConfigPersistence(newer))
     with pytest.raises(ValueError, match=r"stored config \(version 2\) is not JSON"):
         ConfigStore(MemoryConfigPersistence(PushedConfig(2, "{", T0)))
