@@ -97,7 +97,8 @@ class Sidecar:
         local = _fixed_target("this sidecar", settings.service, f"127.0.0.1:{self._local_port}")
         self.outbound_server = Relay(self._route, local=((HEALTH_PREFIX,), local),
                                      settings=settings.forward, limits=settings.limits,
-                                     interceptors=settings.interceptors, clock=self.clock)
+                                     interceptors=settings.interceptors, clock=self.clock,
+                                     methods=self.routes.method)
         # The mesh config's external services: pools of their resolved addresses, and how the
         # outbound relay dials them (TLS). Built in each process from the config it receives.
         self.external = ExternalTable(self._picker_for, self._endpoint_removed,

@@ -9,11 +9,15 @@ record. It never sees message bytes: the relay forwards those untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
 from grpcmesh.config.schema import Route, Subset
 from grpcmesh.relay.record import CallRecord
+
+if TYPE_CHECKING:
+    from grpcmesh.resilience.retry import CallRetries, RetryPolicy
 
 Headers = list[tuple[str, str]]
 
@@ -36,8 +40,8 @@ class Delay:
 class CallView:
     """One call as interceptors see it, before it goes upstream."""
 
-    __slots__ = ("_metadata", "caller", "changed", "direction", "method", "route", "service",
-                 "subset", "timeout")
+    __slots__ = ("_metadata", "caller", "changed", "direction", "method", "retry", "route",
+                 "service", "subset", "timeout")
 
     def __init__(self, method: str, metadata: Headers, timeout: float | None, caller: str,
                  service: str, direction: str) -> None:
@@ -53,6 +57,8 @@ class CallView:
         # The mesh config's route that matched it and the subset it goes to (route/split)
         self.route: Route | None = None
         self.subset: Subset | None = None
+        # The retry rule's (policy, the call's count, whether the method is idempotent)
+        self.retry: tuple[RetryPolicy, CallRetries, bool] | None = None
 
     def header(self, name: str) -> str | None:
         """The value of request metadata name (lowercase), or None."""

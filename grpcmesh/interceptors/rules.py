@@ -8,12 +8,18 @@ them, in that order, into a service's chain.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import grpc
 
 from grpcmesh.clock import Clock
 from grpcmesh.config.schema import Fault, RateLimit, Route, ServiceConfig, Subset
 from grpcmesh.interceptors.api import Answer, CallView, Delay, Interceptor
+from grpcmesh.registry.model import Method, is_idempotent
+from grpcmesh.resilience.budget import RetryBudget
+from grpcmesh.resilience.retry import CallRetries, RetryPolicy
+
+Methods = Callable[[str], Method | None]  # a method path -> its registered description
 
 
 class Faults(Interceptor):
@@ -130,8 +136,25 @@ class RateLimit_(Interceptor):
         return None
 
 
-def outbound_rules(service: ServiceConfig, rng: random.Random) -> list[Interceptor]:
-    """The rules a caller's sidecar applies to calls to service, in chain order."""
+class Retry(Interceptor):
+    """services.NAME.retry: each call gets the service's retry policy (the relay asks it
+    when an attempt fails before it commits: call.py) and counts in its retry budget."""
+
+    def __init__(self, service: ServiceConfig, policy: RetryPolicy, methods: Methods) -> None:
+        self.name = f"services.{service.name}.retry"
+        self.policy = policy
+        self.methods = methods
+
+    def request(self, call: CallView) -> Answer | Delay | None:
+        self.policy.budget.deposit()
+        call.retry = (self.policy, CallRetries(), is_idempotent(self.methods(call.method)))
+        return None
+
+
+def outbound_rules(service: ServiceConfig, rng: random.Random, clock: Clock | None = None,
+                   methods: Methods = lambda path: None) -> list[Interceptor]:
+    """The rules a caller's sidecar applies to calls to service, in chain order. (clock:
+    for the retry budget; methods: what registrations say of a method, for idempotency.)"""
     rules: list[Interceptor] = []
     # A part that no rule can fire (every percent 0: faults turned off) costs nothing per call.
     if any(f.delay is not None and f.delay.percent > 0 for f in service.faults):
@@ -143,6 +166,10 @@ def outbound_rules(service: ServiceConfig, rng: random.Random) -> list[Intercept
     if service.timeout is not None or service.max_timeout is not None or any(
             r.timeout is not None or r.max_timeout is not None for r in service.routes):
         rules.append(Timeout(service))
+    if service.retry is not None and clock is not None:
+        budget = RetryBudget(clock, service.retry.budget.ratio,
+                             service.retry.budget.min_per_second)
+        rules.append(Retry(service, RetryPolicy(service.retry, budget, rng), methods))
     return rules
 
 

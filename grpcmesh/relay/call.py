@@ -24,12 +24,13 @@ from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.peer import Headers, Leg
 from grpcmesh.relay.record import APP, CLIENT, PROXY, RESET_STATUS, Attempt, CallRecord, status_of
-from grpcmesh.relay.request_side import RequestSide
+from grpcmesh.relay.retrying import Retrying
 
 if TYPE_CHECKING:
     from grpcmesh.interceptors.api import CallView
     from grpcmesh.interceptors.chain import Chain
     from grpcmesh.relay.relay import Relay
+    from grpcmesh.resilience.retry import CallRetries, RetryPolicy
     from grpcmesh.routing import Target
 
 _SC = grpc.StatusCode
@@ -37,11 +38,10 @@ _MAX_MESSAGE = 1024  # characters of grpc-message in the proxy's own answers
 REFUSED_ATTEMPTS = 3  # endpoints a call is offered to when each refuses it unseen
 
 
-class Call(RequestSide):
+class Call(Retrying):
     __slots__ = ("attempts", "born", "chain", "closed", "deadline", "down", "end_headers",
-                 "ended", "headers_out", "limit", "method", "pause", "relay", "req_framing",
-                 "request", "resp_framing", "response_bytes", "service",
-                 "target", "task", "tick", "up", "view")
+                 "ended", "limit", "method", "relay", "req_framing", "request",
+                 "resp_framing", "response_bytes", "service", "target", "task", "tick", "view")
 
     def __init__(self, relay: Relay, down: Leg) -> None:
         self.relay = relay
@@ -77,6 +77,8 @@ class Call(RequestSide):
         self.response_bytes = 0
         self.chain: Chain | None = None  # its interceptors, if its target has any
         self.view: CallView | None = None  # what they see of it
+        self.retry: tuple[RetryPolicy, CallRetries, bool] | None = None  # (retrying.py)
+        self.waiting: tuple[bytes, Headers | None, bool] | None = None
 
     # -- the one end --------------------------------------------------------------------------
 
@@ -217,7 +219,24 @@ class Call(RequestSide):
 
     def response_headers(self, block: bytes, headers: Headers | None, verbatim: bool,
                          end: bool) -> None:
-        """Response headers, or (end) the trailers or a trailers-only response."""
+        """Response headers, or (end) the trailers or a trailers-only response. With a retry
+        rule and the attempt not committed: the headers of a call whose request is complete
+        wait for its first message (commit) or its trailers (which may be retried), so that
+        headers then an error, with no message, can still be retried (gRFC A6)."""
+        code = pushback = None
+        if end:
+            assert headers is not None
+            code, pushback = status_of(headers)
+            if self.retry is not None and self.sent is not None and code is not _SC.OK and \
+                    self.try_again(code, headers):
+                return
+            if self.waiting is not None:
+                self._pass_headers(*self.waiting)
+        elif self.sent is not None:
+            if self.retry is not None and self.req_end:
+                self.waiting = (block, headers, verbatim)
+                return
+            self.commit()
         down = self.down
         peer = down.peer
         chain = self.chain
@@ -227,14 +246,10 @@ class Call(RequestSide):
                 chain.trailers(self.view, headers)
             else:
                 chain.response_headers(self.view, headers)
-        if end:
-            assert headers is not None
-            code, pushback = status_of(headers)
+        if code is not None:
             self.end(code, APP, blame=code, pushback=pushback)
         else:
             self.headers_out = True
-            if self.sent is not None:
-                self.commit()
         if not verbatim:
             assert headers is not None  # a block that is not forwarded as it is was decoded
             block = peer.encode(headers)
@@ -250,6 +265,8 @@ class Call(RequestSide):
         self.response_bytes += len(payload)
         if self.sent is not None:
             self.commit()
+            if self.waiting is not None:  # the headers it held go first
+                self._pass_headers(*self.waiting)
         if self._oversized(self.resp_framing, payload, up, length, False):
             return
         if end:  # a response without trailers: gRPC reads it as UNKNOWN, and so does the pick
@@ -268,6 +285,9 @@ class Call(RequestSide):
         if code == f.REFUSED_STREAM and self.try_elsewhere(_SC.UNAVAILABLE):
             return  # the endpoint did not process it (RFC 9113 8.7)
         status = RESET_STATUS.get(code, _SC.INTERNAL)
+        if self.retry is not None and self.sent is not None and not self.closed and \
+                self.try_again(status):
+            return
         self.end(status, APP, blame=status)
         if not (down.ended_in and down.ended_out):
             down.peer.reset(down, code)
@@ -294,6 +314,9 @@ class Call(RequestSide):
             down.peer.end_then_reset(down)
             return
         if self.closed:  # (a closed call has ended already: its client left, or we answered)
+            return
+        if self.retry is not None and self.sent is not None and \
+                self.try_again(_SC.UNAVAILABLE):
             return
         self.up = None
         self.reply_error(_SC.UNAVAILABLE, f"the connection to {address} was lost while "

@@ -19,6 +19,7 @@ from grpcmesh.relay.upstreams import Upstreams
 from grpcmesh.routing import Target
 
 _SC = grpc.StatusCode
+PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts"  # on a retry: how many attempts went before
 
 
 class Dispatch:
@@ -45,18 +46,27 @@ class Dispatch:
         call.task = asyncio.get_running_loop().create_task(
             self._connect_then_start(call, target, endpoint, block, headers))
 
-    def retry(self, call: Call) -> bool:
-        """Send call again, to an endpoint it has not tried (Call.try_elsewhere); False if
-        there is none, or its deadline has passed."""
+    def retry(self, call: Call, previous: int = 0) -> bool:
+        """Send call again, to an endpoint it has not tried; False if there is none, or its
+        deadline has passed. previous: attempts an app saw, for the retry rule's retries
+        (Call.try_again): the attempt says so in grpc-previous-rpc-attempts, and an endpoint
+        tried already may take it when no other is left. 0: the last attempt was seen by no
+        app (Call.try_elsewhere)."""
         target = call.target
         assert target is not None
         tried = [attempt.endpoint for attempt in call.attempts]
         endpoint = target.pick(tried)
+        headers = call.request
+        if previous:
+            if endpoint is None:
+                endpoint, tried = target.pick(), []
+            headers = [*(h for h in headers if h[0] != PREVIOUS_ATTEMPTS),
+                       (PREVIOUS_ATTEMPTS, str(previous))]
         if endpoint is None or (call.deadline is not None
                                 and self.clock.now() >= call.deadline):
             return False
         call.task = asyncio.get_running_loop().create_task(
-            self._connect_then_start(call, target, endpoint, None, call.request, tried))
+            self._connect_then_start(call, target, endpoint, None, headers, tried))
         return True
 
     async def _connect_then_start(self, call: Call, target: Target, endpoint: Endpoint | None,

@@ -15,7 +15,7 @@ from grpcmesh.clock import Clock
 from grpcmesh.config.schema import MeshConfig
 from grpcmesh.interceptors.api import Answer, Delay, Interceptor
 from grpcmesh.interceptors.chain import Chain
-from grpcmesh.interceptors.rules import inbound_rules, outbound_rules
+from grpcmesh.interceptors.rules import Methods, inbound_rules, outbound_rules
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.call import Call
 from grpcmesh.relay.deadlines import Deadlines
@@ -41,6 +41,7 @@ class Interception:
     _chains: dict[str, Chain | None]
     _subsets: dict[tuple[str, str], Target]
     _timeouts: dict[float, tuple[str, bytes]]
+    methods: Methods
 
     # (Relay's and Dispatch's methods: annotations only, so nothing here shadows them)
     call_later: Callable[[float, Callable[[], None]], asyncio.TimerHandle]
@@ -64,7 +65,7 @@ class Interception:
         service = None if own else self.config.service(self.own_service or target.service)
         if service is not None:
             interceptors += (inbound_rules(service, self.clock) if self.direction == "inbound"
-                             else outbound_rules(service, self.rng))
+                             else outbound_rules(service, self.rng, self.clock, self.methods))
         chain = self._chains[key] = Chain(interceptors) if interceptors else None
         return chain
 
@@ -78,6 +79,7 @@ class Interception:
             return
         outcome, index = call.chain.request(view, start)
         if outcome is None:
+            call.retry = view.retry
             # The request as the interceptors left it: their metadata, their deadline.
             if view.changed:
                 headers, block = view.headers(), None

@@ -34,6 +34,7 @@ from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.config.schema import MeshConfig
 from grpcmesh.interceptors.api import CallView, Interceptor
 from grpcmesh.interceptors.chain import Chain
+from grpcmesh.interceptors.rules import Methods
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache
 from grpcmesh.relay.call import Call
@@ -70,7 +71,8 @@ class Relay(Interception, Dispatch):
                  cache: BlockCache | None = None,
                  interceptors: Sequence[Interceptor] = (),
                  direction: str = "outbound", own_service: str = "",
-                 clock: Clock = MonotonicClock()) -> None:
+                 clock: Clock = MonotonicClock(),
+                 methods: Methods = lambda path: None) -> None:
         self.router = router
         self.local = local
         self.settings = settings
@@ -80,6 +82,7 @@ class Relay(Interception, Dispatch):
         self.user_interceptors = tuple(interceptors)
         self.direction = direction
         self.own_service = own_service  # inbound: the service whose calls it takes
+        self.methods = methods  # a method path -> its description (idempotency: retries)
         self.config = MeshConfig()
         self.rng = random.Random()
         self._chains: dict[str, Chain | None] = {}

@@ -31,7 +31,7 @@ class RequestSide:
     """Call's request methods (a mixin: Call holds the state below)."""
 
     __slots__ = ("early", "early_credit", "held", "req_end", "request_bytes", "sent",
-                 "trailers")
+                 "trailers", "up")
     relay: Relay
     down: Leg
     up: Leg | None
