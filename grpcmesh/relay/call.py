@@ -35,11 +35,10 @@ if TYPE_CHECKING:
 
 _SC = grpc.StatusCode
 _MAX_MESSAGE = 1024  # characters of grpc-message in the proxy's own answers
-REFUSED_ATTEMPTS = 3  # endpoints a call is offered to when each refuses it unseen
 
 
 class Call(Retrying):
-    __slots__ = ("attempts", "born", "chain", "closed", "deadline", "down", "end_headers",
+    __slots__ = ("attempts", "born", "chain", "deadline", "down", "end_headers",
                  "ended", "limit", "method", "relay", "req_framing", "request",
                  "resp_framing", "response_bytes", "service", "target", "task", "tick", "view")
 
@@ -79,6 +78,7 @@ class Call(Retrying):
         self.view: CallView | None = None  # what they see of it
         self.retry: tuple[RetryPolicy, CallRetries, bool] | None = None  # (retrying.py)
         self.waiting: tuple[bytes, Headers | None, bool] | None = None
+        self.refused = 0
 
     # -- the one end --------------------------------------------------------------------------
 
@@ -184,15 +184,6 @@ class Call(Retrying):
         up.send_headers(leg, block, self.end_headers)
         self.send_request(leg)
 
-    def try_elsewhere(self, blame: grpc.StatusCode | None) -> bool:
-        """The current attempt never reached its app: try another endpoint, if the request is
-        still held and time is left (Relay.retry); False if not."""
-        attempt = self.attempts[-1]
-        attempt.handle.finish(self.relay.clock.now(), blame, None)
-        self.up = None
-        return (self.sent is not None and not self.closed
-                and len(self.attempts) < REFUSED_ATTEMPTS and self.relay.retry(self))
-
     # -- events from the client (and request_side.py) -----------------------------------------
 
     def malformed(self, why: str) -> None:
@@ -233,7 +224,7 @@ class Call(Retrying):
             if self.waiting is not None:
                 self._pass_headers(*self.waiting)
         elif self.sent is not None:
-            if self.retry is not None and self.req_end:
+            if self.retry is not None and (self.req_end or self.end_headers):
                 self.waiting = (block, headers, verbatim)
                 return
             self.commit()
@@ -282,8 +273,10 @@ class Call(Retrying):
             # What waits for the client's window is still delivered, then the client is told.
             down.peer.end_then_reset(down)
             return
-        if code == f.REFUSED_STREAM and self.try_elsewhere(_SC.UNAVAILABLE):
-            return  # the endpoint did not process it (RFC 9113 8.7)
+        if code == f.REFUSED_STREAM:  # the endpoint did not process it (RFC 9113 8.7)
+            if not self.try_elsewhere(_SC.UNAVAILABLE):
+                self.refuse()
+            return
         status = RESET_STATUS.get(code, _SC.INTERNAL)
         if self.retry is not None and self.sent is not None and not self.closed and \
                 self.try_again(status):
@@ -297,16 +290,6 @@ class Call(Retrying):
         (none left) the client is refused it."""
         if not self.try_elsewhere(None):  # (a graceful GOAWAY: not the endpoint's failure)
             self.refuse()
-
-    def refuse(self) -> None:
-        """No app saw the call, and no endpoint takes it now: the client's stream is reset
-        with REFUSED_STREAM, which gRPC clients retry transparently (RFC 9113 8.7)."""
-        self.closed = True
-        self.cancel_upstream()
-        self.end(_SC.UNAVAILABLE, PROXY, "refused")
-        down = self.down
-        if not (down.ended_in and down.ended_out):
-            down.peer.reset(down, f.REFUSED_STREAM)
 
     def upstream_lost(self, finished: bool, address: str) -> None:
         down = self.down

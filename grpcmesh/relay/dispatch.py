@@ -46,20 +46,23 @@ class Dispatch:
         call.task = asyncio.get_running_loop().create_task(
             self._connect_then_start(call, target, endpoint, block, headers))
 
-    def retry(self, call: Call, previous: int = 0) -> bool:
-        """Send call again, to an endpoint it has not tried; False if there is none, or its
-        deadline has passed. previous: attempts an app saw, for the retry rule's retries
-        (Call.try_again): the attempt says so in grpc-previous-rpc-attempts, and an endpoint
-        tried already may take it when no other is left. 0: the last attempt was seen by no
-        app (Call.try_elsewhere)."""
+    def retry(self, call: Call, previous: int, fallback: bool) -> bool:
+        """Send call again, preferably to an endpoint it has not tried; False if there is
+        none, or its deadline has passed. previous: attempts an app saw (sent as
+        grpc-previous-rpc-attempts). fallback (the retry rule's retries, Call.try_again): an
+        endpoint tried already may take it when no other does. Without it (an attempt no app
+        saw, Call.try_elsewhere) only untried endpoints are offered it, and the call is
+        refused (Call.refuse) when none takes it."""
         target = call.target
         assert target is not None
         tried = [attempt.endpoint for attempt in call.attempts]
         endpoint = target.pick(tried)
         headers = call.request
-        if previous:
+        if fallback:
             if endpoint is None:
-                endpoint, tried = target.pick(), []
+                endpoint = target.pick()
+            tried = []  # (any endpoint that connects may take it)
+        if previous:
             headers = [*(h for h in headers if h[0] != PREVIOUS_ATTEMPTS),
                        (PREVIOUS_ATTEMPTS, str(previous))]
         if endpoint is None or (call.deadline is not None

@@ -18,7 +18,7 @@ import grpc
 
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.peer import Headers
-from grpcmesh.relay.record import Attempt
+from grpcmesh.relay.record import PROXY, Attempt
 from grpcmesh.relay.request_side import RequestSide
 from grpcmesh.relay.settings import PUSHBACK
 from grpcmesh.resilience.backoff import parse_pushback
@@ -30,12 +30,13 @@ if TYPE_CHECKING:
     from grpcmesh.resilience.retry import CallRetries, RetryPolicy
 
 _SC = grpc.StatusCode
+REFUSED_ATTEMPTS = 3  # endpoints a call is offered to when each refuses it unseen
 
 
 class Retrying(RequestSide):
     """Call's retry methods (a mixin: Call holds the state it does not)."""
 
-    __slots__ = ("headers_out", "pause", "retry", "waiting")
+    __slots__ = ("closed", "headers_out", "pause", "refused", "retry", "waiting")
     retry: tuple[RetryPolicy, CallRetries, bool] | None  # the rule's (policy, count, idempotent)
     waiting: tuple[bytes, Headers | None, bool] | None  # response headers held: block, ...
     attempts: list[Attempt]
@@ -45,10 +46,52 @@ class Retrying(RequestSide):
     method: str
     service: str
     deadline: float | None
-    closed: bool
+    closed: bool  # the client's side is over: nothing more to do upstream
     pause: asyncio.TimerHandle | None  # an interceptor's Delay, or a retry's backoff
-    # (Call's: annotations only, so nothing here shadows it)
+    refused: int  # attempts refused unseen (REFUSED_STREAM, GOAWAY) and sent elsewhere
+    # (Call's: annotations only, so nothing here shadows them)
     reply_error: Callable[..., None]
+    end: Callable[..., None]
+    cancel_upstream: Callable[[], None]
+
+    def seen(self) -> int:
+        """How many attempts an app saw (the retry rule's count; the current attempt counts
+        once it sent response headers)."""
+        earlier = self.retry[1].attempts - 1 if self.retry is not None else 0
+        return earlier + (self.waiting is not None)
+
+    def try_elsewhere(self, blame: grpc.StatusCode | None) -> bool:
+        """The current attempt never reached its app (REFUSED_STREAM, or the endpoint's GOAWAY
+        below it): it goes to an endpoint the call has not tried, if the request is still held,
+        no app answered this attempt and time is left (Dispatch.retry); False if not."""
+        attempt = self.attempts[-1]
+        attempt.handle.finish(self.relay.clock.now(), blame, None)
+        self.up = None
+        if self.waiting is not None or self.sent is None or self.closed or \
+                self.refused >= REFUSED_ATTEMPTS - 1:
+            return False  # (an app that sent headers saw it: not sent again unseen)
+        self.refused += 1
+        return self.relay.retry(cast("Call", self), self.seen(), fallback=False)
+
+    def refuse(self) -> None:
+        """The current attempt was refused unseen and goes nowhere else. If no app saw the
+        call, the client's stream is reset with REFUSED_STREAM, which gRPC clients retry
+        transparently (RFC 9113 8.7); if an earlier attempt reached an app, that would let
+        the client send it again, so the call ends with UNAVAILABLE instead."""
+        seen = self.seen()
+        self.waiting = None
+        if seen:
+            self.reply_error(_SC.UNAVAILABLE, f"{self.method}: attempt {len(self.attempts)} "
+                             f"was refused by {self.attempts[-1].endpoint.address}, and no "
+                             f"other instance took it; {seen} earlier attempt(s) failed",
+                             "refused")
+            return
+        self.closed = True
+        self.cancel_upstream()
+        self.end(_SC.UNAVAILABLE, PROXY, "refused")
+        down = self.down
+        if not (down.ended_in and down.ended_out):
+            down.peer.reset(down, f.REFUSED_STREAM)
 
     def _pass_headers(self, block: bytes, headers: Headers | None, verbatim: bool) -> None:
         """The response headers held while the attempt had not committed go to the client."""
@@ -83,7 +126,8 @@ class Retrying(RequestSide):
         if not decision.retry:
             return False
         attempt = self.attempts[-1]
-        attempt.handle.finish(now, code, None)
+        attempt.handle.finish(now, code, pushback if pushback is not None and pushback >= 0
+                              else None)
         up, self.up, self.waiting = self.up, None, None
         if up is not None and not (up.ended_in and up.ended_out):
             up.peer.reset(up, f.CANCEL)
@@ -95,7 +139,7 @@ class Retrying(RequestSide):
         self.pause = None
         if self.closed:
             return
-        if not self.relay.retry(cast("Call", self), previous):
+        if not self.relay.retry(cast("Call", self), previous, fallback=True):
             self.reply_error(_SC.UNAVAILABLE, f"no instance of {self.service} to send "
                              f"{self.method} to again (attempt {previous + 1})",
                              "no_healthy_instance")
