@@ -40,7 +40,6 @@ class Ejections:
             current = self.detectors.get(name)
             if current is None or current.settings != settings:
                 self.detectors[name] = OutlierDetector(settings, self.clock)
-                self._seen[name] = -1  # hand its (empty) ejections to the pool
         self.tick()
 
     def observe(self, record: CallRecord) -> None:
@@ -49,19 +48,19 @@ class Ejections:
         if detector is None or not record.endpoint:  # (a proxy answer that reached none)
             return
         detector.record(record.endpoint, None if record.by == CLIENT else record.code)
-        if detector.changes != self._seen[record.service]:
+        if detector.changes != self._seen.get(record.service):
             self._hand_over(record.service, detector)
 
     def tick(self) -> None:
         """The interval's work (success-rate rule, returns) off the call path; the detector
-        follows its pool's endpoints."""
+        follows its pool's endpoints, and the pool its ejections (Pool.eject does nothing
+        when they are the same)."""
         for name, detector in self.detectors.items():
             pool = self._pool_of(name)
             if pool is not None:
                 detector.sync(e.address for e in pool.endpoints.values())
             detector.advance()
-            if detector.changes != self._seen[name]:
-                self._hand_over(name, detector)
+            self._hand_over(name, detector)  # (also to a pool made anew: an external's)
 
     def _hand_over(self, name: str, detector: OutlierDetector) -> None:
         self._seen[name] = detector.changes

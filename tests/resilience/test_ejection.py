@@ -99,3 +99,15 @@ def test_a_pool_whose_every_endpoint_is_ejected_serves_them_all() -> None:
     assert addresses(p) == ADDRS  # panic mode, as Envoy's
     p.eject(frozenset(ADDRS[:1]))
     assert addresses(p) == ADDRS[1:]
+
+
+def test_a_pool_made_anew_gets_the_ejections_at_the_next_tick() -> None:
+    clock, p, _ = setup()
+    pools = {"echo": p}
+    ejections = Ejections(pools.get, clock)
+    ejections.configure(config())
+    for _ in range(3):
+        ejections.observe(record(ADDRS[0], grpc.StatusCode.UNAVAILABLE))
+    pools["echo"] = fresh = pool()  # (an external service's pools are rebuilt on a change)
+    ejections.configure(config())
+    assert addresses(fresh) == ADDRS[1:]
