@@ -66,10 +66,11 @@ def print_endpoints(body: dict[str, Any], service: str | None, as_json: bool) ->
             for e in info["endpoints"]:
                 estimate = "-" if e["estimate_ms"] is None else f"{e['estimate_ms']:.2f}"
                 rows.append([*([view["worker"]] if several else []), name, info["balancer"],
-                             e["address"], e["health"], estimate, e["in_flight"],
+                             e["address"], e["health"],
+                             "ejected" if e.get("ejected") else "ok", estimate, e["in_flight"],
                              f"{e['cost_ms']:.2f}", e["calls"], e["failures"]])
     if not rows:
         print("no endpoints known yet")
         return
     print(table([*(["WORKER"] if several else []), "SERVICE", "BALANCER", "ADDRESS", "HEALTH",
-                 "ESTIMATE MS", "IN FLIGHT", "COST MS", "CALLS", "FAILURES"], rows))
+                 "STATE", "ESTIMATE MS", "IN FLIGHT", "COST MS", "CALLS", "FAILURES"], rows))

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from grpcmesh.registry.model import Event, EventType, Health, Instance, Method
 from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.relay import Relay
 from grpcmesh.relay.settings import ForwardSettings
+from grpcmesh.resilience.ejection import Ejections
 from grpcmesh.routing import RouteTable, Target
 from grpcmesh.server_util import reconnect_options, with_port
 from grpcmesh.sidecar_config import ConfigCallback, ConfigInForce, LiveConfig
@@ -105,6 +107,9 @@ class Sidecar:
                                       settings.balancer.load)
         self.outbound_server.upstreams.dials = self.external.dials
         self.resolver = Resolver(self.external, self.clock)
+        # services.NAME.outlier: its observer is on the outbound relay only while some
+        # service has the rule (a call costs nothing more otherwise).
+        self.ejections = Ejections(self._pool_of, self.clock)
         self.inbound_server: Relay | None = None
         self.registrar: Registrar | None = None
         self.app_health = Health.UNKNOWN
@@ -136,6 +141,7 @@ class Sidecar:
         await self._set_own_health(False)
         self._spawn(self.config.follow(), "mesh-config")
         self._spawn(self.resolver.run(), "external-dns")
+        self._spawn(self._outlier_timer(), "outlier-ejection")
         self._spawn(watch_forever(self.client, self._on_event,
                                   pb.WatchRequest(include_config=True),
                                   on_state=self._registry_state), "registry-watch")
@@ -248,6 +254,22 @@ class Sidecar:
         self.routes.set_external(self.external.configure(config.config.external,
                                                          self.clock.now()))
         self.resolver.wake()  # new addresses are resolved at once
+        self.ejections.configure(config.config)
+        observers = self.outbound_server.observers
+        observe = self.ejections.observe
+        if self.ejections.detectors and observe not in observers:
+            observers.append(observe)
+        elif not self.ejections.detectors and observe in observers:
+            observers.remove(observe)
+
+    def _pool_of(self, service: str) -> Pool | None:
+        return self.routes.pools.get(service) or self.external.pools.get(service)
+
+    async def _outlier_timer(self) -> None:
+        """Returns from ejection and the success-rate rule, once a second (off the call path)."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.ejections.tick()
 
     @property
     def mesh_config(self) -> MeshConfig:
@@ -329,6 +351,7 @@ class Sidecar:
     def _endpoints(self) -> tuple[int, Any]:
         """Why an endpoint gets picked: its estimate, calls in flight and cost, per service."""
         now = self.clock.now()
+        wall_offset = time.time() - now
         services: dict[str, Any] = {}
         external = self.external.describe()
         for name, pool in sorted({**self.routes.pools, **self.external.pools}.items()):
@@ -340,7 +363,8 @@ class Sidecar:
                     "health": e.instance.health.name,
                     "estimate_ms": None if estimate is None else round(estimate * 1000, 3),
                     "in_flight": e.in_flight, "cost_ms": round(e.cost(now) * 1000, 3),
-                    "calls": e.calls, "failures": e.failures})
+                    "calls": e.calls, "failures": e.failures,
+                    **self.ejections.describe(name, e.address, wall_offset)})
             services[name] = {"balancer": self.settings.balancer.kind_for(name),
                               "endpoints": endpoints}
             if name in external:  # its configured addresses and what DNS said of each

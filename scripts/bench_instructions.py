@@ -14,6 +14,8 @@ cancels out). Variants:
   interceptor   one no-op interceptor in the chain (--interceptor grpcmesh.example.noop:factory)
   config        scripts/bench_proxy.py's SECTION_3_CONFIG applied (a 90/10 split, timeouts, a
                 fault rule at 0%)
+  outlier       base plus services.echo.outlier: the sidecar's outlier observer reads each
+                call's end record (a sidecar registers it only while some service has the rule)
 
 Targets (issue 10): interceptor <= 1.05x base; config <= 1.1x base. Prints a table, writes JSON,
 says PASS or MISS, exits 1 on a MISS. Needs valgrind (apt-get install -y valgrind); about 20 s
@@ -37,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("base", "deadline", "interceptor", "config")
+VARIANTS = ("base", "deadline", "interceptor", "config", "outlier")
 TARGETS = {"interceptor": 1.05, "config": 1.10}
 
 # The relay under measurement (run as `bench_instructions.py --relay VARIANT APP CALLS`).
@@ -59,6 +61,13 @@ async def relay_main(variant: str, app: str, calls: int) -> None:
                   interceptors=[Interceptor()] if variant == "interceptor" else ())
     if variant == "config":
         relay.set_config(parse_text(SECTION_3_CONFIG))
+    if variant == "outlier":
+        from grpcmesh.clock import MonotonicClock
+        from grpcmesh.resilience.ejection import Ejections
+
+        ejections = Ejections({"echo": pool}.get, MonotonicClock())
+        ejections.configure(parse_text("services:\n  echo:\n    outlier: {}\n"))
+        relay.observers.append(ejections.observe)
     port = relay.bind("127.0.0.1:0", "bench")
     await relay.start()
     client = await asyncio.create_subprocess_exec(

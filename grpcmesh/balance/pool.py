@@ -20,6 +20,7 @@ class Pool:
         self.endpoints: dict[str, Endpoint] = {}
         self.ready: tuple[Endpoint, ...] = ()
         self.version = 0  # bumped whenever ready may have changed
+        self.ejected: frozenset[str] = frozenset()  # addresses the outlier detector took out
         self._on_removed = on_removed
 
     def upsert(self, instance: Instance) -> None:
@@ -46,10 +47,21 @@ class Pool:
             self.upsert(inst)
         self._refresh()
 
+    def eject(self, addresses: frozenset[str]) -> None:
+        """The outlier detector's ejected endpoints leave ready (grpcmesh/resilience/)."""
+        if addresses != self.ejected:
+            self.ejected = addresses
+            self._refresh()
+
     def _refresh(self) -> None:
-        self.ready = tuple(e for _, e in sorted(self.endpoints.items()) if e.healthy)
+        healthy = tuple(e for _, e in sorted(self.endpoints.items()) if e.healthy)
+        ejected = self.ejected
+        # Panic mode (Envoy's): if ejection would leave no endpoint, all healthy ones serve.
+        self.ready = tuple(e for e in healthy if e.address not in ejected) or healthy \
+            if ejected else healthy
         self.version += 1
 
     def describe(self) -> str:
         total = len(self.endpoints)
-        return f"{total} known, {len(self.ready)} serving"
+        ejected = f", {len(self.ejected)} ejected" if self.ejected else ""
+        return f"{total} known, {len(self.ready)} serving{ejected}"

@@ -67,6 +67,7 @@ class OutlierDetector:
         self._interval = settings.interval.seconds
         self._next_interval = clock.now() + self._interval
         self._next_return = math.inf  # the earliest ejected_until
+        self.changes = 0  # bumped at each ejection and return: who follows it compares
 
     def sync(self, addresses: Iterable[str]) -> None:
         """The pool's endpoints now: new ones are added, the others forgotten."""
@@ -97,6 +98,13 @@ class OutlierDetector:
             self._eject(state, now, f"{state.consecutive} consecutive failures (the last: "
                                     f"{name}; the limit is {limit})")
 
+    def advance(self) -> None:
+        """Returns and the interval's rule, if due (a timer calls it; record() does too)."""
+        self._advance(self.clock.now())
+
+    def ejected_addresses(self) -> frozenset[str]:
+        return frozenset(a for a, s in self.endpoints.items() if s.ejected)
+
     def ejected(self, address: str) -> bool:
         self._advance(self.clock.now())
         state = self.endpoints.get(address)
@@ -120,6 +128,7 @@ class OutlierDetector:
         state.ejection_reason = f"{reason}; ejected for {duration:g} s (ejection " \
                                 f"{state.ejections})"
         state.consecutive = 0
+        self.changes += 1
         self._next_return = min(self._next_return, state.ejected_until)
         return True
 
@@ -137,6 +146,7 @@ class OutlierDetector:
                 if state.ejected_until <= now:
                     state.ejected, state.ejected_until = False, None
                     state.consecutive = 0
+                    self.changes += 1
                 else:
                     self._next_return = min(self._next_return, state.ejected_until)
 

@@ -82,13 +82,14 @@ async def test_endpoints_command_prints_each_endpoint(mesh: Mesh) -> None:
                          client.admin.address], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["SERVICE", "BALANCER", "ADDRESS", "HEALTH", "ESTIMATE", "MS",
-                                "IN", "FLIGHT", "COST", "MS", "CALLS", "FAILURES"]
+    assert lines[0].split() == ["SERVICE", "BALANCER", "ADDRESS", "HEALTH", "STATE", "ESTIMATE",
+                                "MS", "IN", "FLIGHT", "COST", "MS", "CALLS", "FAILURES"]
     rows = {line.split()[2]: line.split() for line in lines[1:]}
     assert set(rows) == {fast.address, slow.address}
     assert rows[slow.address][1] == "peak_ewma" and rows[slow.address][3] == "SERVING"
-    assert float(rows[slow.address][4]) > float(rows[fast.address][4])
-    assert int(rows[fast.address][7]) == seen.count("fast")
+    assert rows[slow.address][4] == "ok"  # (no outlier rule: nothing is ejected)
+    assert float(rows[slow.address][5]) > float(rows[fast.address][5])
+    assert int(rows[fast.address][8]) == seen.count("fast")
     missing = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "grpcmesh", "endpoints", "nope", "--admin",
                          client.admin.address], capture_output=True, text=True, timeout=30)
