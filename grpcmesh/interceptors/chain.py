@@ -4,11 +4,15 @@ A call meets them top-down, outermost first; the first to answer ends it, and th
 see it:
 
     1. the user's interceptors (--interceptor), in the order given
-    2. rate limit        (inbound; the mesh config's services.NAME.rate_limit)   [to come]
-    3. fault injection   (services.NAME.faults)                                  [to come]
-    4. route / split     (services.NAME.routes and subsets)                      [to come]
-    5. timeout           (services.NAME.timeout, max_timeout)                    [to come]
+    2. rate limit        (inbound; the mesh config's services.NAME.rate_limit)
+    3. fault injection   (services.NAME.faults: a delay part, then an abort part)
+    4. route / split     (services.NAME.routes and subsets)
+    5. timeout           (services.NAME.timeout, max_timeout)
+    6. retry             (services.NAME.retry: gives the call its policy, which the relay
+                          asks when an attempt fails before it commits: relay/retrying.py)
     -> balance (the service's picker), then a stream on the endpoint's connection
+
+The rules (2-6) are made from the mesh config by rules.py.
 
 The relay builds a chain once per target and config version, not per call (Relay.chain_for),
 and a target whose chain is empty takes the relay's fast path with no interceptor cost at all.
