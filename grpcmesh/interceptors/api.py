@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from grpcmesh.config.schema import Route, Subset
+from grpcmesh.relay.headers import replaced
 from grpcmesh.relay.record import CallRecord
 
 if TYPE_CHECKING:
@@ -83,13 +84,12 @@ class CallView:
     def set_header(self, name: str, value: str) -> None:
         """Add request metadata name, or replace its values."""
         self._check(name)
-        self._metadata = [(k, v) for k, v in self._metadata if k != name]
-        self._metadata.append((name, value))
+        self._metadata = replaced(self._metadata, name, value)
         self.changed = True
 
     def remove_header(self, name: str) -> None:
         self._check(name)
-        kept = [(k, v) for k, v in self._metadata if k != name]
+        kept = replaced(self._metadata, name, None)
         if len(kept) != len(self._metadata):
             self._metadata = kept
             self.changed = True

@@ -13,6 +13,7 @@ from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.clock import Clock
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.call import Call
+from grpcmesh.relay.headers import replaced
 from grpcmesh.relay.peer import Flusher, Headers
 from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.relay.upstreams import Upstreams
@@ -63,8 +64,7 @@ class Dispatch:
                 endpoint = target.pick()
             tried = []  # (any endpoint that connects may take it)
         if previous:
-            headers = [*(h for h in headers if h[0] != PREVIOUS_ATTEMPTS),
-                       (PREVIOUS_ATTEMPTS, str(previous))]
+            headers = replaced(headers, PREVIOUS_ATTEMPTS, str(previous))
         if endpoint is None or (call.deadline is not None
                                 and self.clock.now() >= call.deadline):
             return False
@@ -89,9 +89,7 @@ class Dispatch:
                 if up is not None:
                     if call.deadline is not None:  # what is left of it goes upstream
                         left = f.format_timeout(max(call.deadline - self.clock.now(), 1e-6))
-                        headers = [*(h for h in headers if h[0] != "grpc-timeout"),
-                                   ("grpc-timeout", left)]
-                        block = None
+                        headers, block = replaced(headers, "grpc-timeout", left), None
                     if target.external is not None:
                         block = None
                         headers = target.external.headers(endpoint, headers)

@@ -17,7 +17,8 @@ from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache, Headers
 from grpcmesh.relay.limits import FrameGuard
 
-__all__ = ["MAX_BLOCK", "MAX_HEADER_LIST", "BlockAssembly", "HeaderBlocks", "Headers"]
+__all__ = ["MAX_BLOCK", "MAX_HEADER_LIST", "BlockAssembly", "HeaderBlocks", "Headers",
+           "replaced"]
 
 MAX_BLOCK = 256 * 1024  # a header block beyond this ends the connection (ENHANCE_YOUR_CALM)
 # Decoded header lists up to this size are read, so that one over the proxy's metadata limit
@@ -105,3 +106,11 @@ class BlockAssembly:
             whole, self.partial = self.partial, None
             return whole
         return None
+
+
+def replaced(headers: Headers, name: str, value: str | None) -> Headers:
+    """A copy of headers without name, and with name: value last (value None: without it)."""
+    out = [h for h in headers if h[0] != name]
+    if value is not None:
+        out.append((name, value))
+    return out

@@ -19,6 +19,7 @@ from grpcmesh.interceptors.rules import Methods, inbound_rules, outbound_rules
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.call import Call
 from grpcmesh.relay.deadlines import Deadlines
+from grpcmesh.relay.headers import replaced
 from grpcmesh.relay.peer import Headers
 from grpcmesh.routing import Target
 
@@ -88,8 +89,7 @@ class Interception:
                     self.deadlines.remove(call)
                 if view.timeout is None:
                     call.deadline = None
-                    headers = [h for h in headers if h[0] != "grpc-timeout"]
-                    block = None
+                    headers, block = replaced(headers, "grpc-timeout", None), None
                 else:
                     call.deadline = deadline = self.clock.now() + view.timeout
                     self.deadlines.add(call, deadline)
@@ -108,9 +108,7 @@ class Interception:
                         # the block as it is (an HPACK literal), not encoded again.
                         block += literal
                     else:
-                        headers = [h for h in headers if h[0] != "grpc-timeout"]
-                        headers = [*headers, ("grpc-timeout", timeout)]
-                        block = None
+                        headers, block = replaced(headers, "grpc-timeout", timeout), None
             subset = view.subset
             if subset is not None:  # the route/split rule chose one of its subsets
                 key = (target.name, subset.name)

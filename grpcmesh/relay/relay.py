@@ -41,6 +41,7 @@ from grpcmesh.relay.call import Call
 from grpcmesh.relay.deadlines import Deadlines
 from grpcmesh.relay.dispatch import Dispatch
 from grpcmesh.relay.downstream import Downstream
+from grpcmesh.relay.headers import replaced
 from grpcmesh.relay.intercept import Interception
 from grpcmesh.relay.limits import RelayLimits, clip
 from grpcmesh.relay.peer import Flusher, Headers, Leg, call_soon_flushed
@@ -292,7 +293,7 @@ class Relay(Interception, Dispatch):
                 call.too_big(True, size)
                 return
         if override is not None:
-            headers = [h for h in headers if h[0] != SERVICE_HEADER]
+            headers = replaced(headers, SERVICE_HEADER, None)
             block = None
         chain = self.chain_for(target)
         if chain is None:
