@@ -110,3 +110,20 @@ class CallHandle:
                 hint = pushback_ms / 1000 if pushback_ms is not None and pushback_ms >= 0 else 0.0
                 sample = max(penalty, hint)
         ep.rtt.observe(sample, now)
+
+    def abandon(self, now: float) -> None:
+        """The call stopped waiting for this endpoint (a hedge that lost the race): not its
+        failure, but it had not answered after now - started. That counts as a sample only if
+        it is above the endpoint's estimate (it was at least that slow); a shorter wait says
+        nothing, and must not make the endpoint look faster than it is."""
+        if self.finished:
+            return
+        self.finished = True
+        ep = self.endpoint
+        ep.in_flight -= 1
+        if self.first_response_at is not None:
+            return
+        waited = now - self.started
+        estimate = ep.rtt.get(now)
+        if estimate is not None and waited > estimate:
+            ep.rtt.observe(waited, now)

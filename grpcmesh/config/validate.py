@@ -133,10 +133,6 @@ def _service(key: Scalar, body: Node, r: Reader, external: Mapping[str, str],
     if retry is not None and hedge is not None:
         check_exclusive(r, retry, hedge, f["hedge"], join(path, "hedge"))
     outlier = read_outlier(f["outlier"], join(path, "outlier"), r) if "outlier" in f else None
-    for rule in ("hedge",):
-        if rule in f:  # (until the relay applies it: issue 11)
-            r.warn(f[rule], join(path, rule), "checked and stored, but not applied yet: this "
-                   "version's sidecars ignore it (docs/resilience.md)")
     if name is None or subsets is None or any(
             key in f and value is None for key, value in (
                 ("retry", retry), ("hedge", hedge), ("outlier", outlier))):

@@ -18,6 +18,8 @@ from grpcmesh.relay.headers import replaced
 from grpcmesh.relay.record import CallRecord
 
 if TYPE_CHECKING:
+    from grpcmesh.resilience.budget import RetryBudget
+    from grpcmesh.resilience.latency import HedgeTimer
     from grpcmesh.resilience.retry import CallRetries, RetryPolicy
 
 Headers = list[tuple[str, str]]
@@ -41,8 +43,8 @@ class Delay:
 class CallView:
     """One call as interceptors see it, before it goes upstream."""
 
-    __slots__ = ("_metadata", "caller", "changed", "direction", "method", "retry", "route",
-                 "service", "subset", "timeout")
+    __slots__ = ("_metadata", "caller", "changed", "direction", "hedge", "method", "retry",
+                 "route", "service", "subset", "timeout")
 
     def __init__(self, method: str, metadata: Headers, timeout: float | None, caller: str,
                  service: str, direction: str) -> None:
@@ -60,6 +62,8 @@ class CallView:
         self.subset: Subset | None = None
         # The retry rule's (policy, the call's count, whether the method is idempotent)
         self.retry: tuple[RetryPolicy, CallRetries, bool] | None = None
+        # The hedge rule's (timing, budget), for a method it covers
+        self.hedge: tuple[HedgeTimer, RetryBudget] | None = None
 
     def header(self, name: str) -> str | None:
         """The value of request metadata name (lowercase), or None."""

@@ -13,10 +13,13 @@ from collections.abc import Callable
 import grpc
 
 from grpcmesh.clock import Clock
+from grpcmesh.config.policies import BudgetSettings, HedgeSettings
 from grpcmesh.config.schema import Fault, RateLimit, Route, ServiceConfig, Subset
 from grpcmesh.interceptors.api import Answer, CallView, Delay, Interceptor
 from grpcmesh.registry.model import Method, is_idempotent
+from grpcmesh.relay.record import APP, CallRecord
 from grpcmesh.resilience.budget import RetryBudget
+from grpcmesh.resilience.latency import HedgeTimer, LatencyWindow
 from grpcmesh.resilience.retry import CallRetries, RetryPolicy
 
 Methods = Callable[[str], Method | None]  # a method path -> its registered description
@@ -146,15 +149,60 @@ class Retry(Interceptor):
         self.methods = methods
 
     def request(self, call: CallView) -> Answer | Delay | None:
-        self.policy.budget.deposit()
-        call.retry = (self.policy, CallRetries(), is_idempotent(self.methods(call.method)))
+        policy = self.policy
+        policy.budget.deposit()
+        path = call.method
+        idempotent = is_idempotent(self.methods(path))
+        if policy.settings.methods.covers(path, idempotent):  # (else it is never retried)
+            call.retry = (policy, CallRetries(), idempotent)
         return None
 
 
+class Hedge(Interceptor):
+    """services.NAME.hedge: each call of a method it covers gets the service's hedge timing
+    (the relay sends the hedges: relay/hedging.py). Hedges draw from the retry budget, which
+    the Retry rule fills when the service has one (deposit: whether this rule does)."""
+
+    def __init__(self, service: ServiceConfig, settings: HedgeSettings, budget: RetryBudget,
+                 methods: Methods, deposit: bool, window: LatencyWindow | None = None) -> None:
+        self.name = f"services.{service.name}.hedge"
+        self.settings = settings
+        self.budget = budget
+        self.methods = methods
+        self.deposit = deposit
+        self.timing = HedgeTimer(settings, window)
+
+    def request(self, call: CallView) -> Answer | Delay | None:
+        if self.deposit:
+            self.budget.deposit()
+        path = call.method
+        if self.settings.methods.covers(path, is_idempotent(self.methods(path))):
+            call.hedge = (self.timing, self.budget)
+        return None
+
+
+class HedgeAtPercentile(Hedge):
+    """`hedge: {delay: pNN}`: also feeds the service's latency window with how long each call
+    it covers took, as its client saw it (answered by an app)."""
+
+    def __init__(self, service: ServiceConfig, settings: HedgeSettings, budget: RetryBudget,
+                 methods: Methods, deposit: bool, window: LatencyWindow, clock: Clock) -> None:
+        super().__init__(service, settings, budget, methods, deposit, window)
+        self.window = window
+        self.clock = clock
+
+    def end(self, call: CallView, record: CallRecord) -> None:
+        if call.hedge is not None and record.by == APP:
+            self.window.observe(record.duration, self.clock.now())
+
+
 def outbound_rules(service: ServiceConfig, rng: random.Random, clock: Clock | None = None,
-                   methods: Methods = lambda path: None) -> list[Interceptor]:
+                   methods: Methods = lambda path: None,
+                   latency: Callable[[str], LatencyWindow] | None = None) -> list[Interceptor]:
     """The rules a caller's sidecar applies to calls to service, in chain order. (clock:
-    for the retry budget; methods: what registrations say of a method, for idempotency.)"""
+    for the retry budget; methods: what registrations say of a method, for idempotency;
+    latency: a service's latency window for `hedge: {delay: pNN}`, kept across config
+    versions.)"""
     rules: list[Interceptor] = []
     # A part that no rule can fire (every percent 0: faults turned off) costs nothing per call.
     if any(f.delay is not None and f.delay.percent > 0 for f in service.faults):
@@ -166,10 +214,19 @@ def outbound_rules(service: ServiceConfig, rng: random.Random, clock: Clock | No
     if service.timeout is not None or service.max_timeout is not None or any(
             r.timeout is not None or r.max_timeout is not None for r in service.routes):
         rules.append(Timeout(service))
-    if service.retry is not None and clock is not None:
-        budget = RetryBudget(clock, service.retry.budget.ratio,
-                             service.retry.budget.min_per_second)
-        rules.append(Retry(service, RetryPolicy(service.retry, budget, rng), methods))
+    if clock is not None and (service.retry is not None or service.hedge is not None):
+        # One budget for the service's retries and hedges (without retry: its defaults).
+        settings = service.retry.budget if service.retry is not None else BudgetSettings()
+        budget = RetryBudget(clock, settings.ratio, settings.min_per_second)
+        if service.retry is not None:
+            rules.append(Retry(service, RetryPolicy(service.retry, budget, rng), methods))
+        hedge, deposit = service.hedge, service.retry is None
+        if hedge is not None and hedge.delay is not None:
+            rules.append(Hedge(service, hedge, budget, methods, deposit))
+        elif hedge is not None:
+            window = latency(service.name) if latency is not None else LatencyWindow()
+            rules.append(HedgeAtPercentile(service, hedge, budget, methods, deposit, window,
+                                           clock))
     return rules
 
 

@@ -29,6 +29,7 @@ from grpcmesh.relay.retrying import Retrying
 if TYPE_CHECKING:
     from grpcmesh.interceptors.api import CallView
     from grpcmesh.interceptors.chain import Chain
+    from grpcmesh.relay.hedging import Race
     from grpcmesh.relay.relay import Relay
     from grpcmesh.resilience.retry import CallRetries, RetryPolicy
     from grpcmesh.routing import Target
@@ -39,7 +40,7 @@ _MAX_MESSAGE = 1024  # characters of grpc-message in the proxy's own answers
 
 class Call(Retrying):
     __slots__ = ("attempts", "born", "chain", "deadline", "down", "end_headers",
-                 "ended", "limit", "method", "relay", "req_framing", "request",
+                 "ended", "limit", "method", "race", "relay", "req_framing", "request",
                  "resp_framing", "response_bytes", "service", "target", "task", "tick", "view")
 
     def __init__(self, relay: Relay, down: Leg) -> None:
@@ -79,6 +80,7 @@ class Call(Retrying):
         self.retry: tuple[RetryPolicy, CallRetries, bool] | None = None  # (retrying.py)
         self.waiting: tuple[bytes, Headers | None, bool] | None = None
         self.refused = 0
+        self.race: Race | None = None  # the hedge rule's attempts (hedging.py)
 
     # -- the one end --------------------------------------------------------------------------
 
@@ -96,6 +98,8 @@ class Call(Retrying):
             self.relay.deadlines.remove(self)
         if self.pause is not None:
             self.pause.cancel()
+        if self.race is not None:
+            self.race.stop()
         attempt = self.attempts[-1] if self.attempts else None
         if attempt is not None and not attempt.handle.finished:
             attempt.handle.finish(now, blame, pushback)
@@ -165,6 +169,8 @@ class Call(Retrying):
     def cancel_upstream(self) -> None:
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
+        if self.race is not None:
+            self.race.cancel()
         self.drop_early()
         if self.sent is not None:
             self.commit()
@@ -183,6 +189,8 @@ class Call(Retrying):
         self.attempts.append(Attempt(endpoint, leg, endpoint.start(now), now))
         up.send_headers(leg, block, self.end_headers)
         self.send_request(leg)
+        if self.race is not None and len(self.attempts) == 1:
+            self.race.start(now)  # the hedge rule's timer
 
     # -- events from the client (and request_side.py) -----------------------------------------
 

@@ -1,6 +1,7 @@
 """How the relay gets a call to an endpoint: pick one whose connection is up (the fast path),
 or connect first (a refused connection means the call never left: the next endpoint is tried);
-and, for an attempt that no app saw (Call.try_elsewhere), another endpoint it has not tried.
+for an attempt that no app saw (Call.try_elsewhere), another endpoint it has not tried; and a
+hedge (hedging.py), to an endpoint not tried whose connection is up.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from grpcmesh.clock import Clock
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.call import Call
 from grpcmesh.relay.headers import replaced
+from grpcmesh.relay.hedging import Race, hedge_leg
 from grpcmesh.relay.peer import Flusher, Headers
+from grpcmesh.relay.record import Attempt
 from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.relay.upstreams import Upstreams
 from grpcmesh.routing import Target
@@ -70,6 +73,36 @@ class Dispatch:
             return False
         call.task = asyncio.get_running_loop().create_task(
             self._connect_then_start(call, target, endpoint, None, headers, tried))
+        return True
+
+    def hedge(self, call: Call, race: Race) -> bool:
+        """Send call's next hedge (hedging.py) to an endpoint it has not tried whose connection
+        is up, with grpc-previous-rpc-attempts and what is left of its deadline; False if there
+        is none. A picked endpoint without a connection is not waited for: it is connected for
+        the calls that come later, and the next pick is tried."""
+        target = call.target
+        assert target is not None
+        tried = [attempt.endpoint for attempt in call.attempts]
+        for _ in range(2):
+            endpoint = target.pick(tried)
+            if endpoint is None:
+                return False
+            up = self.upstreams.ready(endpoint.address)
+            if up is not None:
+                break
+            self.upstreams.warm(endpoint.address)
+            tried.append(endpoint)
+        else:
+            return False
+        now = self.clock.now()
+        headers = replaced(call.request, PREVIOUS_ATTEMPTS, str(len(call.attempts)))
+        if call.deadline is not None:
+            headers = replaced(headers, "grpc-timeout",
+                               f.format_timeout(max(call.deadline - now, 1e-6)))
+        if target.external is not None:
+            headers = target.external.headers(endpoint, headers)
+        attempt = Attempt(endpoint, up.open_stream(None), endpoint.start(now), now)
+        hedge_leg(call, race, attempt, up.encode(headers))
         return True
 
     async def _connect_then_start(self, call: Call, target: Target, endpoint: Endpoint | None,

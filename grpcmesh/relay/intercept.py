@@ -20,7 +20,9 @@ from grpcmesh.relay import frames as f
 from grpcmesh.relay.call import Call
 from grpcmesh.relay.deadlines import Deadlines
 from grpcmesh.relay.headers import replaced
+from grpcmesh.relay.hedging import Race
 from grpcmesh.relay.peer import Headers
+from grpcmesh.resilience.latency import LatencyWindow
 from grpcmesh.routing import Target
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ class Interception:
     _chains: dict[str, Chain | None]
     _subsets: dict[tuple[str, str], Target]
     _timeouts: dict[float, tuple[str, bytes]]
+    _latency: dict[str, LatencyWindow]
     methods: Methods
 
     # (Relay's and Dispatch's methods: annotations only, so nothing here shadows them)
@@ -54,6 +57,12 @@ class Interception:
         self.config = config
         self._chains.clear()
         self._subsets.clear()
+        # A service's observed latency outlives config versions, as long as it is hedged at
+        # a percentile.
+        for name in list(self._latency):
+            service = config.service(name)
+            if service is None or service.hedge is None or service.hedge.delay is not None:
+                del self._latency[name]
 
     def chain_for(self, target: Target) -> Chain | None:
         """The interceptors of calls to target: the user's, then the mesh config's rules for
@@ -66,9 +75,16 @@ class Interception:
         service = None if own else self.config.service(self.own_service or target.service)
         if service is not None:
             interceptors += (inbound_rules(service, self.clock) if self.direction == "inbound"
-                             else outbound_rules(service, self.rng, self.clock, self.methods))
+                             else outbound_rules(service, self.rng, self.clock, self.methods,
+                                                 self._window))
         chain = self._chains[key] = Chain(interceptors) if interceptors else None
         return chain
+
+    def _window(self, service: str) -> LatencyWindow:
+        window = self._latency.get(service)
+        if window is None:
+            window = self._latency[service] = LatencyWindow()
+        return window
 
     def _intercept(self, call: Call, start: int, target: Target, block: bytes | None,
                    headers: Headers, seconds: float | None) -> None:
@@ -81,6 +97,8 @@ class Interception:
         outcome, index = call.chain.request(view, start)
         if outcome is None:
             call.retry = view.retry
+            if view.hedge is not None:
+                call.race = Race(call, *view.hedge)
             # The request as the interceptors left it: their metadata, their deadline.
             if view.changed:
                 headers, block = view.headers(), None

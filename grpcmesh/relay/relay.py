@@ -49,6 +49,7 @@ from grpcmesh.relay.record import Observer
 from grpcmesh.relay.request import Refused, read_request
 from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.relay.upstreams import Upstreams
+from grpcmesh.resilience.latency import LatencyWindow
 from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
 from grpcmesh.server_util import check_bindable
 
@@ -89,6 +90,7 @@ class Relay(Interception, Dispatch):
         self._chains: dict[str, Chain | None] = {}
         self._subsets: dict[tuple[str, str], Target] = {}
         self._timeouts: dict[float, tuple[str, bytes]] = {}
+        self._latency: dict[str, LatencyWindow] = {}  # per service, for hedge: {delay: pNN}
         self.flusher = Flusher()
         self.upstreams = Upstreams(self.flusher, clock, limits=limits, cache=self.cache)
         self.downstreams: set[Downstream] = set()

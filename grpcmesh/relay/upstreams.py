@@ -165,6 +165,17 @@ class Upstreams:
             if not conn.full() or loop.time() >= give_up:
                 return None  # gone or going away: this endpoint refuses, for now
 
+    def warm(self, address: str) -> None:
+        """Start connecting to address, if it is not connected, connecting or waiting after a
+        failure, for calls that come later (a hedge does not wait for it)."""
+        failed = self._failed.get(address)
+        if address in self._current or address in self._connecting or (
+                failed is not None and self.clock.now() < failed[0]):
+            return
+        task = self._connecting[address] = asyncio.get_running_loop().create_task(
+            self._open(address))
+        task.add_done_callback(_quiet)
+
     def failure(self, address: str) -> str | None:
         """Why the last connect to address failed, while it waits to be tried again."""
         failed = self._failed.get(address)
@@ -243,6 +254,11 @@ class Upstreams:
             conn.close()
         self._all.clear()
         self._current.clear()
+
+
+def _quiet(task: asyncio.Task[Upstream | None]) -> None:
+    if not task.cancelled():
+        task.exception()  # (_open catches what connecting raises; nothing is lost here)
 
 
 def _why(err: Exception) -> str:

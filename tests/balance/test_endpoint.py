@@ -150,6 +150,32 @@ def test_finishing_twice_changes_nothing() -> None:
     assert ep.rtt.get(0.010) == pytest.approx(0.010)
 
 
+def test_an_abandoned_hedge_that_waited_longer_than_the_estimate_raises_it() -> None:
+    ep = answered("a1", 0.020, now=10.0)
+    handle = ep.start(10.0)
+    handle.abandon(10.2)  # it had not answered after 200 ms: it is at least that slow
+    assert (ep.in_flight, ep.calls, ep.failures) == (0, 1, 0)
+    assert ep.rtt.get(10.2) == pytest.approx(0.2)
+
+
+def test_an_abandoned_hedge_that_waited_less_says_nothing() -> None:
+    ep = answered("a1", 0.020, now=10.0)
+    handle = ep.start(10.0)
+    handle.abandon(10.005)  # the other attempt won after 5 ms: no sample
+    assert ep.in_flight == 0
+    assert ep.rtt.get(10.0) == pytest.approx(0.020)
+    fresh = endpoint("b1")
+    fresh.start(0.0).abandon(1.0)  # nothing to compare with: no sample either
+    assert fresh.rtt.get(1.0) is None
+    answering = answered("c1", 0.020, now=10.0)
+    late = answering.start(10.0)
+    late.first_response(10.001)  # (its response had started: not waiting)
+    late.abandon(11.0)
+    late.finish(12.0, OK)  # once only
+    assert answering.rtt.get(10.0) == pytest.approx(0.020)
+    assert answering.in_flight == 0
+
+
 # -- LoadSettings -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,244 @@
+"""The hedge rule in a call (services.NAME.hedge; the timing is grpcmesh/resilience/latency.py).
+
+A call the rule covers gets a Race when it is routed. Its first attempt starts the race's timer;
+if no response has come when it fires (the rule's delay, or the route's observed percentile),
+another attempt goes to an endpoint the call has not tried, with grpc-previous-rpc-attempts and
+what is left of the deadline, and so on up to max_attempts, each hedge drawing a token from the
+service's retry budget. Hedges are sent only while the call's request is held and complete
+(unary and server-streaming calls; a client still sending is not hedged) and nothing of any
+response has reached the client.
+
+Once a hedge is out, every attempt's stream delivers its events to a Racer, not to the call.
+The first response wins: response headers, a message, or trailers with a status other than
+UNAVAILABLE. The winner becomes the call's attempt (call.up, the last of call.attempts) and the
+call goes on as if it had been the only one; the others are cancelled (RST_STREAM CANCEL, so
+their servers see the cancellation) and their endpoints are not blamed. An attempt that fails
+with UNAVAILABLE, a reset, a refusal or a lost connection while others still run drops out of
+the race (its endpoint blamed as usual); if it was the last one, the next hedge goes at once if
+one is left, else its failure is the call's answer.
+
+Before the first hedge fires nothing changes: the call's one attempt talks to the call directly,
+and a call answered within the delay pays only for its timer.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import grpc
+
+from grpcmesh.relay import frames as f
+from grpcmesh.relay.peer import Headers
+from grpcmesh.relay.record import RESET_STATUS, Attempt, status_of
+
+if TYPE_CHECKING:
+    from grpcmesh.interceptors.chain import Chain
+    from grpcmesh.relay.call import Call
+    from grpcmesh.resilience.budget import RetryBudget
+    from grpcmesh.resilience.latency import HedgeSchedule, HedgeTimer
+
+_SC = grpc.StatusCode
+# What makes an attempt drop out of the race rather than win it (gRFC A6's non-fatal codes).
+NON_FATAL = frozenset({_SC.UNAVAILABLE})
+
+
+class Race:
+    """One call's hedged attempts."""
+
+    __slots__ = ("budget", "call", "racers", "schedule", "timer", "timing")
+
+    def __init__(self, call: Call, timing: HedgeTimer, budget: RetryBudget) -> None:
+        self.call = call
+        self.timing = timing
+        self.budget = budget
+        self.schedule: HedgeSchedule | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.racers: list[Racer] = []  # empty until the first hedge is sent
+
+    def start(self, now: float) -> None:
+        """The call's first attempt was sent: the timer starts (no timer, and no race, while
+        the route has too few calls for its percentile)."""
+        schedule = self.schedule = self.timing.schedule(now)
+        if schedule.next_at is None:
+            self.call.race = None
+            return
+        self.timer = self.call.relay.call_later(schedule.next_at - now, self.fire)
+
+    def fire(self) -> None:
+        """The delay passed with no response: a hedge goes out, if the call may still have one."""
+        self.timer = None
+        call = self.call
+        if call.race is not self:
+            return
+        if call.closed or call.sent is None or call.headers_out or call.waiting is not None \
+                or not (call.req_end or call.end_headers) or call.up is None:
+            # Committed, answered, its client still sending, or between two attempts (one
+            # refused, the next on its way): no hedge.
+            self.stop()
+            return
+        schedule = self.schedule
+        assert schedule is not None
+        now = call.relay.clock.now()
+        if schedule.fire(now, self.budget):
+            call.relay.hedge(call, self)
+        if schedule.next_at is not None:
+            self.timer = call.relay.call_later(max(0.0, schedule.next_at - now), self.fire)
+
+    def add(self, attempt: Attempt) -> None:
+        """A hedge's attempt (its stream open, nothing sent yet) joins the race, and the
+        call's current attempt too if this is the first hedge. The current one (call.up)
+        stays the last of call.attempts."""
+        call = self.call
+        racers = self.racers
+        if not racers:
+            current = call.attempts[-1]
+            racers.append(Racer(self, current))
+            current.leg.call = racers[0]
+        racer = Racer(self, attempt)
+        racers.append(racer)
+        attempt.leg.call = racer
+        call.attempts.insert(len(call.attempts) - 1, attempt)
+
+    def won(self, racer: Racer) -> None:
+        """racer's response is first: it is the call's attempt from now on, and the others
+        are cancelled."""
+        now = self.call.relay.clock.now()
+        for other in self.racers:
+            if other is not racer:
+                _cancel(other.attempt, now)
+        self.racers = []
+        self._current(racer.attempt)
+        self.stop()
+
+    def drop(self, racer: Racer, blame: grpc.StatusCode | None, pushback: int | None) -> bool:
+        """racer failed in a way another attempt may still make good (NON_FATAL, a reset, a
+        refusal, a lost connection): it leaves the race, and if it was the last one the next
+        hedge goes now. False if it was the last and no hedge could go: its failure is the
+        call's (the caller then makes it the winner)."""
+        call = self.call
+        now = call.relay.clock.now()
+        schedule = self.schedule
+        assert schedule is not None
+        if pushback is not None:
+            schedule.pushback(pushback, now)
+        racers = self.racers
+        if len(racers) == 1:
+            if schedule.next_at is None or call.closed:
+                return False
+            schedule.next_at = now
+            if self.timer is not None:
+                self.timer.cancel()
+            self.fire()
+            if len(racers) == 1:
+                return False
+        attempt = racer.attempt
+        attempt.handle.finish(now, blame, pushback if pushback is not None and pushback >= 0
+                              else None)
+        leg = attempt.leg
+        if not (leg.ended_in and leg.ended_out):
+            leg.peer.reset(leg, f.CANCEL)
+        racers.remove(racer)
+        if call.up is leg:
+            self._current(racers[-1].attempt)
+            racers[-1].attempt.leg.call = racers[-1]  # (still racing)
+        return True
+
+    def _current(self, attempt: Attempt) -> None:
+        """attempt becomes the call's current one (call.up, the last of call.attempts), its
+        events going to the call."""
+        call = self.call
+        attempts = call.attempts
+        if attempts[-1] is not attempt:
+            attempts.remove(attempt)
+            attempts.append(attempt)
+        call.up = attempt.leg
+        attempt.leg.call = call
+
+    def cancel(self) -> None:
+        """The call is over upstream (answered, its client left): every attempt but the
+        current one (the call cancels that) is cancelled."""
+        now = self.call.relay.clock.now()
+        up = self.call.up
+        for racer in self.racers:
+            if racer.attempt.leg is not up:
+                _cancel(racer.attempt, now)
+        self.racers = []
+        self.stop()
+
+    def stop(self) -> None:
+        """No more hedges for this call."""
+        call = self.call
+        if call.race is self:
+            call.race = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.schedule is not None:
+            self.schedule.stop()
+
+
+def _cancel(attempt: Attempt, now: float) -> None:
+    leg = attempt.leg
+    if not (leg.ended_in and leg.ended_out):
+        leg.peer.reset(leg, f.CANCEL)
+    attempt.handle.abandon(now)
+
+
+class Racer:
+    """Where a hedged attempt's stream delivers its events while the race is on (Upstream
+    calls these as it would the call's)."""
+
+    __slots__ = ("attempt", "race")
+
+    def __init__(self, race: Race, attempt: Attempt) -> None:
+        self.race = race
+        self.attempt = attempt
+
+    @property
+    def chain(self) -> Chain | None:
+        return self.race.call.chain
+
+    def response_headers(self, block: bytes, headers: Headers | None, verbatim: bool,
+                         end: bool) -> None:
+        race = self.race
+        if end:
+            assert headers is not None
+            code, pushback = status_of(headers)
+            if code in NON_FATAL and race.drop(self, code, pushback):
+                return
+        race.won(self)
+        race.call.response_headers(block, headers, verbatim, end)
+
+    def response_data(self, payload: bytes, end: bool, length: int) -> None:
+        self.race.won(self)
+        self.race.call.response_data(payload, end, length)
+
+    def upstream_reset(self, code: int, finished: bool) -> None:
+        race = self.race
+        if not finished and race.drop(self, RESET_STATUS.get(code, _SC.INTERNAL)
+                                      if code != f.REFUSED_STREAM else _SC.UNAVAILABLE, None):
+            return
+        race.won(self)
+        race.call.upstream_reset(code, finished)
+
+    def upstream_refused(self) -> None:
+        race = self.race
+        if race.drop(self, None, None):
+            return
+        race.won(self)
+        race.call.upstream_refused()
+
+    def upstream_lost(self, finished: bool, address: str) -> None:
+        race = self.race
+        if not finished and race.drop(self, _SC.UNAVAILABLE, None):
+            return
+        race.won(self)
+        race.call.upstream_lost(finished, address)
+
+
+def hedge_leg(call: Call, race: Race, attempt: Attempt, block: bytes) -> None:
+    """Send a hedge: the request headers (block), then the request the call holds."""
+    race.add(attempt)
+    leg = attempt.leg
+    leg.peer.send_headers(leg, block, call.end_headers)
+    call.send_request(leg)
