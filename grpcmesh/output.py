@@ -74,3 +74,12 @@ def print_endpoints(body: dict[str, Any], service: str | None, as_json: bool) ->
         return
     print(table([*(["WORKER"] if several else []), "SERVICE", "BALANCER", "ADDRESS", "HEALTH",
                  "STATE", "ESTIMATE MS", "IN FLIGHT", "COST MS", "CALLS", "FAILURES"], rows))
+    budgets = [[*([view["worker"]] if several else []), name, b["calls"], b["retries"],
+                f"{b['available']:g}", b["exhausted"]]
+               for view in views if "error" not in view
+               for name, info in sorted(view["services"].items())
+               if (b := info.get("retry_budget")) and (not service or name == service)]
+    if budgets:  # services with retry or hedge rules (the last 10 s)
+        print()
+        print(table([*(["WORKER"] if several else []), "SERVICE", "CALLS", "RETRIES+HEDGES",
+                     "BUDGET LEFT", "EXHAUSTED"], budgets))

@@ -366,7 +366,8 @@ class Sidecar:
                     "calls": e.calls, "failures": e.failures,
                     **self.ejections.describe(name, e.address, wall_offset)})
             services[name] = {"balancer": self.settings.balancer.kind_for(name),
-                              "endpoints": endpoints}
+                              "endpoints": endpoints,
+                              **self.outbound_server.kept.describe(name)}
             if name in external:  # its configured addresses and what DNS said of each
                 services[name]["external"] = external[name]
         return 200, {"revision": self.routes.revision, "registry_up": self.registry_up,

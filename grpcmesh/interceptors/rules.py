@@ -16,6 +16,7 @@ from grpcmesh.clock import Clock
 from grpcmesh.config.policies import BudgetSettings, HedgeSettings
 from grpcmesh.config.schema import Fault, RateLimit, Route, ServiceConfig, Subset
 from grpcmesh.interceptors.api import Answer, CallView, Delay, Interceptor
+from grpcmesh.interceptors.kept import Kept
 from grpcmesh.registry.model import Method, is_idempotent
 from grpcmesh.relay.record import APP, CallRecord
 from grpcmesh.resilience.budget import RetryBudget
@@ -197,12 +198,11 @@ class HedgeAtPercentile(Hedge):
 
 
 def outbound_rules(service: ServiceConfig, rng: random.Random, clock: Clock | None = None,
-                   methods: Methods = lambda path: None,
-                   latency: Callable[[str], LatencyWindow] | None = None) -> list[Interceptor]:
+                   methods: Methods = lambda path: None, kept: Kept | None = None
+                   ) -> list[Interceptor]:
     """The rules a caller's sidecar applies to calls to service, in chain order. (clock:
     for the retry budget; methods: what registrations say of a method, for idempotency;
-    latency: a service's latency window for `hedge: {delay: pNN}`, kept across config
-    versions.)"""
+    kept: the service's retry budget and latency window, kept across config versions.)"""
     rules: list[Interceptor] = []
     # A part that no rule can fire (every percent 0: faults turned off) costs nothing per call.
     if any(f.delay is not None and f.delay.percent > 0 for f in service.faults):
@@ -216,17 +216,18 @@ def outbound_rules(service: ServiceConfig, rng: random.Random, clock: Clock | No
         rules.append(Timeout(service))
     if clock is not None and (service.retry is not None or service.hedge is not None):
         # One budget for the service's retries and hedges (without retry: its defaults).
-        settings = service.retry.budget if service.retry is not None else BudgetSettings()
-        budget = RetryBudget(clock, settings.ratio, settings.min_per_second)
+        if kept is None:
+            kept = Kept(clock)
+        budget = kept.budget(service.name, service.retry.budget if service.retry is not None
+                             else BudgetSettings())
         if service.retry is not None:
             rules.append(Retry(service, RetryPolicy(service.retry, budget, rng), methods))
         hedge, deposit = service.hedge, service.retry is None
         if hedge is not None and hedge.delay is not None:
             rules.append(Hedge(service, hedge, budget, methods, deposit))
         elif hedge is not None:
-            window = latency(service.name) if latency is not None else LatencyWindow()
-            rules.append(HedgeAtPercentile(service, hedge, budget, methods, deposit, window,
-                                           clock))
+            rules.append(HedgeAtPercentile(service, hedge, budget, methods, deposit,
+                                           kept.window(service.name), clock))
     return rules
 
 

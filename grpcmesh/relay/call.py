@@ -80,6 +80,7 @@ class Call(Retrying):
         self.retry: tuple[RetryPolicy, CallRetries, bool] | None = None  # (retrying.py)
         self.waiting: tuple[bytes, Headers | None, bool] | None = None
         self.refused = 0
+        self.try_timer: asyncio.TimerHandle | None = None
         self.race: Race | None = None  # the hedge rule's attempts (hedging.py)
 
     # -- the one end --------------------------------------------------------------------------
@@ -100,6 +101,8 @@ class Call(Retrying):
             self.pause.cancel()
         if self.race is not None:
             self.race.stop()
+        if self.try_timer is not None:
+            self.try_timer.cancel()
         attempt = self.attempts[-1] if self.attempts else None
         if attempt is not None and not attempt.handle.finished:
             attempt.handle.finish(now, blame, pushback)
@@ -115,7 +118,8 @@ class Call(Retrying):
                 self.born, now - self.born,
                 None if attempt is None or attempt.first_byte is None
                 else attempt.first_byte - self.born,
-                self.request_bytes, self.response_bytes, len(self.attempts))
+                self.request_bytes, self.response_bytes, len(self.attempts),
+                self.retry[1].stopped if self.retry is not None else "")
             for observe in relay.observers:
                 observe(record)
             if chain is not None and self.view is not None:
@@ -191,6 +195,8 @@ class Call(Retrying):
         self.send_request(leg)
         if self.race is not None and len(self.attempts) == 1:
             self.race.start(now)  # the hedge rule's timer
+        if self.retry is not None:
+            self.start_try_timer()
 
     # -- events from the client (and request_side.py) -----------------------------------------
 

@@ -15,6 +15,7 @@ from grpcmesh.clock import Clock
 from grpcmesh.config.schema import MeshConfig
 from grpcmesh.interceptors.api import Answer, Delay, Interceptor
 from grpcmesh.interceptors.chain import Chain
+from grpcmesh.interceptors.kept import Kept
 from grpcmesh.interceptors.rules import Methods, inbound_rules, outbound_rules
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.call import Call
@@ -22,7 +23,6 @@ from grpcmesh.relay.deadlines import Deadlines
 from grpcmesh.relay.headers import replaced
 from grpcmesh.relay.hedging import Race
 from grpcmesh.relay.peer import Headers
-from grpcmesh.resilience.latency import LatencyWindow
 from grpcmesh.routing import Target
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class Interception:
     _chains: dict[str, Chain | None]
     _subsets: dict[tuple[str, str], Target]
     _timeouts: dict[float, tuple[str, bytes]]
-    _latency: dict[str, LatencyWindow]
+    kept: Kept
     methods: Methods
 
     # (Relay's and Dispatch's methods: annotations only, so nothing here shadows them)
@@ -57,12 +57,7 @@ class Interception:
         self.config = config
         self._chains.clear()
         self._subsets.clear()
-        # A service's observed latency outlives config versions, as long as it is hedged at
-        # a percentile.
-        for name in list(self._latency):
-            service = config.service(name)
-            if service is None or service.hedge is None or service.hedge.delay is not None:
-                del self._latency[name]
+        self.kept.prune(config)
 
     def chain_for(self, target: Target) -> Chain | None:
         """The interceptors of calls to target: the user's, then the mesh config's rules for
@@ -76,15 +71,9 @@ class Interception:
         if service is not None:
             interceptors += (inbound_rules(service, self.clock) if self.direction == "inbound"
                              else outbound_rules(service, self.rng, self.clock, self.methods,
-                                                 self._window))
+                                                 self.kept))
         chain = self._chains[key] = Chain(interceptors) if interceptors else None
         return chain
-
-    def _window(self, service: str) -> LatencyWindow:
-        window = self._latency.get(service)
-        if window is None:
-            window = self._latency[service] = LatencyWindow()
-        return window
 
     def _intercept(self, call: Call, start: int, target: Target, block: bytes | None,
                    headers: Headers, seconds: float | None) -> None:

@@ -72,6 +72,9 @@ class CallRecord:
     request_bytes: int
     response_bytes: int
     attempts: int
+    # Why the retry rule did not send it again after its last failed attempt (a Reason of
+    # resilience/retry.py: budget_exhausted, attempts_exhausted, ...); "" if it was not asked.
+    retry_stop: str = ""
 
 
 

@@ -34,6 +34,7 @@ from grpcmesh.clock import Clock, MonotonicClock
 from grpcmesh.config.schema import MeshConfig
 from grpcmesh.interceptors.api import CallView, Interceptor
 from grpcmesh.interceptors.chain import Chain
+from grpcmesh.interceptors.kept import Kept
 from grpcmesh.interceptors.rules import Methods
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.blocks import BlockCache
@@ -49,7 +50,6 @@ from grpcmesh.relay.record import Observer
 from grpcmesh.relay.request import Refused, read_request
 from grpcmesh.relay.settings import ForwardSettings
 from grpcmesh.relay.upstreams import Upstreams
-from grpcmesh.resilience.latency import LatencyWindow
 from grpcmesh.routing import SERVICE_HEADER, RouteError, Target
 from grpcmesh.server_util import check_bindable
 
@@ -90,7 +90,7 @@ class Relay(Interception, Dispatch):
         self._chains: dict[str, Chain | None] = {}
         self._subsets: dict[tuple[str, str], Target] = {}
         self._timeouts: dict[float, tuple[str, bytes]] = {}
-        self._latency: dict[str, LatencyWindow] = {}  # per service, for hedge: {delay: pNN}
+        self.kept = Kept(clock)  # the rules' retry budgets and latency windows
         self.flusher = Flusher()
         self.upstreams = Upstreams(self.flusher, clock, limits=limits, cache=self.cache)
         self.downstreams: set[Downstream] = set()

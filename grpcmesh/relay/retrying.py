@@ -36,7 +36,7 @@ REFUSED_ATTEMPTS = 3  # endpoints a call is offered to when each refuses it unse
 class Retrying(RequestSide):
     """Call's retry methods (a mixin: Call holds the state it does not)."""
 
-    __slots__ = ("closed", "headers_out", "pause", "refused", "retry", "waiting")
+    __slots__ = ("closed", "headers_out", "pause", "refused", "retry", "try_timer", "waiting")
     retry: tuple[RetryPolicy, CallRetries, bool] | None  # the rule's (policy, count, idempotent)
     waiting: tuple[bytes, Headers | None, bool] | None  # response headers held: block, ...
     attempts: list[Attempt]
@@ -49,6 +49,8 @@ class Retrying(RequestSide):
     closed: bool  # the client's side is over: nothing more to do upstream
     pause: asyncio.TimerHandle | None  # an interceptor's Delay, or a retry's backoff
     refused: int  # attempts refused unseen (REFUSED_STREAM, GOAWAY) and sent elsewhere
+    try_timer: asyncio.TimerHandle | None  # the current attempt's per_try_timeout
+    ended: bool
     # (Call's: annotations only, so nothing here shadows them)
     reply_error: Callable[..., None]
     end: Callable[..., None]
@@ -107,7 +109,34 @@ class Retrying(RequestSide):
             block = peer.encode(headers)
         peer.send_headers(self.down, block, False)
 
-    def try_again(self, code: grpc.StatusCode, headers: Headers | None = None) -> bool:
+    def start_try_timer(self) -> None:
+        """An attempt started: with `retry.per_try_timeout`, it has that long to commit."""
+        assert self.retry is not None
+        per_try = self.retry[0].per_try
+        if per_try is not None and self.sent is not None:
+            if self.try_timer is not None:
+                self.try_timer.cancel()
+            self.try_timer = self.relay.call_later(per_try, self._try_timed_out)
+
+    def _try_timed_out(self) -> None:
+        """The current attempt did not commit within per_try_timeout: it is cancelled, and
+        sent again if the rule allows; if not, the client gets DEADLINE_EXCEEDED."""
+        self.try_timer = None
+        if self.closed or self.ended or self.sent is None or self.up is None:
+            return  # answered, committed, or between two attempts
+        if self.try_again(_SC.DEADLINE_EXCEEDED, per_try_timeout=True):
+            return
+        assert self.retry is not None
+        policy, count, _ = self.retry
+        self.reply_error(_SC.DEADLINE_EXCEEDED,
+                         f"{self.method}: attempt {count.attempts} at "
+                         f"{self.attempts[-1].endpoint.address} had no response within "
+                         f"retry.per_try_timeout ({policy.per_try:g}s) and was not tried "
+                         f"again ({count.stopped})", "per_try_timeout",
+                         blame=_SC.DEADLINE_EXCEEDED)
+
+    def try_again(self, code: grpc.StatusCode, headers: Headers | None = None,
+                  per_try_timeout: bool = False) -> bool:
         """The current attempt failed with code before it committed: the retry rule decides
         whether the call is sent again (after its backoff or the server's pushback), and the
         attempt is over. False: it is not, and the client gets this attempt's answer."""
@@ -122,9 +151,12 @@ class Retrying(RequestSide):
         decision = policy.decide(count, code, path=self.method, idempotent=idempotent,
                                  pushback_ms=pushback,
                                  deadline_left=None if self.deadline is None
-                                 else self.deadline - now)
+                                 else self.deadline - now, per_try_timeout=per_try_timeout)
         if not decision.retry:
             return False
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
         attempt = self.attempts[-1]
         attempt.handle.finish(now, code, pushback if pushback is not None and pushback >= 0
                               else None)

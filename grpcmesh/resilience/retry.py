@@ -8,7 +8,8 @@ the reason given when one says no:
    stream, no endpoint picked yet): retried at once, whatever the method, the code, the
    attempts or the budget (A6's transparent retries), unless the deadline has passed. The
    caller bounds these by trying each endpoint once.
-2. `not_retryable_code`: the status is not in `codes`.
+2. `not_retryable_code`: the status is not in `codes` (an attempt cut by `per_try_timeout`
+   passes this check: retrying it is what the setting is for).
 3. `not_idempotent`: `methods` does not cover the method (by default: the protos do not mark
    it IDEMPOTENT or NO_SIDE_EFFECTS).
 4. `attempts_exhausted`: `attempts` attempts (the first one included) reached an app.
@@ -55,36 +56,52 @@ class CallRetries:
     grpc-previous-rpc-attempts on the next one), retries since the last pushback (the backoff's
     n starts again after one), and transparent retries."""
 
-    __slots__ = ("attempts", "since_pushback", "transparent")
+    __slots__ = ("attempts", "since_pushback", "stopped", "transparent")
 
     def __init__(self) -> None:
         self.attempts = 1
         self.since_pushback = 0
         self.transparent = 0
+        self.stopped = ""  # the reason of the last decision not to retry, for the end record
 
 
 class RetryPolicy:
-    __slots__ = ("backoff", "budget", "codes", "settings")
+    __slots__ = ("backoff", "budget", "codes", "per_try", "settings")
 
     def __init__(self, settings: RetrySettings, budget: RetryBudget, rng: random.Random
                  ) -> None:
         self.settings = settings
         self.budget = budget
         self.codes = frozenset(settings.codes)
+        self.per_try = (settings.per_try_timeout.seconds if settings.per_try_timeout is not None
+                        else None)
         self.backoff = Backoff(settings.backoff_base.seconds, settings.backoff_max.seconds, rng)
 
     def decide(self, call: CallRetries, code: grpc.StatusCode | str, *, path: str,
                idempotent: bool, pushback_ms: int | None = None,
-               deadline_left: float | None = None, reached_app: bool = True) -> Decision:
+               deadline_left: float | None = None, reached_app: bool = True,
+               per_try_timeout: bool = False) -> Decision:
         """code: the failed attempt's status; idempotent: what the protos say of the method;
-        pushback_ms: from backoff.parse_pushback; deadline_left: seconds, None for none."""
+        pushback_ms: from backoff.parse_pushback; deadline_left: seconds, None for none;
+        per_try_timeout: the attempt was cut by per_try_timeout (retried whatever `codes`
+        says: that is what the setting is for). A no is noted in call.stopped (the end
+        record's retry_stop)."""
+        decision = self._decide(call, code, path, idempotent, pushback_ms, deadline_left,
+                                reached_app, per_try_timeout)
+        if not decision.retry:
+            call.stopped = decision.reason
+        return decision
+
+    def _decide(self, call: CallRetries, code: grpc.StatusCode | str, path: str,
+                idempotent: bool, pushback_ms: int | None, deadline_left: float | None,
+                reached_app: bool, per_try_timeout: bool) -> Decision:
         if not reached_app:
             if deadline_left is not None and deadline_left <= 0:
                 return _no(Reason.DEADLINE)
             call.transparent += 1
             return Decision(True, 0.0, Reason.TRANSPARENT)
         name = code.name if isinstance(code, grpc.StatusCode) else code
-        if name not in self.codes:
+        if name not in self.codes and not per_try_timeout:
             return _no(Reason.NOT_RETRYABLE_CODE)
         if not self.settings.methods.covers(path, idempotent):
             return _no(Reason.NOT_IDEMPOTENT)

@@ -7,6 +7,7 @@ import pytest
 
 from generated.grpcmesh.example.v1 import echo_pb2 as pb
 from generated.grpcmesh.example.v1 import echo_pb2_grpc
+from grpcmesh.admin import admin_get
 from grpcmesh.registry.model import is_idempotent
 from tests.conftest import Mesh, wait_for
 from tests.integration.test_rules import ECHO, apply, running
@@ -47,3 +48,8 @@ async def test_idempotent_methods_are_retried_and_the_others_never_sent_twice(
                 failed += 1
     assert failed == bad.service.calls - bad_before > 0
     assert good.service.calls + bad.service.calls - before == 30  # no call was sent twice
+    # The budget the retries drew from, as /endpoints shows it
+    budget = (await admin_get(client.admin.address, "/endpoints"))["services"]["echo"][
+        "retry_budget"]
+    assert budget["calls"] == 60 and budget["retries"] == bad.service.calls - failed
+    assert (budget["ratio"], budget["min_per_second"], budget["exhausted"]) == (0.2, 10, 0)

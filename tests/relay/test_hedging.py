@@ -211,7 +211,7 @@ async def test_the_percentile_delay_waits_for_enough_calls() -> None:
         assert not mesh.relay.in_flight
     mesh.up_t.frames()
     mesh.other_t.frames()
-    window = mesh.relay._latency["svc"]
+    window = mesh.relay.kept.windows["svc"]
     assert window.percentile(50, mesh.clock.now()) == pytest.approx(0.002)
     mesh.request(sid=201, body=message(b"hi"), end=True)
     await hedge_due(mesh)  # the delay is refreshed once a second: none yet

@@ -135,3 +135,74 @@ async def test_a_call_whose_request_is_still_open_commits_at_its_response_header
     await asyncio.sleep(0.02)
     assert second_t.frames() == []
     assert client_status(mesh.down_t.frames()) == grpc.StatusCode.UNAVAILABLE
+
+
+PER_TRY = "{attempts: 3, methods: all, per_try_timeout: 5ms, backoff: {base: 1ms, max: 1ms}}"
+
+
+def rst_codes(frames: list[tuple[int, int, int, bytes]]) -> list[int]:
+    return [int.from_bytes(p, "big") for k, _, _, p in frames if k == f.RST_STREAM]
+
+
+@pytest.mark.asyncio
+async def test_an_attempt_with_no_response_within_per_try_timeout_is_sent_again() -> None:
+    mesh = mesh_with(PER_TRY.replace("attempts: 3", "attempts: 2"))
+    mesh.request(body=message(b"hi"), end=True)
+    _, first_t, _, second_t = mesh.first()
+    first_t.frames()
+    await asyncio.sleep(0.05)  # (codes: [UNAVAILABLE]; a per-try timeout is retried anyway)
+    assert rst_codes(first_t.frames()) == [f.CANCEL]  # its server sees the cancellation
+    sent = second_t.frames()
+    assert kinds(sent) == [f.HEADERS, f.DATA, f.RST_STREAM]  # sent again, and cut again
+    assert dict(hpack.Decoder().decode(sent[0][3]))["grpc-previous-rpc-attempts"] == "1"
+    assert client_status(mesh.down_t.frames()) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert [(r.code, r.attempts, r.reason, r.retry_stop) for r in mesh.records] == [
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 2, "per_try_timeout", "attempts_exhausted")]
+    mesh.assert_clean()
+
+
+@pytest.mark.asyncio
+async def test_a_committed_attempt_is_not_cut_by_per_try_timeout() -> None:
+    mesh = mesh_with(PER_TRY)
+    mesh.request(body=message(b"hi"), end=True)
+    first, first_t, _, second_t = mesh.first()
+    enc = hpack.Encoder()
+    answer(mesh, first, headers(enc, 1, RESPONSE), f.frame(f.DATA, 0, 1, message(b"yo")))
+    await asyncio.sleep(0.03)
+    assert rst_codes(first_t.frames()) == []
+    assert second_t.frames() == []
+    answer(mesh, first, headers(enc, 1, OK, end=True))
+    assert client_status(mesh.down_t.frames()) == grpc.StatusCode.OK
+    mesh.assert_clean()
+
+
+@pytest.mark.asyncio
+async def test_a_per_try_timeout_not_retried_ends_the_call_with_deadline_exceeded() -> None:
+    mesh = mesh_with(PER_TRY.replace("attempts: 3", "attempts: 1"))
+    mesh.request(body=message(b"hi"), end=True)
+    _, first_t, _, second_t = mesh.first()
+    first_t.frames()
+    await asyncio.sleep(0.03)
+    assert second_t.frames() == []
+    got = mesh.down_t.frames()
+    assert client_status(got) == grpc.StatusCode.DEADLINE_EXCEEDED
+    message_ = dict(hpack.Decoder().decode(got[-1][3]))["grpc-message"]
+    assert "retry.per_try_timeout (0.005s)" in message_ and "attempts_exhausted" in message_
+    assert [(r.reason, r.retry_stop) for r in mesh.records] == [
+        ("per_try_timeout", "attempts_exhausted")]
+    mesh.assert_clean()
+
+
+@pytest.mark.asyncio
+async def test_the_end_record_says_the_budget_stopped_a_retry() -> None:
+    mesh = mesh_with("{attempts: 3, methods: all, backoff: {base: 1ms, max: 1ms}, "
+                     "budget: {ratio: 0.01, min_per_second: 0.01}}")  # 0.1 retries: none
+    mesh.request(body=message(b"hi"), end=True)
+    first, _, _, second_t = mesh.first()
+    answer(mesh, first, headers(hpack.Encoder(), 1, UNAVAILABLE, end=True))
+    await asyncio.sleep(0.02)
+    assert second_t.frames() == []
+    assert client_status(mesh.down_t.frames()) == grpc.StatusCode.UNAVAILABLE
+    assert [(r.code, r.by, r.retry_stop) for r in mesh.records] == [
+        (grpc.StatusCode.UNAVAILABLE, "app", "budget_exhausted")]
+    assert mesh.relay.kept.describe("svc")["retry_budget"]["exhausted"] == 1
