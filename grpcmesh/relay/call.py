@@ -25,6 +25,7 @@ from grpcmesh.relay import frames as f
 from grpcmesh.relay.peer import Headers, Leg
 from grpcmesh.relay.record import APP, CLIENT, PROXY, RESET_STATUS, Attempt, CallRecord, status_of
 from grpcmesh.relay.retrying import Retrying
+from grpcmesh.resilience.commit import holds_headers
 
 if TYPE_CHECKING:
     from grpcmesh.interceptors.api import CallView
@@ -238,7 +239,7 @@ class Call(Retrying):
             if self.waiting is not None:
                 self._pass_headers(*self.waiting)
         elif self.sent is not None:
-            if self.retry is not None and (self.req_end or self.end_headers):
+            if holds_headers(self.retry is not None, self.req_end or self.end_headers):
                 self.waiting = (block, headers, verbatim)
                 return
             self.commit()

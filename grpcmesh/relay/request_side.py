@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from grpcmesh.relay.flow import Leg
 from grpcmesh.relay.peer import Headers
+from grpcmesh.resilience.commit import past_limit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -80,7 +81,8 @@ class RequestSide:
         relay = self.relay
         relay.held += n
         limits = relay.limits
-        if self.held > limits.retry_buffer_bytes or relay.held > limits.retry_buffer_total_bytes:
+        if past_limit(self.held, relay.held, limits.retry_buffer_bytes,
+                      limits.retry_buffer_total_bytes):
             self.commit()
 
     def commit(self) -> None:

@@ -1,24 +1,21 @@
 """Whether a failed attempt is tried again, and after how long (gRFC A6, issue 11).
 
-`RetryPolicy.decide()` is asked once per failed attempt that has not committed (commit.py
-says when an attempt commits; a committed call is never retried). The checks, in order, and
-the reason given when one says no:
+`RetryPolicy.decide()` is asked once per failed attempt that reached an app and has not
+committed (commit.py says when an attempt commits; a committed call is never retried). An
+attempt that never reached an app (connection refused, REFUSED_STREAM, GOAWAY above its
+stream) is not asked about: the relay sends it to another endpoint whatever the rule says
+(A6's transparent retries; relay/retrying.py, Retrying.try_elsewhere). The checks, in order,
+and the reason given when one says no:
 
-1. The attempt never reached an app (connection refused, REFUSED_STREAM, GOAWAY above its
-   stream, no endpoint picked yet): retried at once, whatever the method, the code, the
-   attempts or the budget (A6's transparent retries), unless the deadline has passed. The
-   caller bounds these by trying each endpoint once.
-2. `not_retryable_code`: the status is not in `codes` (an attempt cut by `per_try_timeout`
+1. `not_retryable_code`: the status is not in `codes` (an attempt cut by `per_try_timeout`
    passes this check: retrying it is what the setting is for).
-3. `not_idempotent`: `methods` does not cover the method (by default: the protos do not mark
+2. `not_idempotent`: `methods` does not cover the method (by default: the protos do not mark
    it IDEMPOTENT or NO_SIDE_EFFECTS).
-4. `attempts_exhausted`: `attempts` attempts (the first one included) reached an app.
-5. `pushback`: the server sent a negative (or unparseable) grpc-retry-pushback-ms.
-6. `deadline`: the wait (the pushback, else the backoff) would end at or after the call's
+3. `attempts_exhausted`: `attempts` attempts (the first one included) reached an app.
+4. `pushback`: the server sent a negative (or unparseable) grpc-retry-pushback-ms.
+5. `deadline`: the wait (the pushback, else the backoff) would end at or after the call's
    deadline: the call fails now with the last attempt's status rather than later.
-7. `budget_exhausted`: the retry budget refuses (checked last, as a yes takes a token).
-
-A service without `retry` is decided with RetrySettings(attempts=1): only rule 1 retries.
+6. `budget_exhausted`: the retry budget refuses (checked last, as a yes takes a token).
 """
 from __future__ import annotations
 
@@ -35,7 +32,6 @@ from grpcmesh.resilience.budget import RetryBudget
 
 class Reason(StrEnum):
     RETRY = "retry"  # yes: after the backoff or the pushback
-    TRANSPARENT = "transparent"  # yes, at once: the attempt never reached an app
     NOT_RETRYABLE_CODE = "not_retryable_code"
     NOT_IDEMPOTENT = "not_idempotent"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
@@ -54,14 +50,13 @@ class Decision:
 class CallRetries:
     """One call's count: attempts that reached an app (A6's count, and the value of
     grpc-previous-rpc-attempts on the next one), retries since the last pushback (the backoff's
-    n starts again after one), and transparent retries."""
+    n starts again after one), and why the rule last said no."""
 
-    __slots__ = ("attempts", "since_pushback", "stopped", "transparent")
+    __slots__ = ("attempts", "since_pushback", "stopped")
 
     def __init__(self) -> None:
         self.attempts = 1
         self.since_pushback = 0
-        self.transparent = 0
         self.stopped = ""  # the reason of the last decision not to retry, for the end record
 
 
@@ -79,27 +74,22 @@ class RetryPolicy:
 
     def decide(self, call: CallRetries, code: grpc.StatusCode | str, *, path: str,
                idempotent: bool, pushback_ms: int | None = None,
-               deadline_left: float | None = None, reached_app: bool = True,
-               per_try_timeout: bool = False) -> Decision:
+               deadline_left: float | None = None, per_try_timeout: bool = False
+               ) -> Decision:
         """code: the failed attempt's status; idempotent: what the protos say of the method;
         pushback_ms: from backoff.parse_pushback; deadline_left: seconds, None for none;
         per_try_timeout: the attempt was cut by per_try_timeout (retried whatever `codes`
         says: that is what the setting is for). A no is noted in call.stopped (the end
         record's retry_stop)."""
         decision = self._decide(call, code, path, idempotent, pushback_ms, deadline_left,
-                                reached_app, per_try_timeout)
+                                per_try_timeout)
         if not decision.retry:
             call.stopped = decision.reason
         return decision
 
     def _decide(self, call: CallRetries, code: grpc.StatusCode | str, path: str,
                 idempotent: bool, pushback_ms: int | None, deadline_left: float | None,
-                reached_app: bool, per_try_timeout: bool) -> Decision:
-        if not reached_app:
-            if deadline_left is not None and deadline_left <= 0:
-                return _no(Reason.DEADLINE)
-            call.transparent += 1
-            return Decision(True, 0.0, Reason.TRANSPARENT)
+                per_try_timeout: bool) -> Decision:
         name = code.name if isinstance(code, grpc.StatusCode) else code
         if name not in self.codes and not per_try_timeout:
             return _no(Reason.NOT_RETRYABLE_CODE)

@@ -90,21 +90,17 @@ def test_the_budget_is_checked_last_and_only_then_spent() -> None:
     assert budget.exhausted == 1 and budget.totals() == (5, 1)
 
 
-def test_never_reached_an_app_is_always_retried() -> None:
-    budget = RetryBudget(FakeClock(), ratio=0.2, min_per_second=0)  # empty
-    p = policy(RetrySettings(attempts=1), budget)  # what a service without retry gets
+def test_a_per_try_timeout_is_retried_whatever_codes_says_and_a_no_is_noted() -> None:
+    p = policy(RetrySettings(attempts=2, codes=("UNAVAILABLE",)), RetryBudget(FakeClock()))
     call = CallRetries()
-    for _ in range(3):
-        d = p.decide(call, "UNAVAILABLE", path=PATH, idempotent=False, reached_app=False)
-        assert d.retry and d.delay == 0.0 and d.reason is Reason.TRANSPARENT
-    assert call.transparent == 3 and call.attempts == 1 and budget.totals() == (0, 0)
-    gone = p.decide(call, "UNAVAILABLE", path=PATH, idempotent=False, reached_app=False,
-                    deadline_left=0.0)
-    assert not gone.retry and gone.reason is Reason.DEADLINE
-    # once it reached an app, a service without retry does not retry
-    d = p.decide(call, "UNAVAILABLE", path=PATH, idempotent=True)
-    assert d.reason is Reason.ATTEMPTS_EXHAUSTED
-
+    no = p.decide(call, "DEADLINE_EXCEEDED", path=PATH, idempotent=True)
+    assert (no.retry, no.reason, call.stopped) == (False, Reason.NOT_RETRYABLE_CODE,
+                                                   "not_retryable_code")
+    yes = p.decide(call, "DEADLINE_EXCEEDED", path=PATH, idempotent=True, per_try_timeout=True)
+    assert yes.retry and call.attempts == 2
+    again = p.decide(call, "DEADLINE_EXCEEDED", path=PATH, idempotent=True,
+                     per_try_timeout=True)
+    assert not again.retry and call.stopped == "attempts_exhausted"
 
 def test_backoff_comes_from_the_settings() -> None:
     p = policy(RetrySettings(attempts=5, backoff_base=Duration(100), backoff_max=Duration(150)))
