@@ -16,6 +16,10 @@ cancels out). Variants:
                 fault rule at 0%)
   outlier       base plus services.echo.outlier: the sidecar's outlier observer reads each
                 call's end record (a sidecar registers it only while some service has the rule)
+  retry         services.echo.retry {methods: all}: each call gets its policy and a budget
+                deposit, and its response headers wait for the first message (commit.py)
+  hedge         services.echo.hedge {delay: 1s, methods: all}: each call gets its hedge timer
+                (none fires: the calls take well under 1 s)
 
 Targets (issue 10): interceptor <= 1.05x base; config <= 1.1x base. Prints a table, writes JSON,
 says PASS or MISS, exits 1 on a MISS. Needs valgrind (apt-get install -y valgrind); about 20 s
@@ -39,7 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("base", "deadline", "interceptor", "config", "outlier")
+VARIANTS = ("base", "deadline", "interceptor", "config", "outlier", "retry", "hedge")
+RULES = {"retry": "services:\n  echo:\n    retry: {methods: all}\n",
+         "hedge": "services:\n  echo:\n    hedge: {delay: 1s, methods: all}\n"}
 TARGETS = {"interceptor": 1.05, "config": 1.10}
 
 # The relay under measurement (run as `bench_instructions.py --relay VARIANT APP CALLS`).
@@ -61,6 +67,8 @@ async def relay_main(variant: str, app: str, calls: int) -> None:
                   interceptors=[Interceptor()] if variant == "interceptor" else ())
     if variant == "config":
         relay.set_config(parse_text(SECTION_3_CONFIG))
+    if variant in RULES:
+        relay.set_config(parse_text(RULES[variant]))
     if variant == "outlier":
         from grpcmesh.clock import MonotonicClock
         from grpcmesh.resilience.ejection import Ejections
