@@ -23,7 +23,7 @@ cancels out). Variants:
 
 Targets (issue 10): interceptor <= 1.05x base; config <= 1.1x base. Prints a table, writes JSON,
 says PASS or MISS, exits 1 on a MISS. Needs valgrind (apt-get install -y valgrind); about 20 s
-per run, 8 runs.
+per run, two runs per variant.
 
   python scripts/bench_instructions.py [--calls 500,2500] [--json bench-results/instructions.json]
 """
