@@ -603,7 +603,11 @@ def main() -> int:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.instances < 2 or args.warmup < 0:
         parser.error("--instances must be at least 2 and --warmup not negative")
-    return asyncio.run(main_async(args))
+    try:
+        return asyncio.run(main_async(args))
+    except (KeyboardInterrupt, asyncio.CancelledError) as stopped:
+        print("\nstopped; every process it started is stopped too", file=sys.stderr)
+        return 130 if isinstance(stopped, KeyboardInterrupt) else 143
 
 
 if __name__ == "__main__":
