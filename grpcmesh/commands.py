@@ -374,7 +374,8 @@ async def cmd_example_server(args: argparse.Namespace) -> int:
         try:
             counts.write()  # it exists before the ready line
         except OSError as err:
-            raise CliError(f"cannot write --counts-file {args.counts_file}: {err}") from None
+            raise CliError(f"cannot write --counts-file {args.counts_file}: "
+                           f"{err.strerror or err}") from None
     loop = asyncio.get_running_loop()  # (the handlers are in place before the ready line)
     loop.add_signal_handler(signal.SIGUSR1, behaviour.recover)
     if counts is not None:

@@ -180,6 +180,14 @@ def test_registry_descriptor_set_that_is_missing_is_named() -> None:
     assert_one_line_error(result, "cannot read descriptor set /nonexistent.pb")
 
 
+def test_example_server_counts_file_in_missing_directory_names_the_path() -> None:
+    result = run("example-server", "--listen", "127.0.0.1:0",
+                 "--counts-file", "/nonexistent/dir/counts.json")
+    assert result.code == 1, str(result)
+    assert_one_line_error(result, "cannot write --counts-file /nonexistent/dir/counts.json: "
+                                  "No such file or directory")
+
+
 def test_registry_store_in_missing_directory_names_the_path() -> None:
     result = run("registry", "--listen", "127.0.0.1:0", "--store", "sqlite:/nonexistent/dir/x.db")
     assert result.code == 1, str(result)
