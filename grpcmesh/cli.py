@@ -89,6 +89,16 @@ def _status_code(text: str) -> int:
     return int(text)
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 100:  # (NaN fails this too)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage (0-100)")
+    return value
+
+
 def _store_spec(text: str) -> str:
     if text != "memory" and not (text.startswith("sqlite:") and len(text) > len("sqlite:")):
         raise argparse.ArgumentTypeError(f"{text!r} is not 'memory' or 'sqlite:PATH'")
@@ -256,12 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_flag(c)
 
     p = sub.add_parser("example-server", help="run the example Echo service",
-                       description="Run grpcmesh.example.v1.Echo with health and reflection.")
+                       description="Run grpcmesh.example.v1.Echo with health and reflection. "
+                                   "Failures and slow calls happen in the handler, after the "
+                                   "request was read. SIGUSR1: stop failing and being slow, "
+                                   "and use --recovered-delay-ms. SIGUSR2: write "
+                                   "--counts-file now.")
     p.add_argument("--listen", type=LISTEN, default="127.0.0.1:50051", metavar="HOST:PORT")
     p.add_argument("--name", default="echo", help="instance name put in every response")
     p.add_argument("--delay-ms", type=_positive_float, default=0.0, help="delay per call")
     p.add_argument("--fail-code", type=_status_code, default=0,
-                   help="fail every call with this gRPC status code (1-16)")
+                   help="fail calls with this gRPC status code (1-16): every call, or "
+                        "--fail-percent of them")
+    p.add_argument("--fail-percent", type=_percent, default=None, metavar="P",
+                   help="with --fail-code: fail P%% of the calls, drawn at random "
+                        "(0-100, default 100)")
+    p.add_argument("--slow-percent", type=_percent, default=None, metavar="P",
+                   help="with --slow-ms: P%% of the calls (0-100), drawn at random, take "
+                        "--slow-ms more")
+    p.add_argument("--slow-ms", type=_positive_float, default=None, metavar="MS",
+                   help="the extra delay of --slow-percent's calls")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the random draws (default: a fresh one each run)")
+    p.add_argument("--counts-file", default=None, metavar="PATH",
+                   help="write the calls counted per method (calls, failed, slow, cancelled) "
+                        "to PATH as JSON, atomically: at start, on SIGUSR2 and at exit")
     p.add_argument("--recovered-delay-ms", type=_positive_float, default=0.0,
                    help="on SIGUSR1, stop failing and use this delay per call (default 0)")
 

@@ -353,13 +353,39 @@ async def cmd_config(args: argparse.Namespace) -> int:
 
 
 async def cmd_example_server(args: argparse.Namespace) -> int:
-    from grpcmesh.example.server import EchoBehaviour, EchoServer
+    import random
 
-    behaviour = EchoBehaviour(args.name, args.delay_ms, args.fail_code, args.recovered_delay_ms)
+    from grpcmesh.example.behaviour import CountsFile, EchoBehaviour
+    from grpcmesh.example.server import EchoServer
+
+    if args.fail_percent is not None and not args.fail_code:
+        raise UsageError("--fail-percent needs --fail-code (the status to fail with)")
+    if (args.slow_percent is None) != (args.slow_ms is None):
+        raise UsageError("--slow-percent and --slow-ms go together: give both or neither")
+    behaviour = EchoBehaviour(
+        args.name, args.delay_ms, args.fail_code, args.recovered_delay_ms,
+        fail_percent=100.0 if args.fail_percent is None else args.fail_percent,
+        slow_percent=args.slow_percent or 0.0, slow_ms=args.slow_ms or 0.0,
+        rng=random.Random(args.seed))
     server = EchoServer(args.listen, behaviour)
+    counts = None
+    if args.counts_file:
+        counts = CountsFile(args.counts_file, args.name, server.service.counts)
+        try:
+            counts.write()  # it exists before the ready line
+        except OSError as err:
+            raise CliError(f"cannot write --counts-file {args.counts_file}: "
+                           f"{err.strerror or err}") from None
+    loop = asyncio.get_running_loop()  # (the handlers are in place before the ready line)
+    loop.add_signal_handler(signal.SIGUSR1, behaviour.recover)
+    if counts is not None:
+        loop.add_signal_handler(signal.SIGUSR2, counts.write)
     announce(app=await server.start())
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, behaviour.recover)
-    await run_until_signal(server.stop)
+    try:
+        await run_until_signal(server.stop)
+    finally:
+        if counts is not None:
+            counts.write()  # the final counts, once no call is left
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -35,8 +36,13 @@ class Mesh:
         self.apps: list[EchoServer] = []
         self.sidecars: list[Sidecar] = []
 
-    async def app(self, name: str, delay_ms: float = 0.0, fail_code: int = 0) -> EchoServer:
-        app = EchoServer("127.0.0.1:0", EchoBehaviour(name, delay_ms, fail_code))
+    async def app(self, name: str, delay_ms: float = 0.0, fail_code: int = 0, *,
+                  fail_percent: float = 100.0, slow_percent: float = 0.0, slow_ms: float = 0.0,
+                  seed: int = 0) -> EchoServer:
+        """An example app; fail_percent/slow_percent are drawn from random.Random(seed)."""
+        app = EchoServer("127.0.0.1:0", EchoBehaviour(
+            name, delay_ms, fail_code, fail_percent=fail_percent, slow_percent=slow_percent,
+            slow_ms=slow_ms, rng=random.Random(seed)))
         await app.start()
         self.apps.append(app)
         return app

@@ -146,6 +146,15 @@ def test_subcommand_help_explains_it(command: str) -> None:
     (("--log-level", "LOUD", "services"), ["--log-level", "'LOUD'"]),
     (("config",), ["required: COMMAND"]),
     (("config", "check"), ["required: FILE"]),
+    (("example-server", "--fail-code", "14", "--fail-percent", "130"),
+     ["--fail-percent", "'130' is not a percentage (0-100)"]),
+    (("example-server", "--slow-percent", "x", "--slow-ms", "200"),
+     ["--slow-percent", "'x' is not a number"]),
+    (("example-server", "--fail-percent", "30"), ["--fail-percent needs --fail-code"]),
+    (("example-server", "--slow-percent", "5"), ["--slow-percent and --slow-ms go together"]),
+    (("example-server", "--slow-ms", "-1", "--slow-percent", "5"),
+     ["--slow-ms", "must not be negative"]),
+    (("example-server", "--seed", "one"), ["--seed", "invalid int value: 'one'"]),
 ])
 def test_bad_input_is_one_line_naming_the_problem(args: tuple[str, ...],
                                                    fragments: list[str]) -> None:
@@ -169,6 +178,14 @@ def test_registry_descriptor_set_that_is_missing_is_named() -> None:
     result = run("registry", "--listen", "127.0.0.1:0", "--descriptor-set", "/nonexistent.pb")
     assert result.code == 1, str(result)
     assert_one_line_error(result, "cannot read descriptor set /nonexistent.pb")
+
+
+def test_example_server_counts_file_in_missing_directory_names_the_path() -> None:
+    result = run("example-server", "--listen", "127.0.0.1:0",
+                 "--counts-file", "/nonexistent/dir/counts.json")
+    assert result.code == 1, str(result)
+    assert_one_line_error(result, "cannot write --counts-file /nonexistent/dir/counts.json: "
+                                  "No such file or directory")
 
 
 def test_registry_store_in_missing_directory_names_the_path() -> None:
@@ -639,3 +656,48 @@ async def test_the_api_key_example_loaded_with_interceptor(shared: Shared) -> No
             assert reply.message == "hi"
     finally:
         await procs.stop_all(daemons)
+
+
+# -- the example server's knobs and counts, as the benchmark uses them ---------------------------
+
+@module_loop
+async def test_example_server_counts_file_on_start_sigusr2_and_exit(tmp_path: Path) -> None:
+    path = tmp_path / "counts.json"
+    app = await procs.start("counted", "example-server", "--listen", "127.0.0.1:0",
+                            "--name", "counted", "--fail-code", "14", "--fail-percent", "50",
+                            "--seed", "3", "--counts-file", str(path))
+    try:
+        start = json.loads(path.read_text())  # written before the ready line
+        assert start["seq"] == 0 and start["instance"] == "counted"
+        assert start["methods"]["Get"]["calls"] == 0
+        failed = 0
+        async with grpc.aio.insecure_channel(app.addresses["app"]) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for method in ("Get", "Unary") * 20:
+                try:
+                    await getattr(stub, method)(echo_pb2.EchoRequest(message="x"), timeout=5)
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE
+                    failed += 1
+        assert 0 < failed < 40  # some of each, from the 50% draw
+        app.proc.send_signal(signal.SIGUSR2)
+
+        async def fresh() -> dict[str, Any] | None:
+            body: dict[str, Any] = json.loads(path.read_text())
+            return body if body["seq"] >= 1 else None
+        body = await wait_for(fresh, 5, "the counts written on SIGUSR2")
+        assert body["methods"]["Get"]["calls"] == body["methods"]["Unary"]["calls"] == 20
+        assert body["methods"]["Get"]["failed"] + body["methods"]["Unary"]["failed"] == failed
+        app.proc.send_signal(signal.SIGUSR1)  # recovers: no failure after it
+        await asyncio.sleep(0.2)
+        async with grpc.aio.insecure_channel(app.addresses["app"]) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for _ in range(10):
+                await stub.Get(echo_pb2.EchoRequest(message="x"), timeout=5)
+        assert await app.stop(10) == 0
+        final = json.loads(path.read_text())  # written again at exit
+        assert final["seq"] == body["seq"] + 1 and final["methods"]["Get"]["calls"] == 30
+        assert final["methods"]["Get"]["failed"] == body["methods"]["Get"]["failed"]
+        assert [p.name for p in tmp_path.iterdir()] == ["counts.json"]
+    finally:
+        await procs.stop_all([app])
