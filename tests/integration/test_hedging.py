@@ -12,6 +12,7 @@ import pytest
 
 from generated.grpcmesh.example.v1 import echo_pb2 as pb
 from generated.grpcmesh.example.v1 import echo_pb2_grpc
+from grpcmesh.example.behaviour import MethodCounts
 from grpcmesh.example.server import EchoBehaviour, EchoServer, EchoService
 from grpcmesh.registry.model import is_idempotent
 from tests.conftest import Mesh, wait_for
@@ -32,9 +33,9 @@ class Counting(EchoService):
         self.cancelled = 0
         self.metadata: list[dict[str, str]] = []
 
-    async def _answer(self, request: pb.EchoRequest, context: grpc.aio.ServicerContext
-                      ) -> pb.EchoResponse:
-        self.calls += 1
+    async def _answer(self, request: pb.EchoRequest, context: grpc.aio.ServicerContext,
+                      counts: MethodCounts) -> pb.EchoResponse:
+        self.calls += 1  # (counts: the example's own, not used here)
         self.metadata.append({k: v for k, v in context.invocation_metadata() or ()
                               if isinstance(v, str)})
         try:
