@@ -30,6 +30,8 @@ import grpc
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.peer import Headers
 from grpcmesh.relay.record import RESET_STATUS, Attempt, status_of
+from grpcmesh.relay.settings import PUSHBACK
+from grpcmesh.resilience.backoff import parse_pushback
 
 if TYPE_CHECKING:
     from grpcmesh.interceptors.chain import Chain
@@ -79,8 +81,8 @@ class Race:
         schedule = self.schedule
         assert schedule is not None
         now = call.relay.clock.now()
-        if schedule.fire(now, self.budget):
-            call.relay.hedge(call, self)
+        if schedule.next_at is not None and now >= schedule.next_at:
+            call.relay.hedge(call, self)  # (its budget token is taken once an endpoint is found)
         if schedule.next_at is not None:
             self.timer = call.relay.call_later(max(0.0, schedule.next_at - now), self.fire)
 
@@ -203,8 +205,9 @@ class Racer:
         race = self.race
         if end:
             assert headers is not None
-            code, pushback = status_of(headers)
-            if code in NON_FATAL and race.drop(self, code, pushback):
+            code, _ = status_of(headers)
+            # (status_of reads a negative pushback as none: here it ends hedging)
+            if code in NON_FATAL and race.drop(self, code, _pushback(headers)):
                 return
         race.won(self)
         race.call.response_headers(block, headers, verbatim, end)
@@ -234,6 +237,15 @@ class Racer:
             return
         race.won(self)
         race.call.upstream_lost(finished, address)
+
+
+def _pushback(headers: Headers) -> int | None:
+    """A trailer block's grpc-retry-pushback-ms as backoff.parse_pushback reads it (STOP, -1:
+    no more hedges)."""
+    for key, value in headers:
+        if key == PUSHBACK:
+            return parse_pushback(value)
+    return None
 
 
 def hedge_leg(call: Call, race: Race, attempt: Attempt, block: bytes) -> None:
