@@ -80,6 +80,7 @@ class Call(Retrying):
         self.retry: tuple[RetryPolicy, CallRetries, bool] | None = None  # (retrying.py)
         self.waiting: tuple[bytes, Headers | None, bool] | None = None
         self.refused = 0
+        self.reached = 0
         self.race: Race | None = None  # the hedge rule's attempts (hedging.py)
 
     # -- the one end --------------------------------------------------------------------------

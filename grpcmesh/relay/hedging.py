@@ -112,12 +112,17 @@ class Race:
         self._current(racer.attempt)
         self.stop()
 
-    def drop(self, racer: Racer, blame: grpc.StatusCode | None, pushback: int | None) -> bool:
+    def drop(self, racer: Racer, blame: grpc.StatusCode | None, pushback: int | None,
+             seen: bool = True) -> bool:
         """racer failed in a way another attempt may still make good (NON_FATAL, a reset, a
         refusal, a lost connection): it leaves the race, and if it was the last one the next
         hedge goes now. False if it was the last and no hedge could go: its failure is the
-        call's (the caller then makes it the winner)."""
+        call's (the caller then makes it the winner). seen: it may have reached its app (all
+        but refusals), so that a refusal later is not passed on as one no app saw
+        (Retrying.seen, refuse)."""
         call = self.call
+        if seen:
+            call.reached += 1
         now = call.relay.clock.now()
         schedule = self.schedule
         assert schedule is not None
@@ -218,15 +223,17 @@ class Racer:
 
     def upstream_reset(self, code: int, finished: bool) -> None:
         race = self.race
-        if not finished and race.drop(self, RESET_STATUS.get(code, _SC.INTERNAL)
-                                      if code != f.REFUSED_STREAM else _SC.UNAVAILABLE, None):
+        refused = code == f.REFUSED_STREAM
+        if not finished and race.drop(self, _SC.UNAVAILABLE if refused
+                                      else RESET_STATUS.get(code, _SC.INTERNAL), None,
+                                      seen=not refused):
             return
         race.won(self)
         race.call.upstream_reset(code, finished)
 
     def upstream_refused(self) -> None:
         race = self.race
-        if race.drop(self, None, None):
+        if race.drop(self, None, None, seen=False):
             return
         race.won(self)
         race.call.upstream_refused()

@@ -167,7 +167,6 @@ async def test_hedges_that_find_no_endpoint_do_not_starve_the_services_retries()
 
 # -- what the client is told ----------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="to fix")
 @pytest.mark.parametrize("refusal", ["refused_stream", "goaway"])
 @pytest.mark.asyncio
 async def test_a_refusal_after_an_app_saw_the_call_is_not_refused_to_the_client(
@@ -191,6 +190,27 @@ async def test_a_refusal_after_an_app_saw_the_call_is_not_refused_to_the_client(
     assert [r.code for r in mesh.records] == [grpc.StatusCode.UNAVAILABLE]
     assert mesh.relay.in_flight == 0 and mesh.relay.held == 0
     assert all(e.in_flight == 0 for e in mesh.pool.endpoints.values())
+
+
+@pytest.mark.asyncio
+async def test_a_refused_last_hedge_sent_elsewhere_counts_the_attempts_apps_saw() -> None:
+    """The refused attempt goes to a third endpoint (a transparent retry): its
+    grpc-previous-rpc-attempts counts the attempt that reached its app."""
+    mesh, ups = three("{delay: 5ms, max_attempts: 2, methods: all}")
+    mesh.request(body=message(b"hi"), end=True)
+    a = busy(ups)
+    await hedge_due(mesh)
+    b = busy(ups, (a,))
+    answer(mesh, a, headers(hpack.Encoder(), 1, UNAVAILABLE, end=True))
+    b.data_received(f.rst_stream(1, f.REFUSED_STREAM))
+    await asyncio.sleep(0)
+    c = busy(ups)
+    sent = ups[c].frames()
+    assert kinds(sent) == [f.HEADERS, f.DATA]
+    assert dict(hpack.Decoder().decode(sent[0][3])).get("grpc-previous-rpc-attempts") == "1"
+    success(mesh, c, hpack.Encoder())
+    assert client_status(mesh.down_t.frames()) == grpc.StatusCode.OK
+    clean(mesh, ups)
 
 
 # -- orderings that hold (kept as regression tests) -----------------------------------------
