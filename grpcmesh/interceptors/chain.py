@@ -10,9 +10,11 @@ see it:
     5. timeout           (services.NAME.timeout, max_timeout)
     6. retry             (services.NAME.retry: gives the call its policy, which the relay
                           asks when an attempt fails before it commits: relay/retrying.py)
+    7. hedge             (services.NAME.hedge: gives the call its hedge timing; the relay
+                          sends the hedges: relay/hedging.py)
     -> balance (the service's picker), then a stream on the endpoint's connection
 
-The rules (2-6) are made from the mesh config by rules.py.
+The rules (2-7) are made from the mesh config by rules.py.
 
 The relay builds a chain once per target and config version, not per call (Relay.chain_for),
 and a target whose chain is empty takes the relay's fast path with no interceptor cost at all.

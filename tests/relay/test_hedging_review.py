@@ -414,6 +414,37 @@ async def test_no_hedge_goes_once_the_deadline_has_passed() -> None:
     assert all(e.in_flight == 0 for e in mesh.pool.endpoints.values())
 
 
+@pytest.mark.parametrize("how", ["goaway", "lost"])
+@pytest.mark.asyncio
+async def test_two_racers_on_one_connection_both_go_when_it_goes(how: str) -> None:
+    """Endpoints are told apart by identity, not address: two instances at one address (two
+    mesh services in one process, behind one proto's target) put both racers on one
+    connection. Its GOAWAY (below both) or loss ends both, and the call ends once."""
+    from grpcmesh.registry.model import Health, Instance
+    from tests.relay.test_relay import ADDRESS
+
+    mesh = mesh_with()
+    mesh.pool.remove("e2")
+    mesh.pool.upsert(Instance("svc", "e3", ADDRESS, health=Health.SERVING))
+    mesh.request(body=message(b"hi"), end=True)
+    await hedge_due(mesh)
+    assert len(mesh.up.streams) == 2  # the first attempt and the hedge, on one connection
+    if how == "goaway":
+        mesh.up.data_received(f.goaway(0, f.NO_ERROR))
+    else:
+        mesh.up_t.close()
+    await asyncio.sleep(0)
+    got = mesh.down_t.frames()
+    if how == "goaway":  # no app saw it: refused, so that its client may send it again
+        assert resets(got) == [f.REFUSED_STREAM]
+    else:
+        assert client_status(got) == grpc.StatusCode.UNAVAILABLE
+    assert len(mesh.records) == 1
+    assert mesh.relay.in_flight == 0 and mesh.relay.held == 0
+    assert not mesh.up.streams
+    assert all(e.in_flight == 0 for e in mesh.pool.endpoints.values())
+
+
 # -- random orderings -----------------------------------------------------------------------
 
 EVENTS = ["window", "timer", "headers", "data", "ok", "unavailable", "pushback", "no_more",
