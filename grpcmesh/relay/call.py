@@ -22,6 +22,7 @@ import grpc
 
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.relay import frames as f
+from grpcmesh.relay.hedging import NON_FATAL
 from grpcmesh.relay.peer import Headers, Leg
 from grpcmesh.relay.record import APP, CLIENT, PROXY, RESET_STATUS, Attempt, CallRecord, status_of
 from grpcmesh.relay.retrying import Retrying
@@ -82,6 +83,7 @@ class Call(Retrying):
         self.waiting: tuple[bytes, Headers | None, bool] | None = None
         self.refused = 0
         self.try_timer: asyncio.TimerHandle | None = None
+        self.reached = 0
         self.race: Race | None = None  # the hedge rule's attempts (hedging.py)
 
     # -- the one end --------------------------------------------------------------------------
@@ -194,8 +196,12 @@ class Call(Retrying):
         self.attempts.append(Attempt(endpoint, leg, endpoint.start(now), now))
         up.send_headers(leg, block, self.end_headers)
         self.send_request(leg)
-        if self.race is not None and len(self.attempts) == 1:
-            self.race.start(now)  # the hedge rule's timer
+        race = self.race
+        if race is not None:
+            if len(self.attempts) == 1:
+                race.start(now)  # the hedge rule's timer
+            elif race.timer is None:
+                race.fire()  # (its hedge may have come due while this attempt was on its way)
         if self.retry is not None:
             self.start_try_timer()
 
@@ -233,6 +239,10 @@ class Call(Retrying):
         if end:
             assert headers is not None
             code, pushback = status_of(headers)
+            race = self.race
+            if race is not None and code in NON_FATAL and self.sent is not None:
+                race.alone().response_headers(block, headers, verbatim, end)  # (hedging.py)
+                return
             if self.retry is not None and self.sent is not None and code is not _SC.OK and \
                     self.try_again(code, headers):
                 return
@@ -288,6 +298,10 @@ class Call(Retrying):
             # What waits for the client's window is still delivered, then the client is told.
             down.peer.end_then_reset(down)
             return
+        race = self.race
+        if race is not None and code != f.REFUSED_STREAM and self.sent is not None:
+            race.alone().upstream_reset(code, finished)  # (hedging.py)
+            return
         if code == f.REFUSED_STREAM:  # the endpoint did not process it (RFC 9113 8.7)
             if not self.try_elsewhere(_SC.UNAVAILABLE):
                 self.refuse()
@@ -312,6 +326,10 @@ class Call(Retrying):
             down.peer.end_then_reset(down)
             return
         if self.closed:  # (a closed call has ended already: its client left, or we answered)
+            return
+        race = self.race
+        if race is not None and self.sent is not None:
+            race.alone().upstream_lost(finished, address)  # (hedging.py)
             return
         if self.retry is not None and self.sent is not None and \
                 self.try_again(_SC.UNAVAILABLE):

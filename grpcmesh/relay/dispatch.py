@@ -79,22 +79,34 @@ class Dispatch:
         """Send call's next hedge (hedging.py) to an endpoint it has not tried whose connection
         is up, with grpc-previous-rpc-attempts and what is left of its deadline; False if there
         is none. A picked endpoint without a connection is not waited for: it is connected for
-        the calls that come later, and the next pick is tried."""
+        the calls that come later, and the next pick is tried. The hedge takes its token from
+        the retry budget only once an endpoint takes it (a hedge with nowhere to go counts
+        towards max_attempts, not against the budget); none goes once the deadline has passed
+        (the relay's timer, up to a tick late, answers the call)."""
         target = call.target
         assert target is not None
+        schedule = race.schedule
+        assert schedule is not None
+        now = self.clock.now()
+        if call.deadline is not None and now >= call.deadline:
+            schedule.stop()
+            return False
         tried = [attempt.endpoint for attempt in call.attempts]
+        up = None
         for _ in range(2):
             endpoint = target.pick(tried)
             if endpoint is None:
-                return False
+                break
             up = self.upstreams.ready(endpoint.address)
             if up is not None:
                 break
             self.upstreams.warm(endpoint.address)
             tried.append(endpoint)
-        else:
+        if up is None or endpoint is None:
+            schedule.skip(now)
             return False
-        now = self.clock.now()
+        if not schedule.fire(now, race.budget):
+            return False
         headers = replaced(call.request, PREVIOUS_ATTEMPTS, str(len(call.attempts)))
         if call.deadline is not None:
             headers = replaced(headers, "grpc-timeout",

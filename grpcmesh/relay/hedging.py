@@ -17,8 +17,13 @@ with UNAVAILABLE, a reset, a refusal or a lost connection while others still run
 the race (its endpoint blamed as usual); if it was the last one, the next hedge goes at once if
 one is left, else its failure is the call's answer.
 
-Before the first hedge fires nothing changes: the call's one attempt talks to the call directly,
-and a call answered within the delay pays only for its timer.
+Before the first hedge fires the call's one attempt talks to the call directly, and a call
+answered within the delay pays only for its timer; if that attempt fails as above (but for a
+refusal, which goes elsewhere unseen: call.py), it becomes the race's last attempt, and the
+first hedge goes at once. A server's grpc-retry-pushback-ms on a failed attempt moves the next
+hedge to n ms from then, or (negative) ends hedging (gRFC A6); when it was the last attempt the
+call waits for it, with nothing in flight, and its failure is the call's if no hedge can go
+then. A hedge due while a refused attempt is on its way elsewhere goes once that one is sent.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ import grpc
 from grpcmesh.relay import frames as f
 from grpcmesh.relay.peer import Headers
 from grpcmesh.relay.record import RESET_STATUS, Attempt, status_of
+from grpcmesh.relay.settings import PUSHBACK
+from grpcmesh.resilience.backoff import parse_pushback
 
 if TYPE_CHECKING:
     from grpcmesh.interceptors.chain import Chain
@@ -45,7 +52,7 @@ NON_FATAL = frozenset({_SC.UNAVAILABLE})
 class Race:
     """One call's hedged attempts."""
 
-    __slots__ = ("budget", "call", "racers", "schedule", "timer", "timing")
+    __slots__ = ("budget", "call", "held", "racers", "schedule", "timer", "timing")
 
     def __init__(self, call: Call, timing: HedgeTimer, budget: RetryBudget) -> None:
         self.call = call
@@ -54,6 +61,9 @@ class Race:
         self.schedule: HedgeSchedule | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.racers: list[Racer] = []  # empty until the first hedge is sent
+        # The last attempt's trailers (block, headers, verbatim), while the pushback they
+        # carry delays the next hedge (drop)
+        self.held: tuple[Racer, bytes, Headers | None, bool] | None = None
 
     def start(self, now: float) -> None:
         """The call's first attempt was sent: the timer starts (no timer, and no race, while
@@ -62,7 +72,16 @@ class Race:
         if schedule.next_at is None:
             self.call.race = None
             return
-        self.timer = self.call.relay.call_later(schedule.next_at - now, self.fire)
+        self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """The timer, for the schedule's next hedge (none if there is none)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        assert self.schedule is not None
+        next_at = self.schedule.next_at
+        self.timer = None if next_at is None else self.call.relay.call_later(
+            max(0.0, next_at - now), self.fire)
 
     def fire(self) -> None:
         """The delay passed with no response: a hedge goes out, if the call may still have one."""
@@ -70,19 +89,42 @@ class Race:
         call = self.call
         if call.race is not self:
             return
+        if call.up is None and not call.closed:
+            # Between two attempts (one refused unseen, the next on its way): the next one's
+            # start fires it again (Call.attempt).
+            return
         if call.closed or call.sent is None or call.headers_out or call.waiting is not None \
-                or not (call.req_end or call.end_headers) or call.up is None:
-            # Committed, answered, its client still sending, or between two attempts (one
-            # refused, the next on its way): no hedge.
+                or not (call.req_end or call.end_headers):
+            # Committed, answered, or its client still sending: no hedge.
             self.stop()
             return
         schedule = self.schedule
         assert schedule is not None
         now = call.relay.clock.now()
-        if schedule.fire(now, self.budget):
-            call.relay.hedge(call, self)
         if schedule.next_at is not None:
-            self.timer = call.relay.call_later(max(0.0, schedule.next_at - now), self.fire)
+            if now < schedule.next_at:
+                self._arm(now)  # (not yet: a pushback moved it)
+                return
+            call.relay.hedge(call, self)  # (its budget token is taken once an endpoint is found)
+        held = self.held
+        if held is not None:  # the wait the last attempt's pushback asked for is over
+            self.held = None
+            racer = held[0]
+            if len(self.racers) == 1:  # and no hedge went: its failure is the call's
+                self.won(racer)
+                call.response_headers(held[1], held[2], held[3], True)
+                return
+            self._leave(racer)
+        self._arm(now)
+
+    def alone(self) -> Racer:
+        """The call's one attempt, failed before any hedge went (Call: UNAVAILABLE, a reset, a
+        lost connection), as the race's last racer: drop sends the next hedge at once."""
+        current = self.call.attempts[-1]
+        racer = Racer(self, current)
+        self.racers.append(racer)
+        current.leg.call = racer
+        return racer
 
     def add(self, attempt: Attempt) -> None:
         """A hedge's attempt (its stream open, nothing sent yet) joins the race, and the
@@ -110,38 +152,63 @@ class Race:
         self._current(racer.attempt)
         self.stop()
 
-    def drop(self, racer: Racer, blame: grpc.StatusCode | None, pushback: int | None) -> bool:
+    def drop(self, racer: Racer, blame: grpc.StatusCode | None, pushback: int | None,
+             seen: bool = True, trailers: tuple[bytes, Headers | None, bool] | None = None
+             ) -> bool:
         """racer failed in a way another attempt may still make good (NON_FATAL, a reset, a
         refusal, a lost connection): it leaves the race, and if it was the last one the next
-        hedge goes now. False if it was the last and no hedge could go: its failure is the
-        call's (the caller then makes it the winner)."""
+        hedge goes now, or (pushback: the server's grpc-retry-pushback-ms, with its trailers)
+        when the server asked. False if it was the last and no hedge could go: its failure is
+        the call's (the caller then makes it the winner). seen: it may have reached its app
+        (all but refusals), so that a refusal later is not passed on as one no app saw
+        (Retrying.seen, refuse)."""
         call = self.call
+        if seen:
+            call.reached += 1
         now = call.relay.clock.now()
         schedule = self.schedule
         assert schedule is not None
         if pushback is not None:
-            schedule.pushback(pushback, now)
+            schedule.pushback(pushback, now)  # (negative: no more hedges)
+            if self.timer is not None:
+                self._arm(now)
         racers = self.racers
         if len(racers) == 1:
             if schedule.next_at is None or call.closed:
                 return False
-            schedule.next_at = now
+            if pushback is not None and schedule.next_at > now and trailers is not None:
+                # The call waits as the server asked, with nothing in flight (fire).
+                self._end(racer, blame, pushback, now)
+                self.held = (racer, *trailers)
+                self._arm(now)
+                return True
+            schedule.next_at = now  # at once (gRFC A6: a non-fatal failure skips the delay)
             if self.timer is not None:
                 self.timer.cancel()
             self.fire()
             if len(racers) == 1:
                 return False
+        self._end(racer, blame, pushback, now)
+        self._leave(racer)
+        return True
+
+    def _end(self, racer: Racer, blame: grpc.StatusCode | None, pushback: int | None,
+             now: float) -> None:
+        """racer's attempt is over: its endpoint is told how it went, its stream reset."""
         attempt = racer.attempt
         attempt.handle.finish(now, blame, pushback if pushback is not None and pushback >= 0
                               else None)
         leg = attempt.leg
         if not (leg.ended_in and leg.ended_out):
             leg.peer.reset(leg, f.CANCEL)
+
+    def _leave(self, racer: Racer) -> None:
+        """racer, whose attempt is over, leaves the race (another stays)."""
+        racers = self.racers
         racers.remove(racer)
-        if call.up is leg:
+        if self.call.up is racer.attempt.leg:
             self._current(racers[-1].attempt)
             racers[-1].attempt.leg.call = racers[-1]  # (still racing)
-        return True
 
     def _current(self, attempt: Attempt) -> None:
         """attempt becomes the call's current one (call.up, the last of call.attempts), its
@@ -170,6 +237,7 @@ class Race:
         call = self.call
         if call.race is self:
             call.race = None
+        self.held = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -203,8 +271,10 @@ class Racer:
         race = self.race
         if end:
             assert headers is not None
-            code, pushback = status_of(headers)
-            if code in NON_FATAL and race.drop(self, code, pushback):
+            code, _ = status_of(headers)
+            # (status_of reads a negative pushback as none: here it ends hedging)
+            if code in NON_FATAL and race.drop(self, code, _pushback(headers),
+                                               trailers=(block, headers, verbatim)):
                 return
         race.won(self)
         race.call.response_headers(block, headers, verbatim, end)
@@ -215,15 +285,17 @@ class Racer:
 
     def upstream_reset(self, code: int, finished: bool) -> None:
         race = self.race
-        if not finished and race.drop(self, RESET_STATUS.get(code, _SC.INTERNAL)
-                                      if code != f.REFUSED_STREAM else _SC.UNAVAILABLE, None):
+        refused = code == f.REFUSED_STREAM
+        if not finished and race.drop(self, _SC.UNAVAILABLE if refused
+                                      else RESET_STATUS.get(code, _SC.INTERNAL), None,
+                                      seen=not refused):
             return
         race.won(self)
         race.call.upstream_reset(code, finished)
 
     def upstream_refused(self) -> None:
         race = self.race
-        if race.drop(self, None, None):
+        if race.drop(self, None, None, seen=False):
             return
         race.won(self)
         race.call.upstream_refused()
@@ -234,6 +306,15 @@ class Racer:
             return
         race.won(self)
         race.call.upstream_lost(finished, address)
+
+
+def _pushback(headers: Headers) -> int | None:
+    """A trailer block's grpc-retry-pushback-ms as backoff.parse_pushback reads it (STOP, -1:
+    no more hedges)."""
+    for key, value in headers:
+        if key == PUSHBACK:
+            return parse_pushback(value)
+    return None
 
 
 def hedge_leg(call: Call, race: Race, attempt: Attempt, block: bytes) -> None:

@@ -36,7 +36,8 @@ REFUSED_ATTEMPTS = 3  # endpoints a call is offered to when each refuses it unse
 class Retrying(RequestSide):
     """Call's retry methods (a mixin: Call holds the state it does not)."""
 
-    __slots__ = ("closed", "headers_out", "pause", "refused", "retry", "try_timer", "waiting")
+    __slots__ = ("closed", "headers_out", "pause", "reached", "refused", "retry", "try_timer",
+                 "waiting")
     retry: tuple[RetryPolicy, CallRetries, bool] | None  # the rule's (policy, count, idempotent)
     waiting: tuple[bytes, Headers | None, bool] | None  # response headers held: block, ...
     attempts: list[Attempt]
@@ -51,16 +52,18 @@ class Retrying(RequestSide):
     refused: int  # attempts refused unseen (REFUSED_STREAM, GOAWAY) and sent elsewhere
     try_timer: asyncio.TimerHandle | None  # the current attempt's per_try_timeout
     ended: bool
+    reached: int  # hedged attempts that reached an app and dropped out of the race (hedging.py)
     # (Call's: annotations only, so nothing here shadows them)
     reply_error: Callable[..., None]
     end: Callable[..., None]
     cancel_upstream: Callable[[], None]
 
     def seen(self) -> int:
-        """How many attempts an app saw (the retry rule's count; the current attempt counts
-        once it sent response headers)."""
+        """How many attempts an app saw (the retry rule's count, or the hedges that dropped out
+        after they reached an app; the current attempt counts once it sent response
+        headers)."""
         earlier = self.retry[1].attempts - 1 if self.retry is not None else 0
-        return earlier + (self.waiting is not None)
+        return earlier + self.reached + (self.waiting is not None)
 
     def try_elsewhere(self, blame: grpc.StatusCode | None) -> bool:
         """The current attempt never reached its app (REFUSED_STREAM, or the endpoint's GOAWAY

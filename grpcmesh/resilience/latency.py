@@ -108,6 +108,15 @@ class HedgeSchedule:
             else now + self.delay
         return True
 
+    def skip(self, now: float) -> None:
+        """The hedge due now had nowhere to go (no endpoint left to try with a connection up):
+        it counts towards max_attempts, as if sent, but takes nothing from the budget."""
+        if self.next_at is None or now < self.next_at:
+            return
+        self.sent += 1
+        self.next_at = None if self.sent >= self.max_attempts or self.delay is None \
+            else now + self.delay
+
     def pushback(self, ms: int, now: float) -> None:
         """A server's grpc-retry-pushback-ms (backoff.parse_pushback) on any attempt."""
         if ms < 0:
