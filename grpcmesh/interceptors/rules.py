@@ -184,7 +184,7 @@ class Hedge(Interceptor):
 
 class HedgeAtPercentile(Hedge):
     """`hedge: {delay: pNN}`: also feeds the service's latency window with how long each call
-    it covers took, as its client saw it (answered by an app)."""
+    it covers took, as its client saw it (answered by an app, or cut by its deadline)."""
 
     def __init__(self, service: ServiceConfig, settings: HedgeSettings, budget: RetryBudget,
                  methods: Methods, deposit: bool, window: LatencyWindow, clock: Clock) -> None:
@@ -193,7 +193,10 @@ class HedgeAtPercentile(Hedge):
         self.clock = clock
 
     def end(self, call: CallView, record: CallRecord) -> None:
-        if call.hedge is not None and record.by == APP:
+        # Answered by an app, or cut by the deadline after it reached one (then its latency
+        # is at least the duration: leaving it out would make the percentile run low).
+        if call.hedge is not None and (record.by == APP or (
+                record.reason == "deadline" and record.endpoint)):
             self.window.observe(record.duration, self.clock.now())
 
 

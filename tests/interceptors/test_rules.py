@@ -140,3 +140,30 @@ services:
 """).service("orders")
     assert service is not None
     assert outbound_rules(service, random.Random(1)) == []
+
+
+def test_a_percentile_hedge_learns_from_app_answers_and_deadlines_not_cancellations() -> None:
+    from grpcmesh.interceptors.kept import Kept
+    from grpcmesh.relay.record import APP, CLIENT, PROXY, CallRecord
+
+    clock = FakeClock()
+    kept = Kept(clock)
+    service = parse_text("services:\n  svc:\n    hedge: {delay: p50, methods: all}\n",
+                         "m.yaml").service("svc")
+    assert service is not None
+    rules = outbound_rules(service, random.Random(1), clock, kept=kept)
+    chain = Chain(rules)
+
+    def call(by: str, reason: str, endpoint: str, duration: float) -> None:
+        view = CallView("/pkg.S/M", [], None, "c:1", "svc", "outbound")
+        assert chain.request(view, 0)[0] is None and view.hedge is not None
+        chain.end(view, CallRecord("/pkg.S/M", "c:1", "svc", endpoint, grpc.StatusCode.OK, by,
+                                   reason, 0.0, duration, None, 0, 0, 1))
+
+    call(APP, "", "a:1", 0.010)
+    call(PROXY, "deadline", "a:1", 2.0)  # cut by the deadline after it reached an app
+    call(PROXY, "deadline", "", 2.0)  # never reached one: says nothing of latency
+    call(CLIENT, "", "a:1", 0.001)  # the client left
+    call(PROXY, "no_healthy_instance", "", 0.0)
+    window = kept.windows["svc"]
+    assert sorted(window._samples) == [0.010, 2.0]
