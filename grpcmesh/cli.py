@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency recorded for a call that fails with UNAVAILABLE, "
                         "RESOURCE_EXHAUSTED, INTERNAL or UNKNOWN, or the server's "
                         "grpc-retry-pushback-ms if longer; 0 turns it off (default 5)")
+    p.add_argument("--access-log", metavar="PATH|-",
+                   help="write a JSON line per call to PATH (appended), or - for stdout; off "
+                        "by default (docs/telemetry.md)")
+    p.add_argument("--access-log-buffer", type=_positive_int, default=10_000, metavar="LINES",
+                   help="lines the access log may queue for its writer; past it, lines are "
+                        "dropped and counted rather than slowing calls (default 10000)")
 
     for name, text in (("register", "register an instance the registry health-checks itself"),
                        ("deregister", "remove a registered instance")):

@@ -178,7 +178,9 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
                                 max_metadata_bytes=args.max_metadata_bytes),
         limits=limits,
         interceptors=interceptors,
-        balancer=balancer))
+        balancer=balancer,
+        access_log=args.access_log,
+        access_log_buffer=args.access_log_buffer))
     workers = Workers(sidecar.fail)
     try:
         await sidecar.start()

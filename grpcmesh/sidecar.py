@@ -42,6 +42,8 @@ from grpcmesh.resilience.ejection import Ejections
 from grpcmesh.routing import RouteTable, Target
 from grpcmesh.server_util import reconnect_options, with_port
 from grpcmesh.sidecar_config import ConfigCallback, ConfigInForce, LiveConfig
+from grpcmesh.telemetry.access_log import DEFAULT_BUFFER as DEFAULT_ACCESS_LOG_BUFFER
+from grpcmesh.telemetry.access_log import AccessLog
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +73,15 @@ class SidecarSettings:
     # --interceptor: the user's interceptors, first in every call's chain (both listeners)
     interceptors: tuple[Interceptor, ...] = ()
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
+    # --access-log PATH|-: a JSON line per call (telemetry/access_log.py), None: off
+    access_log: str | None = None
+    access_log_buffer: int = DEFAULT_ACCESS_LOG_BUFFER
 
 
 def _fixed_target(name: str, service: str, address: str) -> Target:
-    """A target of one always-serving endpoint (the local app, the sidecar's own services)."""
-    pool = Pool(name)
+    """A target of one always-serving endpoint (the local app, the sidecar's own services),
+    whose calls are recorded under service."""
+    pool = Pool(service)
     pool.upsert(Instance(service, "local", address, health=Health.SERVING))
     return Target(name, (pool,))
 
@@ -111,6 +117,7 @@ class Sidecar:
         # service has the rule (a call costs nothing more otherwise).
         self.ejections = Ejections(self._pool_of, self.clock)
         self.inbound_server: Relay | None = None
+        self.access_log: AccessLog | None = None
         self.registrar: Registrar | None = None
         self.app_health = Health.UNKNOWN
         self.registry_up = False
@@ -134,6 +141,9 @@ class Sidecar:
 
     async def start(self) -> None:
         s = self.settings
+        if s.access_log is not None:
+            self.access_log = AccessLog(s.access_log, self.clock, s.access_log_buffer)
+            self.outbound_server.observers.append(self.access_log.observer("outbound"))
         await self._local_server.start()
         self.outbound_address = with_port(s.outbound, self.outbound_server.bind(
             s.outbound, "outbound", s.reuse_port, join=s.secondary))
@@ -148,6 +158,8 @@ class Sidecar:
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
+                if self.access_log is not None:
+                    self.inbound_server.observers.append(self.access_log.observer("inbound"))
                 self.inbound_server.set_config(self.mesh_config)
                 self.inbound_address = with_port(s.inbound, self.inbound_server.bind(
                     s.inbound, "inbound", s.reuse_port, join=s.secondary))
@@ -399,4 +411,6 @@ class Sidecar:
         await self._local_server.stop(None)
         await self.client.close()
         await self._registrar_client.close()
+        if self.access_log is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.access_log.close)
         self.stopped.set()

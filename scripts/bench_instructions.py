@@ -20,6 +20,8 @@ cancels out). Variants:
                 deposit, and its response headers wait for the first message (commit.py)
   hedge         services.echo.hedge {delay: 1s, methods: all}: each call gets its hedge timer
                 (none fires: the calls take well under 1 s)
+  access_log    base plus --access-log to a file: a JSON line per call, made on the loop and
+                written by its thread (both counted)
 
 Targets (issue 10): interceptor <= 1.05x base; config <= 1.1x base. Prints a table, writes JSON,
 says PASS or MISS, exits 1 on a MISS. Needs valgrind (apt-get install -y valgrind); about 20 s
@@ -43,7 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("base", "deadline", "interceptor", "config", "outlier", "retry", "hedge")
+VARIANTS = ("base", "deadline", "interceptor", "config", "outlier", "retry", "hedge",
+            "access_log")
 RULES = {"retry": "services:\n  echo:\n    retry: {methods: all}\n",
          "hedge": "services:\n  echo:\n    hedge: {delay: 1s, methods: all}\n"}
 TARGETS = {"interceptor": 1.05, "config": 1.10}
@@ -76,6 +79,13 @@ async def relay_main(variant: str, app: str, calls: int) -> None:
         ejections = Ejections({"echo": pool}.get, MonotonicClock())
         ejections.configure(parse_text("services:\n  echo:\n    outlier: {}\n"))
         relay.observers.append(ejections.observe)
+    access_log = None
+    if variant == "access_log":
+        from grpcmesh.clock import MonotonicClock
+        from grpcmesh.telemetry.access_log import AccessLog
+
+        access_log = AccessLog(os.path.join(tempfile.mkdtemp(), "access.log"), MonotonicClock())
+        relay.observers.append(access_log.observer("outbound"))
     port = relay.bind("127.0.0.1:0", "bench")
     await relay.start()
     client = await asyncio.create_subprocess_exec(
@@ -83,6 +93,8 @@ async def relay_main(variant: str, app: str, calls: int) -> None:
         "10" if variant == "deadline" else "none")
     await client.wait()
     await relay.stop(None)
+    if access_log is not None:
+        access_log.close()
 
 
 async def client_main(target: str, calls: int, timeout: str) -> None:

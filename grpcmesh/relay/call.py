@@ -122,7 +122,7 @@ class Call(Retrying):
                 None if attempt is None or attempt.first_byte is None
                 else attempt.first_byte - self.born,
                 self.request_bytes, self.response_bytes, len(self.attempts),
-                self.retry[1].stopped if self.retry is not None else "")
+                self.retry[1].stopped if self.retry is not None else "", self.request)
             for observe in relay.observers:
                 observe(record)
             if chain is not None and self.view is not None:

@@ -3,7 +3,7 @@ CallRecord that observers of calls (the balancer, interceptors, telemetry) read.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -75,6 +75,9 @@ class CallRecord:
     # Why the retry rule did not send it again after its last failed attempt (a Reason of
     # resilience/retry.py: budget_exhausted, attempts_exhausted, ...); "" if it was not asked.
     retry_stop: str = ""
+    # The request headers as the call was sent upstream (pseudo-headers included; [] if it
+    # was answered before it was routed). Not a copy: observers must not change them.
+    request_headers: Headers = field(default_factory=list)
 
 
 

@@ -258,6 +258,7 @@ class Relay(Interception, Dispatch):
             call.reply_error(refused.code, refused.message, refused.reason, refused.http)
             return
         path = call.method = request.path
+        call.request = headers  # (for the end record; route_to sets what goes upstream)
         override = request.override
         seconds = None
         if request.timeout is not None:
