@@ -411,6 +411,7 @@ class Sidecar:
         await self._local_server.stop(None)
         await self.client.close()
         await self._registrar_client.close()
-        if self.access_log is not None:
+        if self.access_log is not None:  # its last lines, written off the loop
+            self.access_log.flush()
             await asyncio.get_running_loop().run_in_executor(None, self.access_log.close)
         self.stopped.set()

@@ -12,7 +12,7 @@ from generated.grpcmesh.example.v1 import echo_pb2 as pb
 from generated.grpcmesh.example.v1 import echo_pb2_grpc
 from grpcmesh.clock import FakeClock
 from grpcmesh.relay.record import CallRecord
-from grpcmesh.telemetry.access_log import AccessLog, entry, trace_id
+from grpcmesh.telemetry.access_log import AccessLog, Stamp, line, trace_id
 from tests.conftest import Mesh
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -39,8 +39,10 @@ def test_the_trace_id_comes_from_a_valid_traceparent_only(value: str, expected: 
 
 
 def test_a_line_says_what_the_call_came_to() -> None:
-    line = entry(record([("traceparent", PARENT)]), "outbound", wall_offset=1_700_000_000.0)
-    assert line == {
+    text = line(record([("traceparent", PARENT)]), "outbound",
+                Stamp(1_700_000_000.0)(100.0))
+    assert text.endswith(b"\n") and text.count(b"\n") == 1
+    assert json.loads(text) == {
         "start": "2023-11-14T22:15:00.000Z", "duration_ms": 12.5, "direction": "outbound",
         "caller": "127.0.0.1:5000", "service": "svc", "method": "/pkg.S/M",
         "endpoint": "10.0.0.1:80", "code": "UNAVAILABLE", "by": "app", "reason": "",
@@ -50,7 +52,7 @@ def test_a_line_says_what_the_call_came_to() -> None:
 
 def test_lines_are_written_and_a_full_queue_drops_rather_than_waits(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
-    log = AccessLog(str(path), FakeClock(), buffer=2)
+    log = AccessLog(str(path), FakeClock(), buffer=3)  # (no running loop: no batching)
     gate, entered = threading.Event(), threading.Event()
     real = log._out
 
@@ -67,7 +69,7 @@ def test_lines_are_written_and_a_full_queue_drops_rather_than_waits(tmp_path: Pa
     observe = log.observer("inbound")
     observe(record())
     assert entered.wait(5)  # the writer holds that line, stuck in its write
-    for _ in range(10):  # the queue takes two; the rest are dropped, not waited for
+    for _ in range(10):  # two more fit the buffer; the rest are dropped, not waited for
         observe(record())
     assert log.dropped == 8
     gate.set()
@@ -97,17 +99,30 @@ async def test_a_sidecar_logs_each_call_in_both_directions(mesh: Mesh, tmp_path:
             await channel.unary_unary("/nope.v1.Nothing/Call")(b"", timeout=5)
     for sidecar in (client, server):
         await sidecar.shutdown()
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    unary = [line for line in lines if line["method"].endswith("/Unary")]
-    assert sorted(line["direction"] for line in unary) == ["inbound", "outbound"]
-    for line in unary:
-        assert (line["code"], line["by"], line["trace_id"], line["attempts"]) == (
+    lines = [json.loads(entry) for entry in path.read_text().splitlines()]
+    unary = [entry for entry in lines if entry["method"].endswith("/Unary")]
+    assert sorted(entry["direction"] for entry in unary) == ["inbound", "outbound"]
+    for entry in unary:
+        assert (entry["code"], entry["by"], entry["trace_id"], entry["attempts"]) == (
             "OK", "app", TRACE, 1)
-        assert line["service"] == "echo" and line["request_bytes"] > 0
-    outbound = next(line for line in unary if line["direction"] == "outbound")
-    inbound = next(line for line in unary if line["direction"] == "inbound")
+        assert entry["service"] == "echo" and entry["request_bytes"] > 0
+    outbound = next(entry for entry in unary if entry["direction"] == "outbound")
+    inbound = next(entry for entry in unary if entry["direction"] == "inbound")
     assert outbound["endpoint"] == server.inbound_address
     assert inbound["endpoint"] == app.address
-    nope = [line for line in lines if line["method"] == "/nope.v1.Nothing/Call"]
+    nope = [entry for entry in lines if entry["method"] == "/nope.v1.Nothing/Call"]
     assert [(n["code"], n["by"], n["reason"], n["endpoint"]) for n in nope] == [
         ("UNIMPLEMENTED", "proxy", "no_route", "")]
+
+
+def test_the_stamp_makes_each_seconds_text_once_and_keeps_milliseconds() -> None:
+    stamp = Stamp(1_700_000_000.0)
+    assert stamp(0.0) == "2023-11-14T22:13:20.000Z"
+    assert stamp(0.2505) == "2023-11-14T22:13:20.250Z"
+    assert stamp(1.999) == "2023-11-14T22:13:21.999Z"
+
+
+def test_strings_from_clients_are_escaped() -> None:
+    odd = CallRecord('/p.S/"M\\\n\u2028', "c", "s", "", grpc.StatusCode.OK, "app", "", 0.0, 0.0,
+                     None, 0, 0, 1)
+    assert json.loads(line(odd, "inbound", "x"))["method"] == '/p.S/"M\\\n\u2028'
