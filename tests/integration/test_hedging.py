@@ -5,7 +5,6 @@ known to be idempotent is never hedged."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
@@ -75,13 +74,9 @@ async def test_a_hedge_answers_for_the_slow_app_which_sees_its_call_cancelled(
         await wait_for(lambda: slow.cancelled == slow.calls, 3.0, "the warm-up's hedges")
         slow_before, cancelled_before = slow.calls, slow.cancelled
         fast_before = len(fast.metadata)
-        took = []
-        for _ in range(8):
-            start = time.monotonic()
+        for _ in range(8):  # the slow app never answers one: a hedge to the fast one does
             reply = await stub.Get(pb.EchoRequest(message="x"), timeout=5)
-            took.append(time.monotonic() - start)
             assert reply.instance == "fast"
-        assert max(took) < SLOW / 2  # the slow app never answered one
         sent_to_slow = slow.calls - slow_before
         assert sent_to_slow >= 2  # round robin sent it about half of them first
         await wait_for(lambda: slow.cancelled - cancelled_before == sent_to_slow, 3.0,
