@@ -77,6 +77,16 @@ def _balancer(text: str) -> tuple[str, str]:
     return service, kind
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
@@ -193,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", metavar="PATH|-",
                    help="write a JSON line per call to PATH (appended), or - for stdout; off "
                         "by default (docs/telemetry.md)")
+    p.add_argument("--otlp", type=ADDRESS, metavar="HOST:PORT",
+                   help="record a span per call and export it to this OTLP/gRPC collector "
+                        "(needs the otlp extra: pip install 'grpcmesh[otlp]'; "
+                        "docs/telemetry.md)")
+    p.add_argument("--trace-sample-ratio", type=_ratio, default=1.0, metavar="RATIO",
+                   help="with --otlp: the share of calls without a traceparent that start a "
+                        "trace, 0 to 1 (default 1; calls with one follow their caller's flag)")
     p.add_argument("--access-log-buffer", type=_positive_int, default=10_000, metavar="LINES",
                    help="lines the access log may queue for its writer; past it, lines are "
                         "dropped and counted rather than slowing calls (default 10000)")

@@ -180,7 +180,8 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         interceptors=interceptors,
         balancer=balancer,
         access_log=args.access_log,
-        access_log_buffer=args.access_log_buffer))
+        access_log_buffer=args.access_log_buffer,
+        otlp=args.otlp, trace_sample_ratio=args.trace_sample_ratio))
     workers = Workers(sidecar.fail)
     try:
         await sidecar.start()

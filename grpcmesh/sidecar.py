@@ -44,6 +44,8 @@ from grpcmesh.server_util import reconnect_options, with_port
 from grpcmesh.sidecar_config import ConfigCallback, ConfigInForce, LiveConfig
 from grpcmesh.telemetry.access_log import DEFAULT_BUFFER as DEFAULT_ACCESS_LOG_BUFFER
 from grpcmesh.telemetry.access_log import AccessLog
+from grpcmesh.telemetry.tracing import DEFAULT_RATIO as DEFAULT_TRACE_RATIO
+from grpcmesh.telemetry.tracing import Tracing, otlp_provider
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,9 @@ class SidecarSettings:
     # --access-log PATH|-: a JSON line per call (telemetry/access_log.py), None: off
     access_log: str | None = None
     access_log_buffer: int = DEFAULT_ACCESS_LOG_BUFFER
+    # --otlp HOST:PORT: a span per call, exported there (telemetry/tracing.py), None: off
+    otlp: str | None = None
+    trace_sample_ratio: float = DEFAULT_TRACE_RATIO
 
 
 def _fixed_target(name: str, service: str, address: str) -> Target:
@@ -103,10 +108,13 @@ class Sidecar:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._local_server)
         self._local_port = self._local_server.add_insecure_port("127.0.0.1:0")
         local = _fixed_target("this sidecar", settings.service, f"127.0.0.1:{self._local_port}")
+        # --otlp: tracing is the first interceptor of every chain, each way
+        self.tracer_provider = (otlp_provider(settings.otlp, settings.service)
+                                if settings.otlp is not None else None)
         self.outbound_server = Relay(self._route, local=((HEALTH_PREFIX,), local),
                                      settings=settings.forward, limits=settings.limits,
-                                     interceptors=settings.interceptors, clock=self.clock,
-                                     methods=self.routes.method)
+                                     interceptors=self._interceptors("outbound"),
+                                     clock=self.clock, methods=self.routes.method)
         # The mesh config's external services: pools of their resolved addresses, and how the
         # outbound relay dials them (TLS). Built in each process from the config it receives.
         self.external = ExternalTable(self._picker_for, self._endpoint_removed,
@@ -190,8 +198,14 @@ class Sidecar:
         s = self.settings
         target = _fixed_target(f"the local app at {app}", s.service, app)
         return Relay(lambda method, override: target, settings=s.forward, limits=s.limits,
-                     interceptors=s.interceptors, direction="inbound", own_service=s.service,
-                     clock=self.clock)
+                     interceptors=self._interceptors("inbound"), direction="inbound",
+                     own_service=s.service, clock=self.clock)
+
+    def _interceptors(self, direction: str) -> tuple[Interceptor, ...]:
+        s = self.settings
+        if self.tracer_provider is None:
+            return s.interceptors
+        return (Tracing(self.tracer_provider, direction, s.trace_sample_ratio), *s.interceptors)
 
     async def _serve_app(self, app: str) -> None:
         s = self.settings
@@ -411,6 +425,8 @@ class Sidecar:
         await self._local_server.stop(None)
         await self.client.close()
         await self._registrar_client.close()
+        if self.tracer_provider is not None:  # its last spans, exported off the loop
+            await asyncio.get_running_loop().run_in_executor(None, self.tracer_provider.shutdown)
         if self.access_log is not None:  # its last lines, written off the loop
             self.access_log.flush()
             await asyncio.get_running_loop().run_in_executor(None, self.access_log.close)
