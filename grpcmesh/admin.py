@@ -15,12 +15,13 @@ import asyncio
 import inspect
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-Route = Callable[[], "tuple[int, Any] | Awaitable[tuple[int, Any]]"]
+Route = Callable[..., "tuple[int, Any] | Awaitable[tuple[int, Any]]"]  # () or (query)
 
 
 class AdminServer:
@@ -55,13 +56,15 @@ class AdminServer:
             if len(parts) < 2 or parts[0] != "GET":
                 status, body = 405, {"error": "only GET is supported"}
             else:
-                path = parts[1].split("?")[0]
+                path, _, query = parts[1].partition("?")
                 route = self.routes.get(path)
                 if route is None:
                     status, body = 404, {"error": f"no such path {path}",
                                          "paths": sorted(self.routes)}
                 else:
-                    result = route()
+                    # A route with a parameter is given the query: {name: value}
+                    result = (route(dict(urllib.parse.parse_qsl(query)))
+                              if inspect.signature(route).parameters else route())
                     status, body = await result if inspect.isawaitable(result) else result
             payload = (json.dumps(body, indent=2) + "\n").encode()
             reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",

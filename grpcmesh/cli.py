@@ -77,6 +77,17 @@ def _balancer(text: str) -> tuple[str, str]:
     return service, kind
 
 
+def _window(text: str) -> int:
+    number = text.removesuffix("s")
+    if not number.isdigit() or not 1 <= int(number) <= 60:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole seconds from 1s to 60s")
+    return int(number)
+
+
+def _addresses(text: str) -> list[str]:
+    return [ADDRESS(part) for part in text.split(",")]
+
+
 def _ratio(text: str) -> float:
     try:
         value = float(text)
@@ -252,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("service", nargs="?", help="only this mesh service")
     p.add_argument("--admin", type=ADDRESS, default="127.0.0.1:15000", metavar="HOST:PORT",
                    help="the sidecar's admin address (default 127.0.0.1:15000)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("stat", help="success rate, calls/s and latency per service, as the "
+                                    "sidecars measured them",
+                       description="Per service and direction (outbound: as callers saw it; "
+                                   "inbound: as its own sidecars did), or per endpoint of "
+                                   "SERVICE: success rate, calls/s and p50/p95/p99 latency "
+                                   "over the last WINDOW, added up across the sidecars asked.")
+    p.add_argument("service", nargs="?", help="show this mesh service's endpoints")
+    p.add_argument("--admin", type=_addresses, default=["127.0.0.1:15000"],
+                   metavar="HOST:PORT[,...]",
+                   help="sidecar admin addresses to ask (default 127.0.0.1:15000)")
+    p.add_argument("--window", type=_window, default=30, metavar="DURATION",
+                   help="how far back, 1s to 60s (default 30s)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("config", help="the mesh config: check, apply or show it "

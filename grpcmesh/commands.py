@@ -349,6 +349,19 @@ async def cmd_endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_stat(args: argparse.Namespace) -> int:
+    from grpcmesh.output import print_stat, stat_rows
+
+    bodies = []
+    for admin in args.admin:
+        try:
+            bodies.append(await admin_get(admin, f"/stat?window={args.window}"))
+        except (OSError, ValueError) as err:
+            raise CliError(f"cannot read the sidecar admin port at {admin}: {err}") from None
+    print_stat(stat_rows(bodies, args.service), args.service, args.json)
+    return 0
+
+
 async def cmd_config(args: argparse.Namespace) -> int:
     from grpcmesh.config_cli import cmd_config as run
 
@@ -404,6 +417,6 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "registry": cmd_registry, "sidecar": cmd_sidecar, "register": cmd_register,
     "deregister": cmd_deregister, "services": cmd_services, "resolve": cmd_resolve,
-    "endpoints": cmd_endpoints, "config": cmd_config, "example-server": cmd_example_server,
+    "endpoints": cmd_endpoints, "stat": cmd_stat, "config": cmd_config, "example-server": cmd_example_server,
     "demo": cmd_demo,
 }

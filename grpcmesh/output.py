@@ -83,3 +83,57 @@ def print_endpoints(body: dict[str, Any], service: str | None, as_json: bool) ->
         print()
         print(table([*(["WORKER"] if several else []), "SERVICE", "CALLS", "RETRIES+HEDGES",
                      "BUDGET LEFT", "EXHAUSTED"], budgets))
+
+
+def stat_rows(bodies: Sequence[dict[str, Any]], service: str | None) -> list[dict[str, Any]]:
+    """What `grpcmesh stat` shows, from sidecars' /stat answers added up: per service and
+    direction (or, for one service, per endpoint): calls, success rate, calls/s and latency
+    percentiles from the summed histograms, and the instances the sidecars route to."""
+    from grpcmesh.telemetry.window import quantile
+
+    sums: dict[tuple[str, str, str], list[Any]] = {}
+    serving: dict[str, int] = {}
+    window = 1
+    for body in bodies:
+        window = max(window, int(body.get("window_s", 1)))
+        for name, count in body.get("serving", {}).items():
+            serving[name] = max(serving.get(name, 0), count)
+        for row in body.get("rows", ()):
+            if service is None and row["endpoint"] or service is not None and (
+                    row["service"] != service or not row["endpoint"]):
+                continue
+            key = (row["service"], row["direction"], row["endpoint"])
+            total = sums.setdefault(key, [0, 0, [0] * len(row["buckets"])])
+            total[0] += row["calls"]
+            total[1] += row["ok"]
+            total[2] = [a + b for a, b in zip(total[2], row["buckets"], strict=True)]
+    out = []
+    for (name, direction, endpoint), (calls, ok, hist) in sorted(sums.items()):
+        def ms(q: float, hist: list[int] = hist) -> float | None:
+            value = quantile(q, hist)
+            return None if value is None else round(value * 1000, 2)
+        out.append({"service": name or "(no route)", "direction": direction,
+                    "endpoint": endpoint, "calls": calls,
+                    "success": round(ok / calls, 4) if calls else None,
+                    "rps": round(calls / window, 2), "p50_ms": ms(0.5), "p95_ms": ms(0.95),
+                    "p99_ms": ms(0.99), "serving": serving.get(name)})
+    return out
+
+
+def print_stat(rows: list[dict[str, Any]], service: str | None, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no calls in the window")
+        return
+    def cell(value: Any, fmt: str = "{}") -> str:
+        return "-" if value is None else fmt.format(value)
+    header = ["SERVICE", "DIRECTION", *(["ENDPOINT"] if service else []), "SUCCESS", "RPS",
+              "P50 MS", "P95 MS", "P99 MS", *([] if service else ["SERVING"])]
+    print(table(header, [
+        [r["service"], r["direction"], *([r["endpoint"]] if service else []),
+         cell(None if r["success"] is None else r["success"] * 100, "{:.2f}%"),
+         cell(r["rps"], "{:g}"), cell(r["p50_ms"], "{:g}"), cell(r["p95_ms"], "{:g}"),
+         cell(r["p99_ms"], "{:g}"), *([] if service else [cell(r["serving"])])]
+        for r in rows]))

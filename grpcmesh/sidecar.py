@@ -46,6 +46,7 @@ from grpcmesh.telemetry.access_log import DEFAULT_BUFFER as DEFAULT_ACCESS_LOG_B
 from grpcmesh.telemetry.access_log import AccessLog
 from grpcmesh.telemetry.tracing import DEFAULT_RATIO as DEFAULT_TRACE_RATIO
 from grpcmesh.telemetry.tracing import Tracing, otlp_provider
+from grpcmesh.telemetry.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class Sidecar:
         self.ejections = Ejections(self._pool_of, self.clock)
         self.inbound_server: Relay | None = None
         self.access_log: AccessLog | None = None
+        self.window = Window()  # the last minute of calls, for /stat (grpcmesh stat)
         self.registrar: Registrar | None = None
         self.app_health = Health.UNKNOWN
         self.registry_up = False
@@ -137,7 +139,7 @@ class Sidecar:
         self.config.listeners.append(self._config_in_force)
         self.admin = AdminServer(settings.admin or "", {
             "/live": lambda: (200, {"live": True}), "/ready": self._ready,
-            "/endpoints": self._all_endpoints,
+            "/endpoints": self._all_endpoints, "/stat": self._stat,
             "/config": lambda: (200, self.config.current.to_json())})
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -149,6 +151,7 @@ class Sidecar:
 
     async def start(self) -> None:
         s = self.settings
+        self.outbound_server.observers.append(self.window.observer("outbound"))
         if s.access_log is not None:
             self.access_log = AccessLog(s.access_log, self.clock, s.access_log_buffer)
             self.outbound_server.observers.append(self.access_log.observer("outbound"))
@@ -166,6 +169,7 @@ class Sidecar:
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
+                self.inbound_server.observers.append(self.window.observer("inbound"))
                 if self.access_log is not None:
                     self.inbound_server.observers.append(self.access_log.observer("inbound"))
                 self.inbound_server.set_config(self.mesh_config)
@@ -373,6 +377,25 @@ class Sidecar:
                  *await asyncio.gather(*(view(pid, a) for pid, a in self.worker_admins))]
         body["workers"] = [{"worker": i, **v} for i, v in enumerate(views)]
         return status, body
+
+    async def _stat(self, query: dict[str, str]) -> tuple[int, Any]:
+        """The last `window` seconds (1..60, default 30) of calls, per service and endpoint,
+        each way, as counts and latency histograms that add up across sidecars (grpcmesh
+        stat); with --workers, every worker's too."""
+        try:
+            seconds = int(query.get("window", "30"))
+        except ValueError:
+            return 400, {"error": f"window {query.get('window')!r}: expected whole seconds"}
+        rows = self.window.summary(self.clock.now(), seconds)
+        serving = {name: len(pool.ready) for name, pool in self.routes.pools.items()}
+        for pid, admin in self.worker_admins:
+            try:
+                other = await admin_get(admin, f"/stat?window={seconds}", timeout=2.0)
+                rows += other["rows"]
+            except (OSError, ValueError) as err:
+                log.warning("cannot read worker %d's /stat at %s: %r", pid, admin, err)
+        return 200, {"window_s": max(1, min(60, seconds)), "service": self.settings.service,
+                     "rows": rows, "serving": serving}
 
     def _endpoints(self) -> tuple[int, Any]:
         """Why an endpoint gets picked: its estimate, calls in flight and cost, per service."""
