@@ -22,6 +22,8 @@ cancels out). Variants:
                 (none fires: the calls take well under 1 s)
   access_log    base plus --access-log to a file: a JSON line per call, made on the loop and
                 written by its thread (both counted)
+  window        base plus the sidecar's last-minute window for /stat (grpcmesh stat), which
+                every sidecar keeps: each call's end record counted per service and endpoint
 
 Targets (issue 10): interceptor <= 1.05x base; config <= 1.1x base. Prints a table, writes JSON,
 says PASS or MISS, exits 1 on a MISS. Needs valgrind (apt-get install -y valgrind); about 20 s
@@ -46,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("base", "deadline", "interceptor", "config", "outlier", "retry", "hedge",
-            "access_log")
+            "access_log", "window")
 RULES = {"retry": "services:\n  echo:\n    retry: {methods: all}\n",
          "hedge": "services:\n  echo:\n    hedge: {delay: 1s, methods: all}\n"}
 TARGETS = {"interceptor": 1.05, "config": 1.10}
@@ -86,6 +88,10 @@ async def relay_main(variant: str, app: str, calls: int) -> None:
 
         access_log = AccessLog(os.path.join(tempfile.mkdtemp(), "access.log"), MonotonicClock())
         relay.observers.append(access_log.observer("outbound"))
+    if variant == "window":
+        from grpcmesh.telemetry.window import Window
+
+        relay.observers.append(Window().observer("outbound"))
     port = relay.bind("127.0.0.1:0", "bench")
     await relay.start()
     client = await asyncio.create_subprocess_exec(
