@@ -178,7 +178,7 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
                                 max_metadata_bytes=args.max_metadata_bytes),
         limits=limits,
         interceptors=interceptors,
-        balancer=balancer))
+        balancer=balancer, metrics=args.metrics))
     workers = Workers(sidecar.fail)
     try:
         await sidecar.start()

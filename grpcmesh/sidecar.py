@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import reflection
-from grpcmesh.admin import AdminServer, admin_get
+from grpcmesh.admin import AdminServer, Raw, admin_get
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
@@ -42,6 +42,9 @@ from grpcmesh.resilience.ejection import Ejections
 from grpcmesh.routing import RouteTable, Target
 from grpcmesh.server_util import reconnect_options, with_port
 from grpcmesh.sidecar_config import ConfigCallback, ConfigInForce, LiveConfig
+from grpcmesh.telemetry.collector import MeshCollector, MeshView
+from grpcmesh.telemetry.counters import CallCounters
+from grpcmesh.telemetry.exposition import CONTENT_TYPE, Exposition
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ class SidecarSettings:
     # --interceptor: the user's interceptors, first in every call's chain (both listeners)
     interceptors: tuple[Interceptor, ...] = ()
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
+    # --no-metrics: no /metrics, and no observer counting each call (docs/telemetry.md)
+    metrics: bool = True
 
 
 def _fixed_target(name: str, service: str, address: str) -> Target:
@@ -124,6 +129,16 @@ class Sidecar:
             "/live": lambda: (200, {"live": True}), "/ready": self._ready,
             "/endpoints": self._all_endpoints,
             "/config": lambda: (200, self.config.current.to_json())})
+        # Metrics: each relay's CallCounters observe its calls; the rest is read at scrape time
+        self.metrics: MeshView | None = None
+        if settings.metrics:
+            counts = CallCounters("outbound", self.routes.method)
+            self.outbound_server.observers.append(counts.observe)
+            self.metrics = MeshView([(self.outbound_server, counts)], self._pools,
+                                    lambda: self.config_version, lambda: self.registry_up,
+                                    self.clock)
+            self._exposition = Exposition(MeshCollector(self.metrics))
+            self.admin.routes["/metrics"] = self._metrics
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None
@@ -148,6 +163,10 @@ class Sidecar:
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
+                if self.metrics is not None:
+                    counts = CallCounters("inbound", self.routes.method, s.service)
+                    self.inbound_server.observers.append(counts.observe)
+                    self.metrics.relays = [*self.metrics.relays, (self.inbound_server, counts)]
                 self.inbound_server.set_config(self.mesh_config)
                 self.inbound_address = with_port(s.inbound, self.inbound_server.bind(
                     s.inbound, "inbound", s.reuse_port, join=s.secondary))
@@ -262,6 +281,9 @@ class Sidecar:
         elif not self.ejections.detectors and observe in observers:
             observers.remove(observe)
 
+    def _pools(self) -> dict[str, Pool]:
+        return {**self.routes.pools, **self.external.pools}
+
     def _pool_of(self, service: str) -> Pool | None:
         return self.routes.pools.get(service) or self.external.pools.get(service)
 
@@ -330,6 +352,9 @@ class Sidecar:
         body["ready"] = ready
         return (200 if ready else 503), body
 
+    async def _metrics(self) -> tuple[int, Any]:
+        return 200, Raw(CONTENT_TYPE, self._exposition.render())
+
     async def _all_endpoints(self) -> tuple[int, Any]:
         """This process's view; with --workers, also every worker's own view under "workers"
         (worker 0 is this process), because each worker balances on its own."""
@@ -354,7 +379,7 @@ class Sidecar:
         wall_offset = time.time() - now
         services: dict[str, Any] = {}
         external = self.external.describe()
-        for name, pool in sorted({**self.routes.pools, **self.external.pools}.items()):
+        for name, pool in sorted(self._pools().items()):
             endpoints = []
             for _, e in sorted(pool.endpoints.items()):
                 estimate = e.rtt.get(now)
