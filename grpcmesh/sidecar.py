@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import reflection
-from grpcmesh.admin import AdminServer, Raw, admin_get
+from grpcmesh.admin import AdminServer, Raw, admin_fetch, admin_get
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
@@ -45,6 +45,7 @@ from grpcmesh.sidecar_config import ConfigCallback, ConfigInForce, LiveConfig
 from grpcmesh.telemetry.collector import MeshCollector, MeshView
 from grpcmesh.telemetry.counters import CallCounters
 from grpcmesh.telemetry.exposition import CONTENT_TYPE, Exposition
+from grpcmesh.telemetry.merge import merged_text
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,22 @@ class Sidecar:
         return (200 if ready else 503), body
 
     async def _metrics(self) -> tuple[int, Any]:
-        return 200, Raw(CONTENT_TYPE, self._exposition.render())
+        """This process's metrics; with --workers, merged with every worker's (merge.py).
+        A worker whose admin port does not answer is left out, and logged."""
+        own = self._exposition.render()
+        if not self.worker_admins:
+            return 200, Raw(CONTENT_TYPE, own)
+
+        async def text(pid: int, admin: str) -> str | None:
+            try:
+                return (await admin_fetch(admin, "/metrics", timeout=2.0)).decode()
+            except (OSError, ValueError) as err:  # TimeoutError is an OSError
+                log.warning("/metrics leaves out worker %d: cannot read its admin port %s: "
+                            "%r", pid, admin, err)
+                return None
+        others = await asyncio.gather(*(text(pid, a) for pid, a in self.worker_admins))
+        return 200, Raw(CONTENT_TYPE, merged_text(
+            [own.decode(), *(t for t in others if t is not None)]))
 
     async def _all_endpoints(self) -> tuple[int, Any]:
         """This process's view; with --workers, also every worker's own view under "workers"

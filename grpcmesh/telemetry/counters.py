@@ -14,7 +14,8 @@ Labels are bounded (a client cannot mint series):
 - code: one of grpc.StatusCode's 17 names.
 - endpoint: the address of the record's last attempt (an instance the registry or the mesh
   config named); series of endpoints no longer in any pool are dropped at scrape time (prune).
-- proxy answer reason: code-defined strings; "interceptor NAME" becomes "interceptor".
+- proxy answer reason: code-defined strings; "interceptor NAME" becomes "fault",
+  "rate_limited" (the mesh's rules) or "interceptor" (reason_label).
 
 Memory: services x known methods x (17 codes + 15 buckets) numbers per direction, plus
 services x endpoints x 17 codes, plus services x reasons.
@@ -37,9 +38,19 @@ UNKNOWN = "unknown"
 Methods = Callable[[str], object | None]
 
 
+_RULE_REASONS = {"faults": "fault", "rate_limit": "rate_limited"}  # the mesh's own rules
+
+
 def reason_label(reason: str) -> str:
-    """The proxy's reason as a label value: interceptors name themselves in theirs."""
-    return "interceptor" if reason.startswith("interceptor") else reason
+    """The proxy's reason as a label value. An interceptor's answer ("interceptor NAME")
+    becomes "fault" or "rate_limited" for those mesh rules (named "services.S.faults PART",
+    "services.S.rate_limit"), else "interceptor": NAME is free text."""
+    if not reason.startswith("interceptor "):
+        return reason
+    name = reason[len("interceptor "):]
+    if name.startswith("services."):
+        return _RULE_REASONS.get(name.split(" ", 1)[0].rsplit(".", 1)[-1], "interceptor")
+    return "interceptor"
 
 
 class Series:

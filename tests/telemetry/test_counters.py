@@ -12,7 +12,13 @@ from grpcmesh.relay.record import APP, PROXY, CallRecord
 from grpcmesh.relay.relay import Relay
 from grpcmesh.routing import Target
 from grpcmesh.telemetry.collector import MeshCollector, MeshView
-from grpcmesh.telemetry.counters import BUCKETS, CODE_INDEX, CallCounters, cumulative
+from grpcmesh.telemetry.counters import (
+    BUCKETS,
+    CODE_INDEX,
+    CallCounters,
+    cumulative,
+    reason_label,
+)
 from grpcmesh.telemetry.exposition import Exposition
 
 _SC = grpc.StatusCode
@@ -125,3 +131,11 @@ def test_the_collector_renders_what_the_parser_reads_back() -> None:
     assert samples["grpcmesh_hedges_total", (("service", "echo"),)] == 1
     assert samples["grpcmesh_config_version", ()] == 7
     assert samples["grpcmesh_registry_connected", ()] == 1
+
+
+def test_interceptor_reasons_are_bounded() -> None:
+    assert reason_label("no_route") == "no_route"
+    assert reason_label("interceptor services.my.svc.faults abort") == "fault"
+    assert reason_label("interceptor services.echo.rate_limit") == "rate_limited"
+    assert reason_label("interceptor services.echo.routes") == "interceptor"
+    assert reason_label("interceptor MyAuthz") == "interceptor"
