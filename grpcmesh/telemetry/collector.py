@@ -67,6 +67,8 @@ class MeshCollector(Collector):
             "grpcmesh_retry_budget_exhausted",
             "Retries and hedges the retry budget refused (restarts when the budget's "
             "settings change)", labels=["service"])
+        live = {(service, e.address) for service, pool in pools.items()
+                for e in pool.endpoints.values()}
         answer_totals: dict[tuple[str, str], int] = {}
         exhausted_totals: dict[str, int] = {}
         for relay, counts in view.relays:
@@ -83,7 +85,7 @@ class MeshCollector(Collector):
             for key, count in counts.proxy_answers.items():
                 answer_totals[key] = answer_totals.get(key, 0) + count
             if counts.endpoints is not None:
-                counts.prune(lambda service, address: _has(pools.get(service), address))
+                counts.prune(live)
                 for service, by_address in counts.endpoints.items():
                     for address, codes in by_address.items():
                         for code, count in zip(CODES, codes, strict=True):
@@ -135,10 +137,6 @@ class MeshCollector(Collector):
                 cost.add_metric([service, address], endpoint.cost(now))
                 ejected.add_metric([service, address], 1 if address in pool.ejected else 0)
         yield from (estimate, cost, ejected)
-
-
-def _has(pool: Pool | None, address: str) -> bool:
-    return pool is not None and any(e.address == address for e in pool.endpoints.values())
 
 
 def _calls_in_flight(relay: Relay, fixed: str) -> dict[str, int]:

@@ -23,7 +23,7 @@ services x endpoints x 17 codes, plus services x reasons.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 
 import grpc
 
@@ -131,13 +131,13 @@ class CallCounters:
                 if not key.startswith("/"):
                     yield service, key, series
 
-    def prune(self, live: Callable[[str, str], bool]) -> None:
-        """Drop the endpoint series for which live(service, address) is False (the endpoint
-        left the registry): memory stays bounded by the endpoints that exist."""
+    def prune(self, live: Container[tuple[str, str]]) -> None:
+        """Drop the endpoint series whose (service, address) is not live (the endpoint left
+        its pool): memory stays bounded by the endpoints that exist."""
         if self.endpoints is None:
             return
         for service, by_address in list(self.endpoints.items()):
-            for address in [a for a in by_address if not live(service, a)]:
+            for address in [a for a in by_address if (service, a) not in live]:
                 del by_address[address]
             if not by_address:
                 del self.endpoints[service]

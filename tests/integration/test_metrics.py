@@ -150,3 +150,29 @@ async def test_no_metrics_means_no_route_and_no_observer(mesh: Mesh) -> None:
     assert client.outbound_server.observers == []
     with pytest.raises(ValueError, match="404"):
         await admin_fetch(client.admin.address, "/metrics")
+
+
+@pytest.mark.asyncio
+async def test_the_rules_answers_are_counted_by_reason(mesh: Mesh) -> None:
+    app = await mesh.app("a")
+    server = await mesh.sidecar("echo", app)
+    client = await mesh.sidecar("client")
+    await mesh.serving(client, "echo", 1)
+    await running(mesh.sidecars, await apply(mesh.registry, f"""
+services:
+  echo:
+    faults:
+      - match: {{method: /{ECHO}/Get}}
+        abort: {{code: UNAVAILABLE, percent: 100}}
+    rate_limit: {{per_second: 0.001, burst: 2}}
+"""))
+    async with grpc.aio.insecure_channel(client.outbound_address) as channel:
+        faulted = [await call(channel, f"/{ECHO}/Get", pb.EchoRequest()) for _ in range(3)]
+        limited = [await call(channel, f"/{ECHO}/Unary", pb.EchoRequest()) for _ in range(5)]
+    assert faulted == [grpc.StatusCode.UNAVAILABLE] * 3
+    assert limited == [grpc.StatusCode.OK] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+    # The fault is the caller's sidecar's answer; the rate limit the instance's inbound one.
+    assert matching(await scrape(client), "grpcmesh_proxy_answers_total") == {
+        frozenset({("service", "echo"), ("reason", "fault")}): 3}
+    assert matching(await scrape(server), "grpcmesh_proxy_answers_total") == {
+        frozenset({("service", "echo"), ("reason", "rate_limited")}): 3}

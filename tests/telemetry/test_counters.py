@@ -82,7 +82,7 @@ def test_endpoints_proxy_answers_and_their_bounded_reasons() -> None:
     assert {a: sum(v) for a, v in c.endpoints["echo"].items()} == {"10.0.0.1:80": 1,
                                                                     "10.0.0.2:80": 1}
     assert c.proxy_answers == {("unknown", "no_route"): 1, ("echo", "interceptor"): 1}
-    c.prune(lambda service, address: address == "10.0.0.1:80")
+    c.prune({("echo", "10.0.0.1:80"), ("other", "10.0.0.2:80")})
     assert list(c.endpoints["echo"]) == ["10.0.0.1:80"]
 
 
