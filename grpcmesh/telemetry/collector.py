@@ -69,8 +69,10 @@ class MeshCollector(Collector):
             "settings change)", labels=["service"])
         live = {(service, e.address) for service, pool in pools.items()
                 for e in pool.endpoints.values()}
-        answer_totals: dict[tuple[str, str], int] = {}
-        exhausted_totals: dict[str, int] = {}
+        answer_totals: dict[tuple[str, ...], int] = {}
+        retry_totals: dict[tuple[str, ...], int] = {}
+        hedge_totals: dict[tuple[str, ...], int] = {}
+        exhausted_totals: dict[tuple[str, ...], int] = {}
         for relay, counts in view.relays:
             direction = counts.direction
             for service, method, series in counts.series():
@@ -83,7 +85,7 @@ class MeshCollector(Collector):
             for service, count in _calls_in_flight(relay, counts.service).items():
                 in_flight.add_metric([direction, service], count)
             for key, count in counts.proxy_answers.items():
-                answer_totals[key] = answer_totals.get(key, 0) + count
+                _add(answer_totals, key, count)
             if counts.endpoints is not None:
                 counts.prune(live)
                 for service, by_address in counts.endpoints.items():
@@ -91,16 +93,18 @@ class MeshCollector(Collector):
                         for code, count in zip(CODES, codes, strict=True):
                             if count:
                                 endpoint_calls.add_metric([service, address, code.name], count)
+            fixed = counts.service  # (an inbound relay's calls are its service's)
             for (service, reason), count in relay.retries.items():
-                retries.add_metric([service, reason], count)
+                _add(retry_totals, (fixed or service, reason), count)
             for service, count in relay.hedges.items():
-                hedges.add_metric([service], count)
+                _add(hedge_totals, (fixed or service,), count)
             for service, budget in relay.kept.budgets.items():
-                exhausted_totals[service] = exhausted_totals.get(service, 0) + budget.exhausted
-        for (service, reason), count in answer_totals.items():
-            answers.add_metric([service, reason], count)
-        for service, count in exhausted_totals.items():
-            exhausted.add_metric([service], count)
+                _add(exhausted_totals, (fixed or service,), budget.exhausted)
+        # (summed over both relays: these have no direction label)
+        for family, totals in ((answers, answer_totals), (retries, retry_totals),
+                               (hedges, hedge_totals), (exhausted, exhausted_totals)):
+            for labels, count in totals.items():
+                family.add_metric(list(labels), count)
         yield from (calls, durations, in_flight, answers, endpoint_calls, retries, hedges,
                     exhausted)
         yield from self._endpoints(pools)
@@ -137,6 +141,10 @@ class MeshCollector(Collector):
                 cost.add_metric([service, address], endpoint.cost(now))
                 ejected.add_metric([service, address], 1 if address in pool.ejected else 0)
         yield from (estimate, cost, ejected)
+
+
+def _add(totals: dict[tuple[str, ...], int], labels: tuple[str, ...], count: int) -> None:
+    totals[labels] = totals.get(labels, 0) + count
 
 
 def _calls_in_flight(relay: Relay, fixed: str) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """/metrics on real sidecars after known traffic, parsed with prometheus-client's parser: the
 counts and codes are exact, a made-up method counts as method="unknown", the histogram agrees
-with the counts, and retries are counted by why."""
+with the counts, and the rules' answers are counted by reason (retries: test_retries.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,9 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from generated.grpcmesh.example.v1 import echo_pb2 as pb
-from generated.grpcmesh.example.v1 import echo_pb2_grpc
 from grpcmesh.admin import admin_fetch
-from grpcmesh.registry.model import is_idempotent
 from grpcmesh.sidecar import Sidecar
 from tests.conftest import Mesh, wait_for
 from tests.integration.test_rules import ECHO, apply, running
@@ -49,12 +47,17 @@ async def call(channel: grpc.aio.Channel, path: str, request: pb.EchoRequest
     return grpc.StatusCode.OK
 
 
-@pytest.mark.asyncio
-async def test_metrics_count_known_traffic_exactly(mesh: Mesh) -> None:
-    app = await mesh.app("a")
-    server = await mesh.sidecar("echo", app)
+async def echo_and_client(mesh: Mesh) -> tuple[Sidecar, Sidecar]:
+    """An echo app behind its sidecar, and a client sidecar that routes to it."""
+    server = await mesh.sidecar("echo", await mesh.app("a"))
     client = await mesh.sidecar("client")
     await mesh.serving(client, "echo", 1)
+    return server, client
+
+
+@pytest.mark.asyncio
+async def test_metrics_count_known_traffic_exactly(mesh: Mesh) -> None:
+    server, client = await echo_and_client(mesh)
     await wait_for(lambda: client.routes.method(f"/{ECHO}/Unary") is not None, 5.0,
                    "the client sidecar to know the echo methods")
     unary = f"/{ECHO}/Unary"
@@ -119,32 +122,6 @@ async def test_metrics_count_known_traffic_exactly(mesh: Mesh) -> None:
 
 
 @pytest.mark.asyncio
-async def test_retries_are_counted_by_the_failed_attempts_status(mesh: Mesh) -> None:
-    good = await mesh.app("good")
-    bad = await mesh.app("bad", fail_code=grpc.StatusCode.UNAVAILABLE.value[0])
-    for app in (good, bad):
-        await mesh.sidecar("echo", app)
-    client = await mesh.sidecar("client")
-    await mesh.serving(client, "echo", 2)
-    await wait_for(lambda: is_idempotent(client.routes.method(f"/{ECHO}/Get")), 5.0,
-                   "the client sidecar to know Get is idempotent")
-    await running(mesh.sidecars, await apply(mesh.registry, (
-        "services:\n  echo:\n    balancer: round_robin\n"
-        "    retry: {attempts: 3, backoff: {base: 1ms, max: 5ms}}\n")))
-    async with grpc.aio.insecure_channel(client.outbound_address) as channel:
-        stub = echo_pb2_grpc.EchoStub(channel)
-        for _ in range(10):
-            assert (await stub.Get(pb.EchoRequest(message="x"), timeout=5)).instance == "good"
-    out = await scrape(client)
-    assert bad.service.calls > 0
-    assert matching(out, "grpcmesh_retries_total") == {
-        frozenset({("service", "echo"), ("reason", "UNAVAILABLE")}): bad.service.calls}
-    assert value(out, "grpcmesh_calls_total", direction="outbound", service="echo",
-                 method=f"{ECHO}/Get", code="OK") == 10
-    assert value(out, "grpcmesh_retry_budget_exhausted_total", service="echo") == 0
-
-
-@pytest.mark.asyncio
 async def test_no_metrics_means_no_route_and_no_observer(mesh: Mesh) -> None:
     client = await mesh.sidecar("client", metrics=False)
     assert client.outbound_server.observers == []
@@ -154,10 +131,7 @@ async def test_no_metrics_means_no_route_and_no_observer(mesh: Mesh) -> None:
 
 @pytest.mark.asyncio
 async def test_the_rules_answers_are_counted_by_reason(mesh: Mesh) -> None:
-    app = await mesh.app("a")
-    server = await mesh.sidecar("echo", app)
-    client = await mesh.sidecar("client")
-    await mesh.serving(client, "echo", 1)
+    server, client = await echo_and_client(mesh)
     await running(mesh.sidecars, await apply(mesh.registry, f"""
 services:
   echo:

@@ -139,3 +139,23 @@ def test_interceptor_reasons_are_bounded() -> None:
     assert reason_label("interceptor services.echo.rate_limit") == "rate_limited"
     assert reason_label("interceptor services.echo.routes") == "interceptor"
     assert reason_label("interceptor MyAuthz") == "interceptor"
+
+
+def test_counts_without_a_direction_label_are_summed_over_both_relays() -> None:
+    clock = FakeClock(0.0)
+    pool = Pool("echo")
+    outbound = Relay(lambda path, override: Target("echo", (pool,)), clock=clock)
+    inbound = Relay(lambda path, override: Target("echo", (pool,)), clock=clock)
+    outbound.retries["echo", "UNAVAILABLE"] += 2
+    inbound.retries["the local app at 127.0.0.1:1", "UNAVAILABLE"] += 1  # (its call.service)
+    out, into = counters(), counters("inbound", service="echo")
+    out.observe(record(code=_SC.UNAVAILABLE, by=PROXY, reason="no_healthy_instance"))
+    into.observe(record(code=_SC.UNAVAILABLE, by=PROXY, reason="no_healthy_instance"))
+    view = MeshView([(outbound, out), (inbound, into)], dict, lambda: 0, lambda: False, clock)
+    text = Exposition(MeshCollector(view)).render().decode()
+    samples = [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text)
+               for s in f.samples if s.name in ("grpcmesh_retries_total",
+                                                "grpcmesh_proxy_answers_total")]
+    assert samples == [
+        ("grpcmesh_proxy_answers_total", {"service": "echo", "reason": "no_healthy_instance"}, 2),
+        ("grpcmesh_retries_total", {"service": "echo", "reason": "UNAVAILABLE"}, 3)]
