@@ -3,6 +3,7 @@ counts and codes are exact, a made-up method counts as method="unknown", the his
 with the counts, and the rules' answers are counted by reason (retries: test_retries.py)."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -150,3 +151,22 @@ services:
         frozenset({("service", "echo"), ("reason", "fault")}): 3}
     assert matching(await scrape(server), "grpcmesh_proxy_answers_total") == {
         frozenset({("service", "echo"), ("reason", "rate_limited")}): 3}
+
+
+@pytest.mark.asyncio
+async def test_calls_in_flight_by_direction_and_service(mesh: Mesh) -> None:
+    server, client = await echo_and_client(mesh)
+    async with grpc.aio.insecure_channel(client.outbound_address) as channel:
+        slow = [asyncio.ensure_future(call(channel, f"/{ECHO}/Unary",
+                                           pb.EchoRequest(delay_ms=1000))) for _ in range(3)]
+        await wait_for(lambda: client.outbound_server.in_flight == 3, 5.0, "3 calls in flight")
+        await wait_for(lambda: server.inbound_server is not None
+                       and server.inbound_server.in_flight == 3, 5.0, "3 calls at the app")
+        out, inbound = await scrape(client), await scrape(server)
+        assert await asyncio.gather(*slow) == [grpc.StatusCode.OK] * 3
+    assert matching(out, "grpcmesh_calls_in_flight") == {
+        frozenset({("direction", "outbound"), ("service", "echo")}): 3}
+    assert matching(inbound, "grpcmesh_calls_in_flight") == {
+        frozenset({("direction", "inbound"), ("service", "echo")}): 3}
+    assert value(await scrape(client), "grpcmesh_calls_in_flight", direction="outbound",
+                 service="echo") is None
