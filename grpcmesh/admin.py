@@ -4,6 +4,8 @@ GET /live      200 while the process runs
 GET /ready     200 once the sidecar routes (registry answered) and its instance is registered
 GET /endpoints JSON: every known service and endpoint with health and call counts; with
                --workers, each worker process's own view too (the primary asks the others)
+GET /metrics   Prometheus text: the sidecar's metrics (docs/telemetry.md); absent with
+               --no-metrics
 GET /config    JSON: the mesh config in force here: version, applied_at (when it took effect in
                this sidecar), digest and the canonical config
 
@@ -17,9 +19,19 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A route's body served as it is (not JSON), with its content type."""
+
+    content_type: str
+    body: bytes
+
 
 Route = Callable[..., "tuple[int, Any] | Awaitable[tuple[int, Any]]"]  # () or (query)
 
@@ -66,10 +78,14 @@ class AdminServer:
                     result = (route(dict(urllib.parse.parse_qsl(query)))
                               if inspect.signature(route).parameters else route())
                     status, body = await result if inspect.isawaitable(result) else result
-            payload = (json.dumps(body, indent=2) + "\n").encode()
+            if isinstance(body, Raw):
+                payload, content_type = body.body, body.content_type
+            else:
+                payload = (json.dumps(body, indent=2) + "\n").encode()
+                content_type = "application/json"
             reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
                       503: "Service Unavailable"}.get(status, "")
-            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
                          f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
                          + payload)
             await writer.drain()
@@ -81,6 +97,15 @@ class AdminServer:
 
 async def admin_get(address: str, path: str, timeout: float = 5.0) -> Any:
     """GET a sidecar admin path and decode its JSON body."""
+    body = await admin_fetch(address, path, timeout)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ValueError(f"its {path} answer is not JSON") from None
+
+
+async def admin_fetch(address: str, path: str, timeout: float = 5.0) -> bytes:
+    """GET a sidecar admin path: its body (JSON, or /metrics' text)."""
     host, _, port = address.rpartition(":")
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
@@ -99,7 +124,4 @@ async def admin_get(address: str, path: str, timeout: float = 5.0) -> Any:
                          if raw else "it closed the connection without an answer")
     if not head.startswith(b"HTTP/1.1 200"):
         raise ValueError(head.split(b"\r\n")[0].decode(errors="replace"))
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise ValueError(f"its {path} answer is not JSON") from None
+    return body

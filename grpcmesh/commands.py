@@ -181,7 +181,8 @@ async def cmd_sidecar(args: argparse.Namespace) -> int:
         balancer=balancer,
         access_log=args.access_log,
         access_log_buffer=args.access_log_buffer,
-        otlp=args.otlp, trace_sample_ratio=args.trace_sample_ratio))
+        otlp=args.otlp, trace_sample_ratio=args.trace_sample_ratio,
+        metrics=args.metrics))
     workers = Workers(sidecar.fail)
     try:
         await sidecar.start()

@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import reflection
-from grpcmesh.admin import AdminServer, admin_get
+from grpcmesh.admin import AdminServer, Raw, admin_fetch, admin_get
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
@@ -44,6 +44,10 @@ from grpcmesh.server_util import reconnect_options, with_port
 from grpcmesh.sidecar_config import ConfigCallback, ConfigInForce, LiveConfig
 from grpcmesh.telemetry.access_log import DEFAULT_BUFFER as DEFAULT_ACCESS_LOG_BUFFER
 from grpcmesh.telemetry.access_log import AccessLog
+from grpcmesh.telemetry.collector import MeshCollector, MeshView
+from grpcmesh.telemetry.counters import CallCounters
+from grpcmesh.telemetry.exposition import CONTENT_TYPE, Exposition
+from grpcmesh.telemetry.merge import merged_text
 from grpcmesh.telemetry.tracing import DEFAULT_RATIO as DEFAULT_TRACE_RATIO
 from grpcmesh.telemetry.tracing import Tracing, otlp_provider
 from grpcmesh.telemetry.window import Window
@@ -82,6 +86,8 @@ class SidecarSettings:
     # --otlp HOST:PORT: a span per call, exported there (telemetry/tracing.py), None: off
     otlp: str | None = None
     trace_sample_ratio: float = DEFAULT_TRACE_RATIO
+    # --no-metrics: no /metrics, and no observer counting each call (docs/telemetry.md)
+    metrics: bool = True
 
 
 def _fixed_target(name: str, service: str, address: str) -> Target:
@@ -127,7 +133,6 @@ class Sidecar:
         self.ejections = Ejections(self._pool_of, self.clock)
         self.inbound_server: Relay | None = None
         self.access_log: AccessLog | None = None
-        self.window = Window()  # the last minute of calls, for /stat (grpcmesh stat)
         self.registrar: Registrar | None = None
         self.app_health = Health.UNKNOWN
         self.registry_up = False
@@ -139,8 +144,22 @@ class Sidecar:
         self.config.listeners.append(self._config_in_force)
         self.admin = AdminServer(settings.admin or "", {
             "/live": lambda: (200, {"live": True}), "/ready": self._ready,
-            "/endpoints": self._all_endpoints, "/stat": self._stat,
+            "/endpoints": self._all_endpoints,
             "/config": lambda: (200, self.config.current.to_json())})
+        # Metrics: each relay's CallCounters observe its calls; the rest is read at scrape time
+        self.window = Window()  # the last minute of calls, for /stat (grpcmesh stat)
+        self.metrics: MeshView | None = None
+        if settings.metrics:
+            counts = CallCounters("outbound", self.routes.method)
+            self.outbound_server.observers.append(counts.observe)
+            self.metrics = MeshView([(self.outbound_server, counts)], self._pools,
+                                    lambda: self.config_version, lambda: self.registry_up,
+                                    self.clock)
+            self._exposition = Exposition(MeshCollector(self.metrics))
+            self.admin.routes["/metrics"] = self._metrics
+            # and the last minute of calls, for grpcmesh stat
+            self.outbound_server.observers.append(self.window.observer("outbound"))
+            self.admin.routes["/stat"] = self._stat
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None
@@ -151,7 +170,6 @@ class Sidecar:
 
     async def start(self) -> None:
         s = self.settings
-        self.outbound_server.observers.append(self.window.observer("outbound"))
         if s.access_log is not None:
             self.access_log = AccessLog(s.access_log, self.clock, s.access_log_buffer)
             self.outbound_server.observers.append(self.access_log.observer("outbound"))
@@ -169,9 +187,13 @@ class Sidecar:
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
-                self.inbound_server.observers.append(self.window.observer("inbound"))
                 if self.access_log is not None:
                     self.inbound_server.observers.append(self.access_log.observer("inbound"))
+                if self.metrics is not None:
+                    counts = CallCounters("inbound", self.routes.method, s.service)
+                    self.inbound_server.observers.append(counts.observe)
+                    self.metrics.relays = [*self.metrics.relays, (self.inbound_server, counts)]
+                    self.inbound_server.observers.append(self.window.observer("inbound"))
                 self.inbound_server.set_config(self.mesh_config)
                 self.inbound_address = with_port(s.inbound, self.inbound_server.bind(
                     s.inbound, "inbound", s.reuse_port, join=s.secondary))
@@ -292,6 +314,9 @@ class Sidecar:
         elif not self.ejections.detectors and observe in observers:
             observers.remove(observe)
 
+    def _pools(self) -> dict[str, Pool]:
+        return {**self.routes.pools, **self.external.pools}
+
     def _pool_of(self, service: str) -> Pool | None:
         return self.routes.pools.get(service) or self.external.pools.get(service)
 
@@ -360,6 +385,24 @@ class Sidecar:
         body["ready"] = ready
         return (200 if ready else 503), body
 
+    async def _metrics(self) -> tuple[int, Any]:
+        """This process's metrics; with --workers, merged with every worker's (merge.py).
+        A worker whose admin port does not answer is left out, and logged."""
+        own = self._exposition.render()
+        if not self.worker_admins:
+            return 200, Raw(CONTENT_TYPE, own)
+
+        async def text(pid: int, admin: str) -> str | None:
+            try:
+                return (await admin_fetch(admin, "/metrics", timeout=2.0)).decode()
+            except (OSError, ValueError) as err:  # TimeoutError is an OSError
+                log.warning("/metrics leaves out worker %d: cannot read its admin port %s: "
+                            "%r", pid, admin, err)
+                return None
+        others = await asyncio.gather(*(text(pid, a) for pid, a in self.worker_admins))
+        return 200, Raw(CONTENT_TYPE, merged_text(
+            [own.decode(), *(t for t in others if t is not None)]))
+
     async def _all_endpoints(self) -> tuple[int, Any]:
         """This process's view; with --workers, also every worker's own view under "workers"
         (worker 0 is this process), because each worker balances on its own."""
@@ -403,7 +446,7 @@ class Sidecar:
         wall_offset = time.time() - now
         services: dict[str, Any] = {}
         external = self.external.describe()
-        for name, pool in sorted({**self.routes.pools, **self.external.pools}.items()):
+        for name, pool in sorted(self._pools().items()):
             endpoints = []
             for _, e in sorted(pool.endpoints.items()):
                 estimate = e.rtt.get(now)

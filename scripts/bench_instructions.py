@@ -24,8 +24,11 @@ cancels out). Variants:
                 written by its thread (both counted)
   window        base plus the sidecar's last-minute window for /stat (grpcmesh stat), which
                 every sidecar keeps: each call's end record counted per service and endpoint
+  metrics       base plus the sidecar's metrics observer (grpcmesh/telemetry/counters.py),
+                which makes the relay build each call's end record and counts it
 
-Targets (issue 10): interceptor <= 1.05x base; config <= 1.1x base. Prints a table, writes JSON,
+Targets (issue 10): interceptor <= 1.05x base; config <= 1.1x base; (issue 12) metrics
+<= 1.1x base. Prints a table, writes JSON,
 says PASS or MISS, exits 1 on a MISS. Needs valgrind (apt-get install -y valgrind); about 20 s
 per run, two runs per variant.
 
@@ -48,10 +51,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("base", "deadline", "interceptor", "config", "outlier", "retry", "hedge",
-            "access_log", "window")
+            "access_log", "window", "metrics")
 RULES = {"retry": "services:\n  echo:\n    retry: {methods: all}\n",
          "hedge": "services:\n  echo:\n    hedge: {delay: 1s, methods: all}\n"}
-TARGETS = {"interceptor": 1.05, "config": 1.10}
+TARGETS = {"interceptor": 1.05, "config": 1.10, "metrics": 1.10}
 
 # The relay under measurement (run as `bench_instructions.py --relay VARIANT APP CALLS`).
 
@@ -92,6 +95,11 @@ async def relay_main(variant: str, app: str, calls: int) -> None:
         from grpcmesh.telemetry.window import Window
 
         relay.observers.append(Window().observer("outbound"))
+    if variant == "metrics":
+        from grpcmesh.telemetry.counters import CallCounters
+
+        known = {"/grpcmesh.example.v1.Echo/Unary": True}  # (the sidecar: RouteTable.method)
+        relay.observers.append(CallCounters("outbound", known.get).observe)
     port = relay.bind("127.0.0.1:0", "bench")
     await relay.start()
     client = await asyncio.create_subprocess_exec(

@@ -2,8 +2,9 @@
 """The data path's cost, side by side: direct, a bare grpc.aio proxy (the floor of a call-level
 proxy, which was grpcmesh's first data path), grpcmesh (outbound on the frame relay; the same
 with unknown method kinds; the same with one no-op interceptor in the chain, the cost of the
-chain; the same with issue 10's section-3 mesh config applied, the cost of the rules; the full
-mesh hop outbound + inbound), the bare
+chain; the same with issue 10's section-3 mesh config applied, the cost of the rules; the same
+with --no-metrics, against which outbound shows the cost of metrics; the full mesh hop
+outbound + inbound), the bare
 proxy on asyncio's own loop instead of uvloop (`bare-asyncio`, not run by default), nginx and
 HAProxy when installed, and `tcp`, a TCP splice on uvloop (scripts/tcp_proxy.py): the floor of
 Python I/O, not a mesh proxy.
@@ -51,7 +52,8 @@ from grpcmesh.registry.client import RegistryClient
 
 ECHO = "grpcmesh.example.v1.Echo"
 CONFIGS = ("direct", "bare", "bare-asyncio", "outbound", "outbound-unknown",
-           "outbound-interceptor", "outbound-config", "mesh", "nginx", "haproxy", "tcp")
+           "outbound-interceptor", "outbound-config", "outbound-no-metrics", "mesh", "nginx",
+           "haproxy", "tcp")
 # The mesh config of issue 10's section 3 for the backend's service (a split, timeouts, a
 # fault rule at 0%): what the rules cost per call (outbound-config against outbound). The
 # timeouts are long, so that the benchmark's long-lived streams are not cut.
@@ -233,7 +235,8 @@ async def start_targets(args: argparse.Namespace, tmp: Path, daemons: list[procs
     noop = ("--interceptor", "grpcmesh.example.noop:factory")
     for name, with_methods, extra in (("outbound", True, ()), ("outbound-unknown", False, ()),
                                       ("outbound-interceptor", True, noop),
-                                      ("outbound-config", True, ())):
+                                      ("outbound-config", True, ()),
+                                      ("outbound-no-metrics", True, ("--no-metrics",))):
         if name not in wanted:
             continue
         registry = await registry_with(pb.Instance(

@@ -6,6 +6,7 @@ hedge (hedging.py), to an endpoint not tried whose connection is up.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Sequence
 
 import grpc
@@ -33,6 +34,7 @@ class Dispatch:
     settings: ForwardSettings
     clock: Clock
     flusher: Flusher
+    hedges: collections.Counter[str]
 
     def route_to(self, call: Call, target: Target, block: bytes | None, headers: Headers
                  ) -> None:
@@ -107,6 +109,7 @@ class Dispatch:
             return False
         if not schedule.fire(now, race.budget):
             return False
+        self.hedges[call.service] += 1
         headers = replaced(call.request, PREVIOUS_ATTEMPTS, str(len(call.attempts)))
         if call.deadline is not None:
             headers = replaced(headers, "grpc-timeout",

@@ -97,6 +97,11 @@ class Relay(Interception, Dispatch):
         self.in_flight = 0  # calls not yet ended
         self.held = 0  # bytes of request held by calls until they commit (call.py)
         self.observers: list[Observer] = []  # each reads every call's CallRecord
+        # Attempts sent again, by (service, why: the failed attempt's status name,
+        # "per_try_timeout", or "refused" for one no app saw), and hedges sent, by service
+        # (read by grpcmesh/telemetry; counted where they are sent, off the common path)
+        self.retries: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.hedges: collections.Counter[str] = collections.Counter()
         self.draining = False
         self.all_gone: asyncio.Event | None = None  # set when draining and every client is gone
         self._sock: socket.socket | None = None

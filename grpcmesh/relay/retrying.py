@@ -76,7 +76,10 @@ class Retrying(RequestSide):
                 self.refused >= REFUSED_ATTEMPTS - 1:
             return False  # (an app that sent headers saw it: not sent again unseen)
         self.refused += 1
-        return self.relay.retry(cast("Call", self), self.seen(), fallback=False)
+        if not self.relay.retry(cast("Call", self), self.seen(), fallback=False):
+            return False
+        self.relay.retries[self.service, "refused"] += 1
+        return True
 
     def refuse(self) -> None:
         """The current attempt was refused unseen and goes nowhere else. If no app saw the
@@ -167,6 +170,7 @@ class Retrying(RequestSide):
         if up is not None and not (up.ended_in and up.ended_out):
             up.peer.reset(up, f.CANCEL)
         previous = count.attempts - 1
+        relay.retries[self.service, "per_try_timeout" if per_try_timeout else code.name] += 1
         self.pause = relay.call_later(decision.delay, lambda: self._again(previous))
         return True
 

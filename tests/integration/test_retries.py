@@ -10,6 +10,7 @@ from generated.grpcmesh.example.v1 import echo_pb2_grpc
 from grpcmesh.admin import admin_get
 from grpcmesh.registry.model import is_idempotent
 from tests.conftest import Mesh, wait_for
+from tests.integration.test_metrics import matching, scrape, value
 from tests.integration.test_rules import ECHO, apply, running
 
 RETRY = ("services:\n  echo:\n    balancer: round_robin\n"  # (bad keeps its share)
@@ -53,3 +54,10 @@ async def test_idempotent_methods_are_retried_and_the_others_never_sent_twice(
         "retry_budget"]
     assert budget["calls"] == 60 and budget["retries"] == bad.service.calls - failed
     assert (budget["ratio"], budget["min_per_second"], budget["exhausted"]) == (0.2, 10, 0)
+    # /metrics counts the same retries, by the failed attempt's status
+    out = await scrape(client)
+    assert matching(out, "grpcmesh_retries_total") == {
+        frozenset({("service", "echo"), ("reason", "UNAVAILABLE")}): budget["retries"]}
+    assert value(out, "grpcmesh_retry_budget_exhausted_total", service="echo") == 0
+    assert value(out, "grpcmesh_calls_total", direction="outbound", service="echo",
+                 method=f"{ECHO}/Get", code="OK") == 30

@@ -11,10 +11,11 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from generated.grpcmesh.example.v1 import echo_pb2, echo_pb2_grpc
 from grpcmesh import procs
-from grpcmesh.admin import admin_get
+from grpcmesh.admin import admin_fetch, admin_get
 from tests.integration.test_external import external
 from tests.integration.test_rules import apply
 
@@ -101,6 +102,14 @@ async def test_both_workers_forward_and_sigterm_drains_both(
     calls = [sum(e["calls"] for e in w["services"]["echo"]["endpoints"])
              for w in body["workers"]]
     assert all(c >= 1 for c in calls) and sum(calls) >= 30
+
+    # The primary's /metrics counts every worker's calls (telemetry/merge.py)
+    text = (await admin_fetch(client.addresses["admin"], "/metrics")).decode()
+    ok = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+          if s.name == "grpcmesh_calls_total" and s.labels == {
+              "direction": "outbound", "service": "echo",
+              "method": "grpcmesh.example.v1.Echo/Unary", "code": "OK"}]
+    assert ok == [31]  # the first that went through, then 30
 
     # Sharing the port is for the sidecar's own workers: another sidecar is refused it.
     with pytest.raises(RuntimeError, match="cannot listen on .* for outbound: Address already"):

@@ -65,6 +65,7 @@ async def test_the_hedge_answers_first_and_the_first_attempt_is_cancelled() -> N
     assert client_status(got) == grpc.StatusCode.OK
     assert [(r.code, r.attempts, r.endpoint) for r in mesh.records] == [
         (grpc.StatusCode.OK, 2, second.address)]
+    assert mesh.relay.hedges == {mesh.records[0].service: 1}  # (for /metrics)
     assert all(e.in_flight == 0 for e in mesh.pool.endpoints.values())
     mesh.assert_clean()
 
@@ -93,6 +94,7 @@ async def test_an_answer_within_the_delay_sends_no_hedge() -> None:
     await hedge_due(mesh)
     assert second_t.frames() == []
     assert [r.attempts for r in mesh.records] == [1]
+    assert mesh.relay.hedges == {}
     mesh.assert_clean()
 
 

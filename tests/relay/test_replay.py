@@ -85,6 +85,7 @@ async def test_a_call_no_app_saw_is_sent_to_the_other_endpoint_with_its_request(
     assert client_status(mesh.down_t.frames()) == grpc.StatusCode.OK
     assert [r.attempts for r in mesh.records] == [2]
     assert mesh.records[0].endpoint == second.address
+    assert mesh.relay.retries == {(mesh.records[0].service, "refused"): 1}  # (/metrics)
     mesh.assert_clean()
 
 
@@ -120,6 +121,7 @@ async def test_a_request_over_the_retry_buffer_commits_and_is_not_sent_again(
     got = mesh.down_t.frames()
     assert kinds(got) == [f.RST_STREAM]  # refused: the client may retry it itself
     assert int.from_bytes(got[0][3], "big") == f.REFUSED_STREAM
+    assert mesh.relay.retries == {}  # (not sent again)
     mesh.assert_clean()
 
 

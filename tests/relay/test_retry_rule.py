@@ -58,6 +58,7 @@ async def test_headers_then_an_error_with_no_message_is_sent_to_the_other_endpoi
     assert kinds(got) == [f.HEADERS, f.DATA, f.HEADERS]
     assert client_status(got) == grpc.StatusCode.OK
     assert [(r.code, r.attempts) for r in mesh.records] == [(grpc.StatusCode.OK, 2)]
+    assert mesh.relay.retries == {(mesh.records[0].service, "UNAVAILABLE"): 1}  # (/metrics)
     mesh.assert_clean()
 
 
@@ -158,6 +159,7 @@ async def test_an_attempt_with_no_response_within_per_try_timeout_is_sent_again(
     assert client_status(mesh.down_t.frames()) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert [(r.code, r.attempts, r.reason, r.retry_stop) for r in mesh.records] == [
         (grpc.StatusCode.DEADLINE_EXCEEDED, 2, "per_try_timeout", "attempts_exhausted")]
+    assert mesh.relay.retries == {(mesh.records[0].service, "per_try_timeout"): 1}
     mesh.assert_clean()
 
 
