@@ -140,7 +140,7 @@ class AdminServer:
         app.router.add_route("*", "/{path:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = _Site(runner, host, int(port), self.limits.head_timeout)
+        site = _Site(runner, host.strip("[]"), int(port), self.limits.head_timeout)
         try:
             await site.start()
         except OSError as err:

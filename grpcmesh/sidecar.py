@@ -2,10 +2,10 @@
 
 Start-up: outbound listener -> registry watch (instances, and the mesh config: mesh_config,
 config_version, on_config; sidecar_config.py; its external services are resolved by DNS and
-routed to: grpcmesh/external/) -> (with an app) learn its proto services,
-watch its health, register under a lease, inbound listener. Shutdown (SIGTERM): report
-NOT_SERVING, deregister, wait drain_delay so peers stop sending, then stop the listeners,
-letting calls in flight finish within the grace period.
+routed to: grpcmesh/external/) -> admin port -> (with an app) inbound listener, learn its
+proto services, watch its health, register under a lease (with the admin port's address).
+Shutdown (SIGTERM): report NOT_SERVING, deregister, wait drain_delay so peers stop sending,
+then stop the listeners, letting calls in flight finish within the grace period.
 """
 from __future__ import annotations
 
@@ -145,6 +145,8 @@ class Sidecar:
         self._spawn(watch_forever(self.client, self._on_event,
                                   pb.WatchRequest(include_config=True),
                                   on_state=self._registry_state), "registry-watch")
+        if s.admin is not None:  # before the app's registration, which carries its address
+            await self.admin.start()
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
@@ -154,8 +156,6 @@ class Sidecar:
                 await self.inbound_server.start()
             if not s.secondary:
                 self._spawn(self._serve_app(s.app), "app")
-        if s.admin is not None:
-            await self.admin.start()
         log.info("sidecar for %s: outbound %s, inbound %s, admin %s, app %s", s.service,
                  self.outbound_address, self.inbound_address or "-", self.admin.address,
                  s.app or "none (client only)")
@@ -187,7 +187,8 @@ class Sidecar:
         instance = Instance(
             service=s.service, address=self.inbound_address or app,
             instance_id=s.instance_id or self.inbound_address or app,
-            proto_services=tuple(protos), labels=s.labels, methods=methods)
+            proto_services=tuple(protos), labels=s.labels, methods=methods,
+            admin_address=self.admin.address)
         self.registrar = Registrar(self._registrar_client, instance, s.ttl_seconds)
         first = asyncio.Event()
 

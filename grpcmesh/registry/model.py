@@ -83,6 +83,7 @@ class Instance:
     owner: str = ""
     lease_id: int = 0
     methods: tuple[Method, ...] = ()
+    admin_address: str = ""  # its sidecar's admin port; "" without one
 
     @property
     def key(self) -> tuple[str, str]:
@@ -98,7 +99,7 @@ class Instance:
             proto_services=list(self.proto_services), labels=dict(self.labels),
             health=cast(pb.HealthStatus, int(self.health)), owner=self.owner,
             lease_id=self.lease_id,
-            methods=[m.to_proto() for m in self.methods],
+            methods=[m.to_proto() for m in self.methods], admin_address=self.admin_address,
         )
 
     @classmethod
@@ -109,6 +110,7 @@ class Instance:
             health=Health(msg.health) if msg.health in Health._value2member_map_ else Health.UNKNOWN,
             owner=msg.owner, lease_id=msg.lease_id,
             methods=tuple(Method.from_proto(m) for m in msg.methods),
+            admin_address=msg.admin_address,
         )
 
 
