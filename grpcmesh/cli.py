@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP admin port: /live, /ready, /endpoints (default 127.0.0.1:15000)")
     p.add_argument("--proto-service", type=PROTO, action="append", default=[], metavar="NAME",
                    help="proto service the app serves (repeatable; default: ask its reflection)")
-    p.add_argument("--instance-id", help="instance id (default: the registered address)")
+    p.add_argument("--instance-id", help="instance id (default: the registered address; "
+                   "client-only: HOSTNAME:OUTBOUND-PORT)")
     p.add_argument("--label", type=LABEL, action="append", default=[], metavar="KEY=VALUE",
                    help="instance label (repeatable)")
     p.add_argument("--ttl", type=int, default=10, metavar="SECONDS",

@@ -72,6 +72,12 @@ def is_idempotent(method: Method | None) -> bool:
     return method is not None and method.idempotency != Idempotency.UNKNOWN
 
 
+# A client-only sidecar announces itself as an instance of its --service with this label and
+# no proto services (docs/registry.md, "Client-only sidecars"); sidecars never route to it.
+ROLE_LABEL = "grpcmesh.io/role"
+CLIENT_ROLE = "client"
+
+
 @dataclass(frozen=True)
 class Instance:
     service: str
@@ -92,6 +98,11 @@ class Instance:
     @property
     def checked_by_registry(self) -> bool:
         return self.lease_id == 0
+
+    @property
+    def is_client(self) -> bool:
+        """A client-only sidecar's announcement: not an endpoint, never routed to."""
+        return (ROLE_LABEL, CLIENT_ROLE) in self.labels
 
     def to_proto(self) -> pb.Instance:
         return pb.Instance(
