@@ -138,7 +138,9 @@ class AdminServer:
             "logger": _QuietLog(log.getChild("http")),
         })
         app.router.add_route("*", "/{path:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # stop() waits for routes in progress, which handler_timeout bounds
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=self.limits.handler_timeout)
         await runner.setup()
         site = _Site(runner, host.strip("[]"), int(port), self.limits.head_timeout)
         try:

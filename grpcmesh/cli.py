@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept the mesh's calls for the app here and register this address "
                         "(default: register the app's own address)")
     p.add_argument("--admin", type=LISTEN, default="127.0.0.1:15000", metavar="HOST:PORT",
-                   help="HTTP admin port: /live, /ready, /endpoints (default 127.0.0.1:15000)")
+                   help="HTTP admin port: /live, /ready, /endpoints, /config (default "
+                   "127.0.0.1:15000)")
     p.add_argument("--proto-service", type=PROTO, action="append", default=[], metavar="NAME",
                    help="proto service the app serves (repeatable; default: ask its reflection)")
     p.add_argument("--instance-id", help="instance id (default: the registered address; "
