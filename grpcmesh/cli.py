@@ -172,14 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept the mesh's calls for the app here and register this address "
                         "(default: register the app's own address)")
     p.add_argument("--admin", type=LISTEN, default="127.0.0.1:15000", metavar="HOST:PORT",
-                   help="HTTP admin port: /live, /ready, /endpoints, /metrics "
-                        "(default 127.0.0.1:15000)")
+                   help="HTTP admin port: /live, /ready, /endpoints, /config, /stat, "
+                        "/metrics (default 127.0.0.1:15000)")
     p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
                    help="Prometheus metrics at the admin port's /metrics; --no-metrics saves "
                         "their per-call count (default on; docs/telemetry.md)")
     p.add_argument("--proto-service", type=PROTO, action="append", default=[], metavar="NAME",
                    help="proto service the app serves (repeatable; default: ask its reflection)")
-    p.add_argument("--instance-id", help="instance id (default: the registered address)")
+    p.add_argument("--instance-id", help="instance id (default: the registered address; "
+                   "client-only: HOSTNAME:OUTBOUND-PORT)")
     p.add_argument("--label", type=LABEL, action="append", default=[], metavar="KEY=VALUE",
                    help="instance label (repeatable)")
     p.add_argument("--ttl", type=int, default=10, metavar="SECONDS",

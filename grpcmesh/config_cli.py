@@ -20,7 +20,7 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import config
 from grpcmesh.clock import iso_utc
 from grpcmesh.commands import CliError, _registry_call
-from grpcmesh.registry.model import PushedConfig
+from grpcmesh.registry.model import CLIENT_ROLE, ROLE_LABEL, PushedConfig
 from grpcmesh.sidecar_config import digest_of
 
 
@@ -137,9 +137,11 @@ def render(rules: Any) -> str:
 
 async def _known_instances(args: argparse.Namespace, services: list[str]
                            ) -> dict[str, list[dict[str, str]]]:
-    """service -> its registered instances' labels (a service never registered has none)."""
+    """service -> its registered instances' labels (a service never registered has none;
+    client-only sidecars' announcements are no endpoints a subset could select)."""
     return {name: [dict(inst.labels) for inst in await _resolve(
-        args, pb.ResolveRequest(service=name))] for name in services}
+        args, pb.ResolveRequest(service=name))
+        if inst.labels.get(ROLE_LABEL) != CLIENT_ROLE] for name in services}
 
 
 async def _serving(args: argparse.Namespace, protos: list[str]) -> dict[str, list[str]]:

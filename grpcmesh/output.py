@@ -38,9 +38,9 @@ def print_instances(resp: pb.ResolveResponse, as_json: bool) -> None:
     if as_json:
         print(_json(resp))
         return
-    print(table(["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "LEASE", "LABELS"],
+    print(table(["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "LEASE", "ADMIN", "LABELS"],
                 [[i.service, i.instance_id, i.address, pb.HealthStatus.Name(i.health),
-                  i.lease_id or "registry-checked",
+                  i.lease_id or "registry-checked", i.admin_address or "-",
                   ",".join(f"{k}={v}" for k, v in sorted(i.labels.items())) or "-"]
                  for i in resp.instances]))
 

@@ -112,6 +112,8 @@ class RouteTable:
         if event.type == EventType.SNAPSHOT:
             by_service: dict[str, list[Instance]] = {name: [] for name in self.pools}
             for inst in event.instances:
+                if inst.is_client:  # a client-only sidecar: not an endpoint
+                    continue
                 by_service.setdefault(inst.service, []).append(inst)
                 self._index(inst)
             for name, insts in by_service.items():
@@ -121,6 +123,10 @@ class RouteTable:
                 else:
                     self._pool(name).reset(insts)
             self.synced = True
+        elif event.type == EventType.UPSERT and event.instances[0].is_client:
+            pool = self.pools.get(event.instances[0].service)  # in case it was an endpoint
+            if pool is not None:
+                pool.remove(event.instances[0].instance_id)
         elif event.type == EventType.UPSERT:
             inst = event.instances[0]
             self._index(inst)

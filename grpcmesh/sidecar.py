@@ -2,10 +2,11 @@
 
 Start-up: outbound listener -> registry watch (instances, and the mesh config: mesh_config,
 config_version, on_config; sidecar_config.py; its external services are resolved by DNS and
-routed to: grpcmesh/external/) -> (with an app) learn its proto services,
-watch its health, register under a lease, inbound listener. Shutdown (SIGTERM): report
-NOT_SERVING, deregister, wait drain_delay so peers stop sending, then stop the listeners,
-letting calls in flight finish within the grace period.
+routed to: grpcmesh/external/) -> admin port -> (with an app) inbound listener, learn its
+proto services, watch its health, register under a lease (with the admin port's address);
+(without one) announce this client-only sidecar under a lease, as no endpoint.
+Shutdown (SIGTERM): report NOT_SERVING, deregister, wait drain_delay so peers stop sending,
+then stop the listeners, letting calls in flight finish within the grace period.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import asyncio
 import logging
 import os
 import random
+import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +37,15 @@ from grpcmesh.external.table import ExternalTable
 from grpcmesh.health import HealthWatcher
 from grpcmesh.interceptors import Interceptor
 from grpcmesh.registry.client import Backoff, Registrar, RegistryClient, watch_forever
-from grpcmesh.registry.model import Event, EventType, Health, Instance, Method
+from grpcmesh.registry.model import (
+    CLIENT_ROLE,
+    ROLE_LABEL,
+    Event,
+    EventType,
+    Health,
+    Instance,
+    Method,
+)
 from grpcmesh.relay.limits import RelayLimits
 from grpcmesh.relay.relay import Relay
 from grpcmesh.relay.settings import ForwardSettings
@@ -184,6 +195,8 @@ class Sidecar:
         self._spawn(watch_forever(self.client, self._on_event,
                                   pb.WatchRequest(include_config=True),
                                   on_state=self._registry_state), "registry-watch")
+        if s.admin is not None:  # before the app's registration, which carries its address
+            await self.admin.start()
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
@@ -200,8 +213,8 @@ class Sidecar:
                 await self.inbound_server.start()
             if not s.secondary:
                 self._spawn(self._serve_app(s.app), "app")
-        if s.admin is not None:
-            await self.admin.start()
+        elif not s.secondary:
+            self._spawn(self._announce(), "announce")
         log.info("sidecar for %s: outbound %s, inbound %s, admin %s, app %s", s.service,
                  self.outbound_address, self.inbound_address or "-", self.admin.address,
                  s.app or "none (client only)")
@@ -239,7 +252,8 @@ class Sidecar:
         instance = Instance(
             service=s.service, address=self.inbound_address or app,
             instance_id=s.instance_id or self.inbound_address or app,
-            proto_services=tuple(protos), labels=s.labels, methods=methods)
+            proto_services=tuple(protos), labels=s.labels, methods=methods,
+            admin_address=self.admin.address)
         self.registrar = Registrar(self._registrar_client, instance, s.ttl_seconds)
         first = asyncio.Event()
 
@@ -253,6 +267,28 @@ class Sidecar:
         self._spawn(HealthWatcher(app, on_health).run(), "app-health")
         await first.wait()
         await self.registrar.run()
+
+    async def _announce(self) -> None:
+        """A client-only sidecar registers itself, so tools find it through the registry: an
+        instance of its --service with no proto services, labelled grpcmesh.io/role=client,
+        which sidecars never route to (docs/registry.md, "Client-only sidecars"). A registry
+        that refuses it does not stop the sidecar: its app's calls matter more."""
+        s = self.settings
+        port = self.outbound_address.rpartition(":")[2]
+        host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:100].strip(".-") or "client"
+        instance = Instance(
+            service=s.service, address=self.outbound_address,
+            # Unique across machines: every client sidecar's outbound is 127.0.0.1:15001.
+            instance_id=s.instance_id or f"{host}:{port}",
+            labels=tuple(sorted({*((k, v) for k, v in s.labels if k != ROLE_LABEL),
+                                 (ROLE_LABEL, CLIENT_ROLE)})),
+            health=Health.SERVING, admin_address=self.admin.address)
+        self.registrar = Registrar(self._registrar_client, instance, s.ttl_seconds)
+        try:
+            await self.registrar.run()
+        except grpc.aio.AioRpcError as err:
+            log.warning("the registry refused this client-only sidecar's announcement (%s: %s);"
+                        " it keeps routing, unannounced", err.code().name, err.details())
 
     async def _learn_services(self, app: str) -> tuple[list[str], tuple[Method, ...]]:
         """The proto services the app serves (--proto-service, or its reflection) and their

@@ -61,6 +61,27 @@ class Removed:
 # -- RouteTable.apply ---------------------------------------------------------------------------
 
 
+def client(instance_id: str = "c1", service: str = "orders") -> Instance:
+    """A client-only sidecar's announcement."""
+    return replace(inst(instance_id, service, protos=()),
+                   labels=(("grpcmesh.io/role", "client"),))
+
+
+def test_client_only_sidecars_are_never_endpoints() -> None:
+    table = RouteTable()
+    table.apply(snapshot(inst("a1"), client("c1"), client("c2", service="web")))
+    assert ids(table.pools["orders"].endpoints.values()) == ["a1"]
+    assert "web" not in table.pools
+    assert route_error(table, GET, "web").code == grpc.StatusCode.UNIMPLEMENTED
+    table.apply(upsert(client("c3")))
+    table.apply(upsert(replace(inst("a2"), labels=(("grpcmesh.io/role", "client"),))))
+    assert ids(table.pools["orders"].endpoints.values()) == ["a1"]
+    assert table.revision == 2
+    table.apply(delete(client("c3")))
+    assert ids(table.pools["orders"].endpoints.values()) == ["a1"]
+
+
+
 def test_snapshot_fills_pools_and_marks_synced() -> None:
     table = RouteTable()
     assert not table.synced

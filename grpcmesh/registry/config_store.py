@@ -65,10 +65,12 @@ ConfigListener = Callable[[PushedConfig], None]
 
 
 def known_instances(instances: Iterable[Instance]) -> dict[str, list[dict[str, str]]]:
-    """service -> its instances' labels, for check_text's empty-subset warnings."""
+    """service -> its instances' labels, for check_text's empty-subset warnings (client-only
+    sidecars' announcements are no endpoints a subset could select)."""
     known: dict[str, list[dict[str, str]]] = {}
     for inst in instances:
-        known.setdefault(inst.service, []).append(dict(inst.labels))
+        if not inst.is_client:
+            known.setdefault(inst.service, []).append(dict(inst.labels))
     return known
 
 

@@ -58,7 +58,8 @@ def _strings(instance: Instance) -> list[tuple[str, str]]:
     """(field, value) for every string of a registration."""
     found = [("instance.service", instance.service),
              ("instance.instance_id", instance.instance_id),
-             ("instance.address", instance.address), ("instance.owner", instance.owner)]
+             ("instance.address", instance.address), ("instance.owner", instance.owner),
+             ("instance.admin_address", instance.admin_address)]
     found += [(f"instance.proto_services[{i}]", p) for i, p in enumerate(instance.proto_services)]
     for key, value in instance.labels:
         found += [("instance.labels key", key), (f"instance.labels[{key[:40]}]", value)]

@@ -72,6 +72,12 @@ def is_idempotent(method: Method | None) -> bool:
     return method is not None and method.idempotency != Idempotency.UNKNOWN
 
 
+# A client-only sidecar announces itself as an instance of its --service with this label and
+# no proto services (docs/registry.md, "Client-only sidecars"); sidecars never route to it.
+ROLE_LABEL = "grpcmesh.io/role"
+CLIENT_ROLE = "client"
+
+
 @dataclass(frozen=True)
 class Instance:
     service: str
@@ -83,6 +89,7 @@ class Instance:
     owner: str = ""
     lease_id: int = 0
     methods: tuple[Method, ...] = ()
+    admin_address: str = ""  # its sidecar's admin port; "" without one
 
     @property
     def key(self) -> tuple[str, str]:
@@ -92,13 +99,18 @@ class Instance:
     def checked_by_registry(self) -> bool:
         return self.lease_id == 0
 
+    @property
+    def is_client(self) -> bool:
+        """A client-only sidecar's announcement: not an endpoint, never routed to."""
+        return (ROLE_LABEL, CLIENT_ROLE) in self.labels
+
     def to_proto(self) -> pb.Instance:
         return pb.Instance(
             service=self.service, instance_id=self.instance_id, address=self.address,
             proto_services=list(self.proto_services), labels=dict(self.labels),
             health=cast(pb.HealthStatus, int(self.health)), owner=self.owner,
             lease_id=self.lease_id,
-            methods=[m.to_proto() for m in self.methods],
+            methods=[m.to_proto() for m in self.methods], admin_address=self.admin_address,
         )
 
     @classmethod
@@ -109,6 +121,7 @@ class Instance:
             health=Health(msg.health) if msg.health in Health._value2member_map_ else Health.UNKNOWN,
             owner=msg.owner, lease_id=msg.lease_id,
             methods=tuple(Method.from_proto(m) for m in msg.methods),
+            admin_address=msg.admin_address,
         )
 
 

@@ -6,7 +6,8 @@ re-register themselves when their keep-alive is refused, but nobody would re-reg
 registry-checked one. Methods (kinds and idempotency levels) are stored with the instance, as a
 JSON list, since `grpcmesh register` read them from the app's reflection once and sidecars need
 them (which methods are safe to retry). A method written before levels were stored has no
-`idempotency_level` key and reads as unknown (not idempotent) until registered again. Health is
+`idempotency_level` key and reads as unknown (not idempotent) until registered again. The
+admin address (a sidecar's; rarely set on a registry-checked instance) is stored too. Health is
 not stored; the store reloads every instance as UNKNOWN until its checker has looked again.
 SQLite from the standard library keeps the registry free of a database server; the connection
 is in autocommit mode, so each save or delete is committed on its own.
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS instances (
     labels TEXT NOT NULL,
     owner TEXT NOT NULL,
     methods TEXT NOT NULL DEFAULT '[]',
+    admin_address TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (service, instance_id)
 )
 """
@@ -41,10 +43,12 @@ CREATE TABLE IF NOT EXISTS mesh_config (
     applied_at REAL NOT NULL
 )
 """
-_COLUMNS = "service, instance_id, address, proto_services, labels, owner, methods"
-# Files written before methods were stored lack that column; it is added on open.
-_ADD_METHODS = "ALTER TABLE instances ADD COLUMN methods TEXT NOT NULL DEFAULT '[]'"
-_BEFORE_METHODS = {"service", "instance_id", "address", "proto_services", "labels", "owner"}
+_COLUMNS = ("service, instance_id, address, proto_services, labels, owner, methods, "
+            "admin_address")
+# Columns that files written by older versions lack, added on open (in this order).
+_ADDED_COLUMNS = {"methods": "TEXT NOT NULL DEFAULT '[]'",
+                  "admin_address": "TEXT NOT NULL DEFAULT ''"}
+_FIRST_COLUMNS = {"service", "instance_id", "address", "proto_services", "labels", "owner"}
 
 
 class SqlitePersistence:
@@ -60,8 +64,10 @@ class SqlitePersistence:
             self._conn.execute(_SCHEMA)
             self._conn.execute(_CONFIG_SCHEMA)
             columns = {row[1] for row in self._conn.execute("PRAGMA table_info(instances)")}
-            if columns == _BEFORE_METHODS:
-                self._conn.execute(_ADD_METHODS)
+            if columns >= _FIRST_COLUMNS:
+                for name, kind in _ADDED_COLUMNS.items():
+                    if name not in columns:
+                        self._conn.execute(f"ALTER TABLE instances ADD COLUMN {name} {kind}")
             self._conn.execute(f"SELECT {_COLUMNS} FROM instances LIMIT 0")
             # Fail now, not at the first registration, if the file is read-only.
             self._conn.execute("DELETE FROM instances WHERE 0")
@@ -81,19 +87,21 @@ class SqlitePersistence:
                 Instance(service=service, instance_id=instance_id, address=address,
                          proto_services=tuple(json.loads(protos)),
                          labels=tuple(sorted(json.loads(labels).items())), owner=owner,
-                         methods=tuple(_method(m) for m in json.loads(methods)))
-                for service, instance_id, address, protos, labels, owner, methods in rows
+                         methods=tuple(_method(m) for m in json.loads(methods)),
+                         admin_address=_text(admin_address))
+                for service, instance_id, address, protos, labels, owner, methods, admin_address
+                in rows
             ]
         except (sqlite3.Error, ValueError, TypeError, AttributeError, KeyError) as err:
             raise ValueError(f"--store sqlite:{self.path}: cannot read instances: {err}") from None
 
     def save(self, instance: Instance) -> None:
         self._conn.execute(
-            f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (instance.service, instance.instance_id, instance.address,
              json.dumps(list(instance.proto_services)),
              json.dumps(dict(instance.labels), sort_keys=True), instance.owner,
-             json.dumps([_method_row(m) for m in instance.methods])),
+             json.dumps([_method_row(m) for m in instance.methods]), instance.admin_address),
         )
 
     def delete(self, key: tuple[str, str]) -> None:
@@ -126,6 +134,12 @@ class SqlitePersistence:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"malformed admin_address {value!r}")
+    return value
 
 
 def _method_row(method: Method) -> dict[str, Any]:

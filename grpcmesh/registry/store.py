@@ -63,6 +63,8 @@ def validate_instance(instance: Instance, limits: RegistryLimits = RegistryLimit
         names.check_service(instance.service, "instance.service")
         names.check_instance_id(instance.instance_id, "instance.instance_id")
         names.check_address(instance.address, "instance.address")
+        if instance.admin_address:
+            names.check_address(instance.admin_address, "instance.admin_address")
         for proto in instance.proto_services:
             names.check_proto_service(proto, "instance.proto_services")
         for key, value in instance.labels:

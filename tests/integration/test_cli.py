@@ -385,6 +385,7 @@ async def test_sidecar_deregisters_then_finishes_calls_in_flight_on_sigterm(
         [instance] = await instances(client, "echo")
         assert instance.address == app_sidecar.addresses["inbound"]
         assert instance.lease_id != 0
+        assert instance.admin_address == app_sidecar.addresses["admin"]
 
         await routed_to_echo(client_sidecar)
 

@@ -117,8 +117,9 @@ async def test_calls_keep_flowing_while_the_registry_is_down_and_after_it_return
         await restarted.start()
         mesh.registry = restarted
         try:
-            await wait_for(lambda: len(restarted.store.instances()) == 2, 10,
-                           "sidecars to register again")
+            await wait_for(lambda: len([i for i in restarted.store.instances()
+                                        if i.service == "echo"]) == 2, 10,
+                           "the echo sidecars to register again")  # (and the client's)
             await wait_for(lambda: client.registry_up, 10, "the client's watch to resume")
             c = await mesh.app("c")
             await mesh.sidecar("echo", c)

@@ -103,6 +103,15 @@ def test_warnings_name_subsets_that_select_no_registered_instance() -> None:
     assert prepare(EXAMPLE, "mesh.yaml").warnings == ()  # nothing known, nothing said
 
 
+def test_a_client_only_sidecar_is_no_instance_a_subset_selects() -> None:
+    client = Instance("orders", "host:15001", "127.0.0.1:15001",
+                      labels=(("grpcmesh.io/role", "client"), ("version", "v2")))
+    known = known_instances([Instance("orders", "o1", "10.0.0.1:1",
+                                      labels=(("version", "v1"),)), client])
+    assert known == {"orders": [{"version": "v1"}]}
+    assert len(prepare(EXAMPLE, "mesh.yaml", known).warnings) == 1  # canary selects none
+
+
 def test_warnings_name_mesh_services_whose_calls_an_external_service_takes() -> None:
     serving = serving_protos([Instance("forecast", "f1", "10.0.0.1:1",
                                        proto_services=("weather.v1.Forecast", "x.v1.X")),

@@ -290,6 +290,7 @@ def test_registry_checked_registration_cannot_replace_a_live_lease(h: Harness) -
     ({"labels": (("ok", "a\nb"),)}, 0, "instance.labels[ok] value 'a\\nb'"),
     ({"owner": "x" * 257}, 0, ("instance.owner 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' "
                                "is 257 characters long: at most 256 are allowed")),
+    ({"admin_address": "localhost"}, 0, "instance.admin_address 'localhost' is not HOST:PORT"),
     ({}, -1, "ttl_seconds -1 is out of range"),
     ({}, MAX_TTL_SECONDS + 1, f"ttl_seconds {MAX_TTL_SECONDS + 1} is out of range"),
     ({}, float("nan"), "ttl_seconds nan is out of range"),
@@ -521,6 +522,41 @@ def test_file_from_before_method_kinds_gains_the_column(tmp_path: Path) -> None:
         assert p.load() == [replace(inst("a1"), owner="ops")]
         p.save(replace(inst("a1"), owner="ops", methods=ORDERS_METHODS))
         assert p.load()[0].methods == ORDERS_METHODS
+    finally:
+        p.close()
+
+
+def test_admin_address_is_kept_and_survives_a_restart(
+        db: tuple[str, list[SqlitePersistence]]) -> None:
+    before = Harness(_open(db))
+    leased = before.store.register(replace(inst("a1"), admin_address="127.0.0.1:15000"),
+                                   30).instance
+    assert before.store.resolve(service="orders")[0].admin_address == "127.0.0.1:15000"
+    assert Instance.from_proto(leased.to_proto()) == leased
+    checked = before.store.register(
+        replace(inst("a2", address="10.0.0.2:8080"), admin_address="10.0.0.2:15000"),
+        0).instance
+    assert before.store.snapshot().instances[1].admin_address == "10.0.0.2:15000"
+    after = Harness(_open(db))
+    assert after.store.instances() == [checked]
+
+
+def test_file_from_before_admin_addresses_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE instances (service TEXT NOT NULL, instance_id TEXT NOT NULL, "
+                 "address TEXT NOT NULL, proto_services TEXT NOT NULL, labels TEXT NOT NULL, "
+                 "owner TEXT NOT NULL, methods TEXT NOT NULL DEFAULT '[]', "
+                 "PRIMARY KEY (service, instance_id))")
+    conn.execute("INSERT INTO instances VALUES ('orders', 'a1', '10.0.0.1:8080', "
+                 "'[\"shop.v1.Orders\"]', '{}', 'ops', '[]')")
+    conn.commit()
+    conn.close()
+    p = SqlitePersistence(str(path))
+    try:
+        assert p.load() == [replace(inst("a1"), owner="ops")]
+        p.save(replace(inst("a1"), owner="ops", admin_address="10.0.0.1:15000"))
+        assert p.load()[0].admin_address == "10.0.0.1:15000"
     finally:
         p.close()
 

@@ -20,7 +20,7 @@ SERVING: HealthStatus
 NOT_SERVING: HealthStatus
 
 class Instance(_message.Message):
-    __slots__ = ("service", "instance_id", "address", "proto_services", "labels", "health", "owner", "lease_id", "methods")
+    __slots__ = ("service", "instance_id", "address", "proto_services", "labels", "health", "owner", "lease_id", "methods", "admin_address")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class Instance(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     service: str
     instance_id: str
     address: str
@@ -46,7 +47,8 @@ class Instance(_message.Message):
     owner: str
     lease_id: int
     methods: _containers.RepeatedCompositeFieldContainer[Method]
-    def __init__(self, service: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., proto_services: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., health: _Optional[_Union[HealthStatus, str]] = ..., owner: _Optional[str] = ..., lease_id: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[Method, _Mapping]]] = ...) -> None: ...
+    admin_address: str
+    def __init__(self, service: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., proto_services: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., health: _Optional[_Union[HealthStatus, str]] = ..., owner: _Optional[str] = ..., lease_id: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[Method, _Mapping]]] = ..., admin_address: _Optional[str] = ...) -> None: ...
 
 class Method(_message.Message):
     __slots__ = ("path", "client_streaming", "server_streaming", "idempotency_level")
