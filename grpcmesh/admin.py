@@ -24,7 +24,7 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,15 @@ class Raw:
     """A route body served as is, with its content type, instead of as JSON."""
     content_type: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A route body written as its chunks come (one JSON line per call: /tap), until the
+    iterator ends or the peer goes. Writing waits for the peer; what the chunks are made from
+    must be bounded on its own (telemetry/tap.py)."""
+    content_type: str
+    chunks: AsyncGenerator[bytes, None]
 
 
 Route = Callable[..., "tuple[int, Any] | Awaitable[tuple[int, Any]]"]  # () or (query)
@@ -162,6 +171,19 @@ class AdminServer:
         if self._site is not None:
             self._site.request_started(request.protocol)
         status, body = await self._answer(request)
+        if isinstance(body, Stream):
+            stream = web.StreamResponse(status=status,
+                                        headers={"Content-Type": body.content_type})
+            stream.force_close()
+            try:
+                await stream.prepare(request)
+                async for chunk in body.chunks:
+                    await stream.write(chunk)
+            except ConnectionError:
+                pass  # the peer went away
+            finally:
+                await body.chunks.aclose()
+            return stream
         if isinstance(body, Raw):
             response = web.Response(status=status, body=body.body,
                                     headers={"Content-Type": body.content_type})

@@ -284,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how far back, 1s to 60s (default 30s)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("tap", help="a live line per call through a sidecar",
+                       description="Follow the calls through a sidecar as they end: time, "
+                                   "direction, method, endpoint, status, latency, attempts "
+                                   "(Ctrl-C stops). Lines a slow terminal cannot take are "
+                                   "dropped at the sidecar, never held.")
+    p.add_argument("service", nargs="?", help="only calls to this mesh service")
+    p.add_argument("--method", metavar="NAME", help="only this method (Get, or /pkg.S/Get)")
+    p.add_argument("--admin", type=ADDRESS, default="127.0.0.1:15000", metavar="HOST:PORT",
+                   help="the sidecar's admin address (default 127.0.0.1:15000)")
+    p.add_argument("--json", action="store_true", help="print each call's JSON line")
+
     p = sub.add_parser("config", help="the mesh config: check, apply or show it "
                                       "(docs/config.md)",
                        description="The mesh config: per-service rules (balancer, timeouts, "

@@ -363,6 +363,34 @@ async def cmd_stat(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_tap(args: argparse.Namespace) -> int:
+    import json
+    import urllib.parse
+
+    import aiohttp
+
+    from grpcmesh.output import tap_line
+
+    query = urllib.parse.urlencode({k: v for k, v in (("service", args.service),
+                                                      ("method", args.method)) if v})
+    url = f"http://{args.admin}/tap" + (f"?{query}" if query else "")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=5)) as session, session.get(url) as response:
+            if response.status != 200:
+                raise CliError(f"the sidecar at {args.admin} refused the tap: "
+                               f"{(await response.text()).strip()}")
+            print(tap_line(None), flush=True)
+            async for raw in response.content:
+                if not raw.strip():
+                    continue
+                entry = json.loads(raw)
+                print(raw.decode().rstrip() if args.json else tap_line(entry), flush=True)
+    except (aiohttp.ClientError, OSError) as err:
+        raise CliError(f"cannot tap the sidecar admin port at {args.admin}: {err}") from None
+    return 0
+
+
 async def cmd_config(args: argparse.Namespace) -> int:
     from grpcmesh.config_cli import cmd_config as run
 
@@ -418,6 +446,6 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "registry": cmd_registry, "sidecar": cmd_sidecar, "register": cmd_register,
     "deregister": cmd_deregister, "services": cmd_services, "resolve": cmd_resolve,
-    "endpoints": cmd_endpoints, "stat": cmd_stat, "config": cmd_config, "example-server": cmd_example_server,
+    "endpoints": cmd_endpoints, "stat": cmd_stat, "tap": cmd_tap, "config": cmd_config, "example-server": cmd_example_server,
     "demo": cmd_demo,
 }

@@ -137,3 +137,16 @@ def print_stat(rows: list[dict[str, Any]], service: str | None, as_json: bool) -
          cell(r["rps"], "{:g}"), cell(r["p50_ms"], "{:g}"), cell(r["p95_ms"], "{:g}"),
          cell(r["p99_ms"], "{:g}"), *([] if service else [cell(r["serving"])])]
         for r in rows]))
+
+
+def tap_line(entry: dict[str, Any] | None) -> str:
+    """One call as `grpcmesh tap` prints it (None: the header); {"dropped": N}: a note."""
+    if entry is None:
+        return (f"{'TIME':12}  {'DIR':3}  {'METHOD':40}  {'ENDPOINT':21}  {'STATUS':17}  "
+                f"{'LATENCY':>9}  ATTEMPTS")
+    if "dropped" in entry:
+        return f"({entry['dropped']} calls not shown so far: the terminal was behind)"
+    status = entry["code"] + (f" ({entry['reason']})" if entry.get("reason") else "")
+    return (f"{entry['start'][11:23]:12}  {entry['direction'][:3]:3}  {entry['method']:40}  "
+            f"{entry['endpoint'] or '-':21}  {status:17}  {entry['duration_ms']:>7.2f}ms  "
+            f"{entry['attempts']}")

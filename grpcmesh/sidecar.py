@@ -17,7 +17,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import reflection
-from grpcmesh.admin import AdminServer, Raw, admin_fetch, admin_get
+from grpcmesh.admin import AdminServer, Raw, Stream, admin_fetch, admin_get
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
@@ -54,11 +54,12 @@ from grpcmesh.routing import RouteTable, Target
 from grpcmesh.server_util import reconnect_options, with_port
 from grpcmesh.sidecar_config import ConfigCallback, ConfigInForce, LiveConfig
 from grpcmesh.telemetry.access_log import DEFAULT_BUFFER as DEFAULT_ACCESS_LOG_BUFFER
-from grpcmesh.telemetry.access_log import AccessLog
+from grpcmesh.telemetry.access_log import AccessLog, Stamp
 from grpcmesh.telemetry.collector import MeshCollector, MeshView
 from grpcmesh.telemetry.counters import CallCounters
 from grpcmesh.telemetry.exposition import CONTENT_TYPE, Exposition
 from grpcmesh.telemetry.merge import merged_text
+from grpcmesh.telemetry.tap import Tap
 from grpcmesh.telemetry.tracing import DEFAULT_RATIO as DEFAULT_TRACE_RATIO
 from grpcmesh.telemetry.tracing import Tracing, otlp_provider
 from grpcmesh.telemetry.window import Window
@@ -171,6 +172,10 @@ class Sidecar:
             # and the last minute of calls, for grpcmesh stat
             self.outbound_server.observers.append(self.window.observer("outbound"))
             self.admin.routes["/stat"] = self._stat
+        # grpcmesh tap: each relay is observed only while someone watches
+        self.tap = Tap(Stamp(time.time() - self.clock.now()))
+        self.tap.relay(self.outbound_server.observers, "outbound")
+        self.admin.routes["/tap"] = self._tap
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None
@@ -200,6 +205,7 @@ class Sidecar:
         if s.app is not None:
             if s.inbound is not None:
                 self.inbound_server = self._inbound_server(s.app)
+                self.tap.relay(self.inbound_server.observers, "inbound")
                 if self.access_log is not None:
                     self.inbound_server.observers.append(self.access_log.observer("inbound"))
                 if self.metrics is not None:
@@ -457,6 +463,33 @@ class Sidecar:
         body["workers"] = [{"worker": i, **v} for i, v in enumerate(views)]
         return status, body
 
+    def _tap(self, query: dict[str, str]) -> tuple[int, Any]:
+        """A line per call through this process from now on (the access log's JSON), as they
+        come, filtered by ?service= and ?method= (a name or /pkg.Service/Method); a blank line
+        each second nothing comes, and {"dropped": N} when the watcher fell behind."""
+        try:
+            watcher = self.tap.watch(query.get("service") or None, query.get("method") or None)
+        except ValueError as err:
+            return 429, {"error": str(err)}
+
+        async def lines() -> AsyncGenerator[bytes, None]:
+            dropped = 0
+            try:
+                while not watcher.closed:
+                    try:
+                        await asyncio.wait_for(watcher.wake.wait(), 1.0)
+                    except TimeoutError:
+                        yield b"\n"  # (a write per second: a peer that left is noticed)
+                        continue
+                    batch = watcher.take()
+                    if watcher.dropped != dropped:
+                        dropped = watcher.dropped
+                        yield f'{{"dropped":{dropped}}}\n'.encode()
+                    yield b"".join(batch)
+            finally:
+                self.tap.leave(watcher)
+        return 200, Stream("application/x-ndjson", lines())
+
     async def _stat(self, query: dict[str, str]) -> tuple[int, Any]:
         """The last `window` seconds (1..60, default 30) of calls, per service and endpoint,
         each way, as counts and latency histograms that add up across sidecars (grpcmesh
@@ -523,6 +556,7 @@ class Sidecar:
         servers = [self.outbound_server] + ([self.inbound_server] if self.inbound_server else [])
         await asyncio.gather(*(srv.stop(s.grace_seconds) for srv in servers))
         if s.admin is not None:
+            self.tap.close()
             await self.admin.stop()
         await self._local_server.stop(None)
         await self.client.close()

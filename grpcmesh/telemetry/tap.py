@@ -21,13 +21,14 @@ MAX_WATCHERS = 16
 
 
 class Watcher:
-    __slots__ = ("dropped", "lines", "method", "service", "wake")
+    __slots__ = ("closed", "dropped", "lines", "method", "service", "wake")
 
     def __init__(self, service: str | None, method: str | None) -> None:
         self.service, self.method = service, method
         self.lines: deque[bytes] = deque(maxlen=QUEUE)
         self.dropped = 0  # lines lost because the watcher was behind
         self.wake = asyncio.Event()
+        self.closed = False  # the sidecar is stopping: the stream ends
 
     def wants(self, record: CallRecord) -> bool:
         return (self.service is None or record.service == self.service) and (
@@ -86,3 +87,9 @@ class Tap:
             for observers, observe in self._relays:
                 if observe in observers:
                     observers.remove(observe)
+
+    def close(self) -> None:
+        """The sidecar stops: every watcher's stream ends."""
+        for watcher in list(self.watchers):
+            watcher.closed = True
+            watcher.wake.set()
