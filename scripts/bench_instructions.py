@@ -24,8 +24,9 @@ cancels out). Variants:
                 written by its thread (both counted)
   window        base plus the sidecar's last-minute window for /stat (grpcmesh stat), which
                 every sidecar keeps: each call's end record counted per service and endpoint
-  metrics       base plus the sidecar's metrics observer (grpcmesh/telemetry/counters.py),
-                which makes the relay build each call's end record and counts it
+  metrics       base plus what --metrics (the default) turns on: the metrics observer
+                (grpcmesh/telemetry/counters.py) and the /stat window (window.py); the relay
+                builds each call's end record for them, and both count it
 
 Targets (issue 10): interceptor <= 1.05x base; config <= 1.1x base; (issue 12) metrics
 <= 1.1x base. Prints a table, writes JSON,
@@ -100,6 +101,9 @@ async def relay_main(variant: str, app: str, calls: int) -> None:
 
         known = {"/grpcmesh.example.v1.Echo/Unary": True}  # (the sidecar: RouteTable.method)
         relay.observers.append(CallCounters("outbound", known.get).observe)
+        from grpcmesh.telemetry.window import Window
+
+        relay.observers.append(Window().observer("outbound"))
     port = relay.bind("127.0.0.1:0", "bench")
     await relay.start()
     client = await asyncio.create_subprocess_exec(
