@@ -45,10 +45,16 @@ class Raw:
 @dataclass(frozen=True)
 class Stream:
     """A route body written as its chunks come (one JSON line per call: /tap), until the
-    iterator ends or the peer goes. Writing waits for the peer; what the chunks are made from
-    must be bounded on its own (telemetry/tap.py)."""
+    iterator ends or the peer goes. A chunk the peer does not take within WRITE_TIMEOUT ends
+    the stream (a peer that never reads holds nothing for long), and stop() cuts every stream
+    still open. What the chunks are made from must be bounded on its own (telemetry/tap.py).
+    close() is called once the stream is over, however it ended (even if it never started)."""
     content_type: str
     chunks: AsyncGenerator[bytes, None]
+    close: Callable[[], None] = lambda: None
+
+
+WRITE_TIMEOUT = 5.0  # seconds a Stream's chunk may wait for its peer
 
 
 Route = Callable[..., "tuple[int, Any] | Awaitable[tuple[int, Any]]"]  # () or (query)
@@ -138,6 +144,7 @@ class AdminServer:
         self.address = ""
         self._runner: web.AppRunner | None = None
         self._site: _Site | None = None
+        self._streams: set[asyncio.Transport] = set()  # of Stream responses in progress
 
     async def start(self) -> str:
         host, _, port = self.listen.rpartition(":")
@@ -163,6 +170,8 @@ class AdminServer:
         return self.address
 
     async def stop(self) -> None:
+        for transport in list(self._streams):  # a stream would hold the runner's cleanup
+            transport.abort()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = self._site = None
@@ -175,14 +184,23 @@ class AdminServer:
             stream = web.StreamResponse(status=status,
                                         headers={"Content-Type": body.content_type})
             stream.force_close()
+            transport = request.transport
+            if transport is not None:
+                self._streams.add(transport)
             try:
                 await stream.prepare(request)
                 async for chunk in body.chunks:
-                    await stream.write(chunk)
-            except ConnectionError:
-                pass  # the peer went away
+                    async with asyncio.timeout(WRITE_TIMEOUT):
+                        await stream.write(chunk)
+            except (ConnectionError, TimeoutError):
+                pass  # the peer went away, or does not read
             finally:
-                await body.chunks.aclose()
+                if transport is not None:
+                    self._streams.discard(transport)
+                try:
+                    await body.chunks.aclose()
+                finally:
+                    body.close()
             return stream
         if isinstance(body, Raw):
             response = web.Response(status=status, body=body.body,

@@ -488,7 +488,8 @@ class Sidecar:
                     yield b"".join(batch)
             finally:
                 self.tap.leave(watcher)
-        return 200, Stream("application/x-ndjson", lines())
+        # (close: the watcher goes even when the stream never started: a peer that left)
+        return 200, Stream("application/x-ndjson", lines(), lambda: self.tap.leave(watcher))
 
     async def _stat(self, query: dict[str, str]) -> tuple[int, Any]:
         """The last `window` seconds (1..60, default 30) of calls, per service and endpoint,
@@ -500,12 +501,15 @@ class Sidecar:
             return 400, {"error": f"window {query.get('window')!r}: expected whole seconds"}
         rows = self.window.summary(self.clock.now(), seconds)
         serving = {name: len(pool.ready) for name, pool in self.routes.pools.items()}
-        for pid, admin in self.worker_admins:
+        async def worker(pid: int, admin: str) -> list[Any]:
             try:
                 other = await admin_get(admin, f"/stat?window={seconds}", timeout=2.0)
-                rows += other["rows"]
-            except (OSError, ValueError) as err:
+                return list(other["rows"])
+            except (OSError, ValueError, KeyError, TypeError) as err:
                 log.warning("cannot read worker %d's /stat at %s: %r", pid, admin, err)
+                return []
+        for more in await asyncio.gather(*(worker(p, a) for p, a in self.worker_admins)):
+            rows += more
         return 200, {"window_s": max(1, min(60, seconds)), "service": self.settings.service,
                      "rows": rows, "serving": serving}
 
@@ -561,9 +565,10 @@ class Sidecar:
         await self._local_server.stop(None)
         await self.client.close()
         await self._registrar_client.close()
-        if self.tracer_provider is not None:  # its last spans, exported off the loop
-            await asyncio.get_running_loop().run_in_executor(None, self.tracer_provider.shutdown)
-        if self.access_log is not None:  # its last lines, written off the loop
+        loop = asyncio.get_running_loop()
+        if self.access_log is not None:  # its last lines, written off the loop (first: local)
             self.access_log.flush()
-            await asyncio.get_running_loop().run_in_executor(None, self.access_log.close)
+            await loop.run_in_executor(None, self.access_log.close)
+        if self.tracer_provider is not None:  # its last spans: at most ~2 s more
+            await loop.run_in_executor(None, self.tracer_provider.shutdown)
         self.stopped.set()

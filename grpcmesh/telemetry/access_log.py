@@ -29,25 +29,22 @@ from typing import IO
 
 from grpcmesh.clock import Clock, iso_utc
 from grpcmesh.relay.record import CallRecord
+from grpcmesh.telemetry.tracing import parse_traceparent
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUFFER = 10_000  # lines
 BATCH = 1024  # lines handed to the writer at once, at most
 HANDOFF = 0.05  # seconds a line waits, at most, before it goes to the writer
-_HEX = frozenset("0123456789abcdef")
 
 
 def trace_id(headers: list[tuple[str, str]]) -> str:
-    """The trace id of a W3C traceparent (version 00: `00-<32 hex>-<16 hex>-<2 hex>`), or ""
-    when there is none or it is malformed (an all-zero id is invalid)."""
+    """The trace id of a valid W3C traceparent (tracing.parse_traceparent), or "" when there
+    is none or it is invalid."""
     for key, value in headers:
         if key == "traceparent":
-            parts = value.split("-")
-            if len(parts) >= 4 and len(parts[1]) == 32 and set(parts[1]) <= _HEX and \
-                    parts[1] != "0" * 32:
-                return parts[1]
-            return ""
+            parsed = parse_traceparent(value)
+            return f"{parsed[0]:032x}" if parsed is not None else ""
     return ""
 
 
@@ -142,28 +139,36 @@ class AccessLog:
             self._queue.put((len(pending), b"".join(pending)))
             pending.clear()
 
-    def _drop(self, lines: int) -> None:
+    def _drop(self, lines: int, why: str = "it is behind") -> None:
+        """Lines lost: counted, and said at most once a second."""
         self.dropped += lines
         now = time.monotonic()
         if now - self._warned_at >= 1.0:
             self._warned_at = now
-            log.warning("access log %s is behind: %d line(s) dropped so far", self.path,
+            log.warning("access log %s: %s; %d line(s) dropped so far", self.path, why,
                         self.dropped)
 
     def _write(self) -> None:
         get = self._queue.get
+        torn = False  # the last write stopped inside a line: the next starts a new one
         while True:
             count, lines = get()
             if not count:
                 return
+            data = memoryview(b"\n" + lines if torn else lines)
+            done = 0
             try:
-                self._out.write(lines)
+                while done < len(data):  # (an unbuffered write may take only part of it)
+                    done += self._out.write(data[done:]) or 0
                 if self.path == "-":
                     self._out.flush()
+                torn = False
                 self.written += count
             except (OSError, ValueError) as err:  # a full disk, a closed stdout
-                self.dropped += count
-                log.warning("cannot write the access log %s: %s", self.path, err)
+                kept = bytes(data[:done]).count(b"\n") - (1 if torn and done else 0)
+                torn = done > 0 and data[done - 1] != ord("\n")
+                self.written += max(0, kept)
+                self._drop(count - max(0, kept), f"cannot write: {err}")
             self._queued -= count
 
     def close(self, timeout: float = 2.0) -> None:

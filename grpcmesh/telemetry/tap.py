@@ -81,6 +81,7 @@ class Tap:
         return watcher
 
     def leave(self, watcher: Watcher) -> None:
+        """watcher goes (twice is once)."""
         if watcher in self.watchers:
             self.watchers.remove(watcher)
         if not self.watchers:

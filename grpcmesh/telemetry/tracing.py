@@ -138,7 +138,8 @@ def otlp_provider(endpoint: str, service: str) -> TracerProvider:
         raise RuntimeError("--otlp needs the OpenTelemetry SDK: pip install "
                            f"'grpcmesh[otlp]' ({err})") from None
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    # An export waits at most 2 s for the collector (so does the one at shutdown).
     provider.add_span_processor(BatchSpanProcessor(
-        OTLPSpanExporter(endpoint=endpoint, insecure=True), max_queue_size=2048,
-        schedule_delay_millis=1000, max_export_batch_size=512))
+        OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=2), max_queue_size=2048,
+        schedule_delay_millis=1000, max_export_batch_size=512, export_timeout_millis=2000))
     return provider

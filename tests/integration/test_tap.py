@@ -81,3 +81,27 @@ async def test_tap_of_a_port_that_is_not_a_sidecar_says_so(mesh: Mesh) -> None:
         capture_output=True, text=True, timeout=20)
     assert run.returncode == 1
     assert "cannot tap the sidecar admin port at 127.0.0.1:1" in run.stderr
+
+
+@pytest.mark.asyncio
+async def test_taps_that_leave_at_once_or_never_read_hold_no_slot(mesh: Mesh) -> None:
+    import socket
+    import struct
+
+    client = await mesh.sidecar("client")
+    host, port = client.admin.address.rsplit(":", 1)
+    for _ in range(20):  # more than the 16 slots: each asks, then resets at once
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(b"GET /tap HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    await wait_for(lambda: not client.tap.watchers, 5, "every slot given back")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /tap HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+    # a tap that never reads: shutdown cuts it at once
+    start = asyncio.get_running_loop().time()
+    await client.shutdown()
+    assert asyncio.get_running_loop().time() - start < 5
+    assert not client.tap.watchers
+    writer.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -126,3 +127,54 @@ def test_strings_from_clients_are_escaped() -> None:
     odd = CallRecord('/p.S/"M\\\n\u2028', "c", "s", "", grpc.StatusCode.OK, "app", "", 0.0, 0.0,
                      None, 0, 0, 1)
     assert json.loads(line(odd, "inbound", "x"))["method"] == '/p.S/"M\\\n\u2028'
+
+
+def test_short_writes_are_finished_and_a_failed_one_never_joins_two_lines(
+        tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), FakeClock(), buffer=100)
+    real = log._out
+    budget = [10_000]
+
+    class Short:  # at most 7 bytes a write, and fails once budget runs out (a full disk)
+        def write(self, data: bytes) -> int:
+            if budget[0] <= 0:
+                raise OSError(28, "No space left on device")
+            n = min(7, len(data), budget[0])
+            budget[0] -= n
+            return real.write(bytes(data[:n]))
+
+        def close(self) -> None:
+            real.close()
+
+    log._out = Short()  # type: ignore[assignment]
+    observe = log.observer("outbound")  # (no running loop: each line is its own batch)
+
+    def written() -> None:  # the writer thread has taken everything
+        deadline = time.monotonic() + 5
+        while log._queued and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not log._queued
+    observe(record())
+    observe(record())
+    written()
+    size = len(line(record(), "outbound", "x"))
+    budget[0] = size + size // 2  # the next two lines: one and a half get in
+    observe(record())
+    observe(record())
+    written()
+    budget[0] = 10_000  # space again
+    observe(record())
+    log.close()
+    text = path.read_text()
+    lines = text.split("\n")
+    whole = [json.loads(x) for x in lines if x.startswith("{") and x.endswith("}")]
+    assert len(whole) == 4 == log.written and log.dropped == 1
+    assert [x for x in lines if x and not (x.startswith("{") and x.endswith("}"))] != []  # torn
+    assert text.endswith("}\n") and json.loads(lines[-2])["direction"] == "outbound"
+
+
+def test_only_a_valid_traceparent_gives_a_trace_id() -> None:
+    for bad in (f"ff-{TRACE}-00f067aa0ba902b7-01", f"00-{TRACE}-00f067aa0ba902b7-01-x",
+                f"00-{TRACE}-0000000000000000-01", f" {PARENT}"):
+        assert trace_id([("traceparent", bad)]) == ""
