@@ -295,6 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sidecar's admin address (default 127.0.0.1:15000)")
     p.add_argument("--json", action="store_true", help="print each call's JSON line")
 
+    p = sub.add_parser("top", help="a live view of the busiest methods, from the sidecars' "
+                                   "/metrics",
+                       description="Per service and method, over the last second: calls/s, "
+                                   "success rate and p50/p99 latency, busiest first, read from "
+                                   "the sidecars' /metrics every second and added up. Outbound "
+                                   "calls (as the callers' sidecars saw them) unless --inbound. "
+                                   "q or Ctrl-C quits. When stdout is not a terminal, prints "
+                                   "one frame and exits.")
+    p.add_argument("service", nargs="?", type=SERVICE, help="only this mesh service's methods")
+    p.add_argument("--admin", type=_addresses, default=["127.0.0.1:15000"],
+                   metavar="HOST:PORT[,...]",
+                   help="sidecar admin addresses to ask (default 127.0.0.1:15000)")
+    p.add_argument("--inbound", action="store_true",
+                   help="show inbound calls (as the serving sidecars saw them) instead of "
+                        "outbound ones")
+
     p = sub.add_parser("config", help="the mesh config: check, apply or show it "
                                       "(docs/config.md)",
                        description="The mesh config: per-service rules (balancer, timeouts, "

@@ -391,6 +391,16 @@ async def cmd_tap(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_top(args: argparse.Namespace) -> int:
+    from grpcmesh.top import ScrapeError, run_top
+
+    try:
+        return await run_top(args.admin, args.service,
+                             "inbound" if args.inbound else "outbound")
+    except ScrapeError as err:
+        raise CliError(str(err)) from None
+
+
 async def cmd_config(args: argparse.Namespace) -> int:
     from grpcmesh.config_cli import cmd_config as run
 
@@ -446,6 +456,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "registry": cmd_registry, "sidecar": cmd_sidecar, "register": cmd_register,
     "deregister": cmd_deregister, "services": cmd_services, "resolve": cmd_resolve,
-    "endpoints": cmd_endpoints, "stat": cmd_stat, "tap": cmd_tap, "config": cmd_config, "example-server": cmd_example_server,
+    "endpoints": cmd_endpoints, "stat": cmd_stat, "tap": cmd_tap, "top": cmd_top,
+    "config": cmd_config, "example-server": cmd_example_server,
     "demo": cmd_demo,
 }
