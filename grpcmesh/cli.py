@@ -277,9 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SERVICE: success rate, calls/s and p50/p95/p99 latency "
                                    "over the last WINDOW, added up across the sidecars asked.")
     p.add_argument("service", nargs="?", help="show this mesh service's endpoints")
-    p.add_argument("--admin", type=_addresses, default=["127.0.0.1:15000"],
-                   metavar="HOST:PORT[,...]",
-                   help="sidecar admin addresses to ask (default 127.0.0.1:15000)")
+    p.add_argument("--admin", type=_addresses, metavar="HOST:PORT[,...]",
+                   help="sidecar admin addresses to ask (default: every sidecar that "
+                        "publishes one in the registry)")
+    _registry_flag(p)
     p.add_argument("--window", type=_window, default=30, metavar="DURATION",
                    help="how far back, 1s to 60s (default 30s)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -304,9 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "q or Ctrl-C quits. When stdout is not a terminal, prints "
                                    "one frame and exits.")
     p.add_argument("service", nargs="?", type=SERVICE, help="only this mesh service's methods")
-    p.add_argument("--admin", type=_addresses, default=["127.0.0.1:15000"],
-                   metavar="HOST:PORT[,...]",
-                   help="sidecar admin addresses to ask (default 127.0.0.1:15000)")
+    p.add_argument("--admin", type=_addresses, metavar="HOST:PORT[,...]",
+                   help="sidecar admin addresses to ask (default: every sidecar that "
+                        "publishes one in the registry)")
+    _registry_flag(p)
     p.add_argument("--inbound", action="store_true",
                    help="show inbound calls (as the serving sidecars saw them) instead of "
                         "outbound ones")

@@ -350,11 +350,28 @@ async def cmd_endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+async def sidecar_admins(args: argparse.Namespace) -> list[str]:
+    """--admin, or else the admin address every registered sidecar publishes (its
+    registration's admin_address: instances of every service, client-only sidecars too)."""
+    if args.admin:
+        return list(args.admin)
+    services = await _registry_call(args, "ListServices", pb.ListServicesRequest())
+    admins: list[str] = []
+    for summary in services.services:
+        found = await _registry_call(args, "Resolve", pb.ResolveRequest(service=summary.service))
+        admins += [i.admin_address for i in found.instances
+                   if i.admin_address and i.admin_address not in admins]
+    if not admins:
+        raise CliError(f"no sidecar registered at {','.join(args.registry)} publishes an admin "
+                       "address: give --admin HOST:PORT")
+    return admins
+
+
 async def cmd_stat(args: argparse.Namespace) -> int:
     from grpcmesh.output import print_stat, stat_rows
 
     bodies = []
-    for admin in args.admin:
+    for admin in await sidecar_admins(args):
         try:
             bodies.append(await admin_get(admin, f"/stat?window={args.window}"))
         except (OSError, ValueError) as err:
@@ -395,7 +412,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
     from grpcmesh.top import ScrapeError, run_top
 
     try:
-        return await run_top(args.admin, args.service,
+        return await run_top(await sidecar_admins(args), args.service,
                              "inbound" if args.inbound else "outbound")
     except ScrapeError as err:
         raise CliError(str(err)) from None

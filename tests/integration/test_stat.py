@@ -55,6 +55,15 @@ async def test_stat_shows_the_calls_the_sidecars_saw(mesh: Mesh) -> None:
         capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     rows = {(r["service"], r["direction"]): r for r in json.loads(run.stdout)}
+    # Without --admin, the sidecars are found through the registry (their admin_address)
+    found = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "grpcmesh", "stat", "--registry",
+                         mesh.registry.address, "--window", "60s", "--json"],
+        capture_output=True, text=True, timeout=30)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout) == json.loads(run.stdout) or {
+        (r["service"], r["direction"]): r["calls"] for r in json.loads(found.stdout)} == {
+        key: r["calls"] for key, r in rows.items()}
     outbound, inbound = rows[("echo", "outbound")], rows[("echo", "inbound")]
     assert outbound["calls"] == inbound["calls"] == 20
     assert outbound["success"] == inbound["success"] == codes.count("OK") / 20 < 1
