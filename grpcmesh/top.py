@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from grpcmesh.admin import admin_fetch
+from grpcmesh.telemetry.window import quantile as window_quantile
 
 INTERVAL = 1.0  # seconds between scrapes
 _CALLS = "grpcmesh_calls_total"
@@ -114,30 +115,15 @@ def add(scrapes: Sequence[Scrape]) -> Scrape:
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """The q-quantile (0..1), in seconds, of cumulative bucket counts by upper bound:
-    per-bucket counts, then linear interpolation within the bucket, as
-    telemetry.window.quantile does; above the last finite bound it is that bound. None
-    without calls."""
+    """The q-quantile (0..1), in seconds, of cumulative bucket counts by upper bound (as
+    /metrics has them): made per-bucket, then telemetry.window.quantile. None without calls."""
     bounds = sorted(buckets)
     per_bucket = []
     previous = 0.0
     for le in bounds:
         per_bucket.append(max(0.0, buckets[le] - previous))
         previous = max(previous, buckets[le])
-    total = sum(per_bucket)
-    if not total:
-        return None
-    finite = [b for b in bounds if not math.isinf(b)]
-    rank = q * total
-    seen = 0.0
-    for i, (le, count) in enumerate(zip(bounds, per_bucket, strict=True)):
-        if count and seen + count >= rank:
-            if math.isinf(le):
-                return finite[-1] if finite else None
-            low = bounds[i - 1] if i else 0.0
-            return low + (le - low) * ((rank - seen) / count)
-        seen += count
-    return finite[-1] if finite else None
+    return window_quantile(q, per_bucket, [b for b in bounds if not math.isinf(b)])
 
 
 def top_rows(changes: Scrape, seconds: float, service: str | None = None,

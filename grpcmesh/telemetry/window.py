@@ -13,12 +13,12 @@ minute is dropped when a new one comes.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from grpcmesh.relay.record import CallRecord
+from grpcmesh.telemetry.counters import BUCKETS  # (the Prometheus histogram's bounds)
 
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SLOTS = 60  # seconds kept
 _OK = 0  # grpc.StatusCode.OK's number
 
@@ -102,20 +102,22 @@ class Window:
         return out
 
 
-def quantile(q: float, hist: list[int]) -> float | None:
-    """The q-quantile (0..1) of a histogram over BUCKETS (its last count: above 30 s), in
-    seconds, interpolated within its bucket; None for an empty one. Above the last bound it is
-    the last bound."""
+def quantile(q: float, hist: Sequence[float], bounds: Sequence[float] = BUCKETS
+             ) -> float | None:
+    """The q-quantile (0..1) of a histogram: hist[i] counts the samples up to bounds[i] (and
+    above bounds[i - 1]); a last count past the bounds is above the last one (+Inf). In
+    seconds, interpolated within its bucket as PromQL's histogram_quantile does; None for an
+    empty one, or one without bounds. Above the last bound it is the last bound."""
     total = sum(hist)
-    if not total:
+    if not total or not bounds:
         return None
     rank = q * total
-    seen = 0
+    seen = 0.0
     for i, count in enumerate(hist):
         if count and seen + count >= rank:
-            if i == len(BUCKETS):
-                return BUCKETS[-1]
-            low = BUCKETS[i - 1] if i else 0.0
-            return low + (BUCKETS[i] - low) * ((rank - seen) / count)
+            if i >= len(bounds):
+                return bounds[-1]
+            low = bounds[i - 1] if i else 0.0
+            return low + (bounds[i] - low) * ((rank - seen) / count)
         seen += count
-    return BUCKETS[-1]
+    return bounds[-1]
