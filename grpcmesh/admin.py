@@ -239,7 +239,11 @@ async def admin_get(address: str, path: str, timeout: float = 5.0) -> Any:
     Raises OSError when it cannot be reached (TimeoutError after timeout seconds) and
     ValueError when it answers something other than 200 and JSON: callers catch those two.
     """
-    body = await admin_fetch(address, path, timeout)
+    return json_body(path, await admin_fetch(address, path, timeout))
+
+
+def json_body(path: str, body: bytes) -> Any:
+    """An admin path's answer decoded as JSON (ValueError naming path if it is not)."""
     try:
         return json.loads(body)
     except ValueError:

@@ -266,8 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "estimate, calls in flight, cost, calls and failures, as a "
                                    "sidecar's admin port reports them.")
     p.add_argument("service", nargs="?", help="only this mesh service")
-    p.add_argument("--admin", type=ADDRESS, default="127.0.0.1:15000", metavar="HOST:PORT",
-                   help="the sidecar's admin address (default 127.0.0.1:15000)")
+    _admin_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("stat", help="success rate, calls/s and latency per service, as the "
@@ -277,10 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SERVICE: success rate, calls/s and p50/p95/p99 latency "
                                    "over the last WINDOW, added up across the sidecars asked.")
     p.add_argument("service", nargs="?", help="show this mesh service's endpoints")
-    p.add_argument("--admin", type=_addresses, metavar="HOST:PORT[,...]",
-                   help="sidecar admin addresses to ask (default: every sidecar that "
-                        "publishes one in the registry)")
-    _registry_flag(p)
+    _sidecars_flags(p)
     p.add_argument("--window", type=_window, default=30, metavar="DURATION",
                    help="how far back, 1s to 60s (default 30s)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -292,8 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dropped at the sidecar, never held.")
     p.add_argument("service", nargs="?", help="only calls to this mesh service")
     p.add_argument("--method", metavar="NAME", help="only this method (Get, or /pkg.S/Get)")
-    p.add_argument("--admin", type=ADDRESS, default="127.0.0.1:15000", metavar="HOST:PORT",
-                   help="the sidecar's admin address (default 127.0.0.1:15000)")
+    _admin_flag(p)
     p.add_argument("--json", action="store_true", help="print each call's JSON line")
 
     p = sub.add_parser("top", help="a live view of the busiest methods, from the sidecars' "
@@ -305,10 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "q or Ctrl-C quits. When stdout is not a terminal, prints "
                                    "one frame and exits.")
     p.add_argument("service", nargs="?", type=SERVICE, help="only this mesh service's methods")
-    p.add_argument("--admin", type=_addresses, metavar="HOST:PORT[,...]",
-                   help="sidecar admin addresses to ask (default: every sidecar that "
-                        "publishes one in the registry)")
-    _registry_flag(p)
+    _sidecars_flags(p)
     p.add_argument("--inbound", action="store_true",
                    help="show inbound calls (as the serving sidecars saw them) instead of "
                         "outbound ones")
@@ -434,6 +426,20 @@ RELAY_LIMIT_FLAGS = (
     ("retry_buffer_bytes", "request bytes a call holds until it commits, to send it again"),
     ("retry_buffer_total_bytes", "request bytes all calls together hold to send again"),
 )
+
+def _admin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--admin", type=ADDRESS, default="127.0.0.1:15000", metavar="HOST:PORT",
+                   help="the sidecar's admin address (default 127.0.0.1:15000)")
+
+
+def _sidecars_flags(p: argparse.ArgumentParser) -> None:
+    """--admin for several sidecars, else --registry to find every one (commands.py,
+    sidecar_admins)."""
+    p.add_argument("--admin", type=_addresses, metavar="HOST:PORT[,...]",
+                   help="sidecar admin addresses to ask (default: every sidecar that "
+                        "publishes one in the registry)")
+    _registry_flag(p)
+
 
 def _registry_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", type=REGISTRY, default=[DEFAULT_REGISTRY],

@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import reflection
-from grpcmesh.admin import AdminServer, Raw, Stream, admin_fetch, admin_get
+from grpcmesh.admin import AdminServer, Raw, Stream, admin_fetch, json_body
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
@@ -434,16 +434,24 @@ class Sidecar:
         if not self.worker_admins:
             return 200, Raw(CONTENT_TYPE, own)
 
-        async def text(pid: int, admin: str) -> str | None:
-            try:
-                return (await admin_fetch(admin, "/metrics", timeout=2.0)).decode()
-            except (OSError, ValueError) as err:  # TimeoutError is an OSError
+        texts = [own.decode()]
+        for pid, admin, answer in await self._ask_workers("/metrics"):
+            if isinstance(answer, Exception):  # (TimeoutError is an OSError)
                 log.warning("/metrics leaves out worker %d: cannot read its admin port %s: "
-                            "%r", pid, admin, err)
-                return None
-        others = await asyncio.gather(*(text(pid, a) for pid, a in self.worker_admins))
-        return 200, Raw(CONTENT_TYPE, merged_text(
-            [own.decode(), *(t for t in others if t is not None)]))
+                            "%r", pid, admin, answer)
+            else:
+                texts.append(answer.decode())
+        return 200, Raw(CONTENT_TYPE, merged_text(texts))
+
+    async def _ask_workers(self, path: str) -> list[tuple[int, str, bytes | Exception]]:
+        """path from every --workers process's admin port at once (2 s each): (pid, admin,
+        its body, or why not)."""
+        async def ask(pid: int, admin: str) -> tuple[int, str, bytes | Exception]:
+            try:
+                return pid, admin, await admin_fetch(admin, path, timeout=2.0)
+            except (OSError, ValueError) as err:
+                return pid, admin, err
+        return list(await asyncio.gather(*(ask(p, a) for p, a in self.worker_admins)))
 
     async def _all_endpoints(self) -> tuple[int, Any]:
         """This process's view; with --workers, also every worker's own view under "workers"
@@ -452,14 +460,16 @@ class Sidecar:
         if not self.worker_admins:
             return status, body
 
-        async def view(pid: int, admin: str) -> dict[str, Any]:
+        views: list[dict[str, Any]] = [{"pid": os.getpid(), "services": body["services"]}]
+        for pid, admin, answer in await self._ask_workers("/endpoints"):
             try:
-                other = await admin_get(admin, "/endpoints", timeout=2.0)
-                return {"pid": pid, "services": other["services"]}
-            except (OSError, ValueError) as err:  # TimeoutError is an OSError
-                return {"pid": pid, "error": f"cannot read its admin port {admin}: {err!r}"}
-        views = [{"pid": os.getpid(), "services": body["services"]},
-                 *await asyncio.gather(*(view(pid, a) for pid, a in self.worker_admins))]
+                if isinstance(answer, Exception):
+                    raise answer
+                views.append({"pid": pid,
+                              "services": json_body("/endpoints", answer)["services"]})
+            except (OSError, ValueError) as err:  # (TimeoutError is an OSError)
+                views.append({"pid": pid, "error": f"cannot read its admin port {admin}: "
+                                                   f"{err!r}"})
         body["workers"] = [{"worker": i, **v} for i, v in enumerate(views)]
         return status, body
 
@@ -501,15 +511,13 @@ class Sidecar:
             return 400, {"error": f"window {query.get('window')!r}: expected whole seconds"}
         rows = self.window.summary(self.clock.now(), seconds)
         serving = {name: len(pool.ready) for name, pool in self.routes.pools.items()}
-        async def worker(pid: int, admin: str) -> list[Any]:
+        for pid, admin, answer in await self._ask_workers(f"/stat?window={seconds}"):
             try:
-                other = await admin_get(admin, f"/stat?window={seconds}", timeout=2.0)
-                return list(other["rows"])
+                if isinstance(answer, Exception):
+                    raise answer
+                rows += list(json_body("/stat", answer)["rows"])
             except (OSError, ValueError, KeyError, TypeError) as err:
                 log.warning("cannot read worker %d's /stat at %s: %r", pid, admin, err)
-                return []
-        for more in await asyncio.gather(*(worker(p, a) for p, a in self.worker_admins)):
-            rows += more
         return 200, {"window_s": max(1, min(60, seconds)), "service": self.settings.service,
                      "rows": rows, "serving": serving}
 

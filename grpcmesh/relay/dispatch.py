@@ -112,8 +112,7 @@ class Dispatch:
         self.hedges[call.service] += 1
         headers = replaced(call.request, PREVIOUS_ATTEMPTS, str(len(call.attempts)))
         if call.deadline is not None:
-            headers = replaced(headers, "grpc-timeout",
-                               f.format_timeout(max(call.deadline - now, 1e-6)))
+            headers = time_left(headers, call.deadline, now)
         if target.external is not None:
             headers = target.external.headers(endpoint, headers)
         attempt = Attempt(endpoint, up.open_stream(None), endpoint.start(now), now)
@@ -135,9 +134,9 @@ class Dispatch:
                 if call.closed:
                     return
                 if up is not None:
-                    if call.deadline is not None:  # what is left of it goes upstream
-                        left = f.format_timeout(max(call.deadline - self.clock.now(), 1e-6))
-                        headers, block = replaced(headers, "grpc-timeout", left), None
+                    if call.deadline is not None:
+                        headers = time_left(headers, call.deadline, self.clock.now())
+                        block = None
                     if target.external is not None:
                         block = None
                         headers = target.external.headers(endpoint, headers)
@@ -168,3 +167,9 @@ class Dispatch:
                                  "no_healthy_instance")
         finally:
             self.flusher.flush()
+
+
+def time_left(headers: Headers, deadline: float, now: float) -> Headers:
+    """headers with what is left of the call's deadline as grpc-timeout (a retry's, a
+    hedge's: the deadline spans every attempt)."""
+    return replaced(headers, "grpc-timeout", f.format_timeout(max(deadline - now, 1e-6)))

@@ -103,9 +103,7 @@ class HedgeSchedule:
         if not budget.withdraw():
             self.next_at = None
             return False
-        self.sent += 1
-        self.next_at = None if self.sent >= self.max_attempts or self.delay is None \
-            else now + self.delay
+        self._count(now)
         return True
 
     def skip(self, now: float) -> None:
@@ -113,6 +111,10 @@ class HedgeSchedule:
         it counts towards max_attempts, as if sent, but takes nothing from the budget."""
         if self.next_at is None or now < self.next_at:
             return
+        self._count(now)
+
+    def _count(self, now: float) -> None:
+        """One more attempt (sent, or skipped): the next is due a delay from now, if any."""
         self.sent += 1
         self.next_at = None if self.sent >= self.max_attempts or self.delay is None \
             else now + self.delay
