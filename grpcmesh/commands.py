@@ -111,11 +111,12 @@ async def cmd_registry(args: argparse.Namespace) -> int:
     try:
         server = RegistryServer(args.listen, persistence, warmup=args.warmup, catalog=catalog,
                                 limits=limits, config=mesh_config)
+        address = await server.start()
     except (ValueError, RegistryError) as err:  # the stored config; storing --config's
         why = str(err)
         raise CliError(why if why.startswith("--store") else f"--store {args.store}: {why}"
                        ) from None
-    announce(registry=await server.start())
+    announce(registry=address)
     await run_until_signal(server.stop)
     return 0
 

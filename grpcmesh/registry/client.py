@@ -15,7 +15,7 @@ import grpc
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh import names
-from grpcmesh.registry.model import Event, Health, Instance
+from grpcmesh.registry.model import Event, EventType, Health, Instance
 from grpcmesh.registry.snapshot import SnapshotAssembler, SnapshotError
 
 log = logging.getLogger(__name__)
@@ -101,17 +101,24 @@ class RegistryClient:
 async def watch_forever(client: RegistryClient, on_event: Callable[[Event], None],
                         request: pb.WatchRequest | None = None,
                         on_state: Callable[[bool], None] = lambda up: None) -> None:
-    """Follow the registry until cancelled; after a reconnect the first event is a SNAPSHOT,
-    which replaces what was known. While the registry is away, nothing is forgotten.
+    """Follow the registry until cancelled. While the registry is away, nothing is forgotten.
+    After a reconnect the watch asks to resume after the last revision it applied: a replica of
+    the same store that still holds the changes since sends just those (after a RESUMED, which
+    on_event does not see); otherwise the first event is a SNAPSHOT, which replaces what was
+    known.
 
     A snapshot may come in parts: on_event gets it whole, once its last part has arrived, and
     never a part of a snapshot whose stream broke."""
     backoff = Backoff()
-    request = request or pb.WatchRequest()
+    base = request or pb.WatchRequest()
+    position = WatchPosition()
     up = False
     warned = False
     while True:
         snapshot = SnapshotAssembler()
+        request = pb.WatchRequest()
+        request.CopyFrom(base)
+        request.store_id, request.after_revision = position.store_id, position.revision
         call = client.stub().Watch(request)
         try:
             async for msg in call:
@@ -121,7 +128,7 @@ async def watch_forever(client: RegistryClient, on_event: Callable[[Event], None
                     on_state(True)
                     log.info("watching registry %s", client.address)
                 event = snapshot.feed(Event.from_proto(msg))
-                if event is not None:
+                if event is not None and position.apply(event):
                     on_event(event)
             log.warning("registry %s ended the watch; reconnecting", client.address)
         except grpc.aio.AioRpcError as err:
@@ -139,6 +146,22 @@ async def watch_forever(client: RegistryClient, on_event: Callable[[Event], None
             up = False
             on_state(False)
         await asyncio.sleep(backoff.next())
+
+
+class WatchPosition:
+    """Where a watcher is: the store its state came from and the last revision it applied."""
+
+    def __init__(self) -> None:
+        self.store_id = ""
+        self.revision = 0
+
+    def apply(self, event: Event) -> bool:
+        """Note an event; False if it only moves the position (RESUMED) and is not applied."""
+        if event.type in (EventType.SNAPSHOT, EventType.RESUMED):
+            self.store_id = event.store_id
+        if event.type != EventType.CONFIG:  # a CONFIG carries revision 0
+            self.revision = event.revision
+        return event.type != EventType.RESUMED
 
 
 class Registrar:

@@ -53,6 +53,7 @@ class Applied:
     current: PushedConfig
     changed: bool
     warnings: tuple[str, ...] = ()
+    revision: int = 0  # the store's revision of the write (0: nothing written)
 
 
 @runtime_checkable

@@ -130,6 +130,7 @@ class EventType(enum.IntEnum):
     UPSERT = pb.WatchEvent.UPSERT
     DELETE = pb.WatchEvent.DELETE
     CONFIG = pb.WatchEvent.CONFIG
+    RESUMED = pb.WatchEvent.RESUMED
 
 
 @dataclass(frozen=True)
@@ -164,12 +165,14 @@ class Event:
     partial: bool = False  # SNAPSHOT only: the registry is still warming up
     more: bool = False  # SNAPSHOT only: a part, and more parts of the snapshot follow
     config: PushedConfig | None = None  # CONFIG only
+    store_id: str = ""  # SNAPSHOT and RESUMED: whose revisions these are
 
     def to_proto(self) -> pb.WatchEvent:
         msg = pb.WatchEvent(type=cast(pb.WatchEvent.Type, int(self.type)),
                             revision=self.revision,
                             instances=[i.to_proto() for i in self.instances],
-                            reason=self.reason, partial=self.partial, more=self.more)
+                            reason=self.reason, partial=self.partial, more=self.more,
+                            store_id=self.store_id)
         if self.config is not None:
             msg.config.CopyFrom(self.config.to_proto())
         return msg
@@ -179,7 +182,8 @@ class Event:
         return cls(EventType(msg.type), msg.revision,
                    tuple(Instance.from_proto(i) for i in msg.instances), msg.reason,
                    msg.partial, msg.more,
-                   PushedConfig.from_proto(msg.config) if msg.HasField("config") else None)
+                   PushedConfig.from_proto(msg.config) if msg.HasField("config") else None,
+                   msg.store_id)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The registry process: the Registry service, grpc.health.v1, reflection, lease expiry and the
-health checks of registry-checked instances, on one gRPC server."""
+"""The registry process: the Registry service, grpc.health.v1 and reflection on one gRPC server,
+over a store (memory, SQLite or etcd) that a View follows; and, while this replica leads them,
+the health checks of registry-checked instances."""
 from __future__ import annotations
 
 import asyncio
@@ -13,11 +14,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from generated.grpcmesh.registry.v1 import registry_pb2
 from grpcmesh.clock import MonotonicClock
 from grpcmesh.reflection import MethodCatalog, enable_reflection
+from grpcmesh.registry.backend import LocalStore, Store
 from grpcmesh.registry.checker import HealthChecker
 from grpcmesh.registry.config_store import ConfigPersistence, ConfigStore, Prepared
+from grpcmesh.registry.history import HISTORY_LIMIT
 from grpcmesh.registry.limits import RegistryLimits
 from grpcmesh.registry.service import RegistryService, add_to_server
 from grpcmesh.registry.store import Persistence, RegistryStore
+from grpcmesh.registry.view import View, follow
 from grpcmesh.server_util import bind, server_options, with_port
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,20 @@ def open_persistence(spec: str) -> Persistence | None:
         from grpcmesh.registry.sqlite_store import SqlitePersistence
 
         return SqlitePersistence(spec[len("sqlite:"):])
-    raise ValueError(f"--store {spec!r} is not valid: expected 'memory' or 'sqlite:PATH'")
+    raise ValueError(f"--store {spec!r} is not valid: expected 'memory', 'sqlite:PATH' or "
+                     "'etcd://HOST:PORT[,HOST:PORT...][/PREFIX]'")
+
+
+def local_store(persistence: Persistence | None = None, *, warmup: float = 10.0,
+                limits: RegistryLimits = RegistryLimits(),
+                history_limit: int = HISTORY_LIMIT) -> LocalStore:
+    """The store of one registry process: memory, or memory and a SQLite file. A stored
+    config that cannot be read is a ValueError."""
+    clock = MonotonicClock()
+    state = RegistryStore(clock, random.Random(), persistence, warmup, limits)
+    configs = ConfigStore(persistence if isinstance(persistence, ConfigPersistence) else None)
+    close = getattr(persistence, "close", None)
+    return LocalStore(state, configs, clock, history_limit, close)
 
 
 class RegistryServer:
@@ -40,26 +57,30 @@ class RegistryServer:
                  *, check_interval: float = 1.0, warmup: float = 10.0,
                  catalog: MethodCatalog = MethodCatalog(),
                  limits: RegistryLimits = RegistryLimits(),
-                 config: Prepared | None = None) -> None:
-        """config: the mesh config to start with (`--config`), applied over the stored one:
-        the same content keeps its version. A stored config that cannot be read is a
-        ValueError."""
+                 config: Prepared | None = None, store: Store | None = None) -> None:
+        """store: where the state lives (default: this process, with persistence if given).
+        config: the mesh config to start with (`--config`), applied over the stored one: the
+        same content keeps its version."""
         self.listen = listen
-        self.store = RegistryStore(MonotonicClock(), random.Random(), persistence, warmup,
-                                   limits)
-        self._persistence = persistence
-        self.configs = ConfigStore(persistence if isinstance(persistence, ConfigPersistence)
-                                   else None)
-        if config is not None:
-            self.configs.apply(config, time.time())
-        self._checker = HealthChecker(self.store, poll_interval=check_interval)
-        self.service = RegistryService(self.store, catalog, configs=self.configs)
+        self.store: Store = store if store is not None else local_store(
+            persistence, warmup=warmup, limits=limits)
+        self.view = View(self.store.store_id, self.store.limits)
+        self._config = config
+        self._checker = HealthChecker(self.store, self.view, poll_interval=check_interval)
+        self.service = RegistryService(self.store, self.view, catalog)
         self._server = grpc.aio.server(options=server_options())
-        self._expiry: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.address = ""
         self._stopped = False
 
     async def start(self) -> str:
+        await self.store.open()
+        if self._config is not None:
+            await self.store.apply_config(self._config, time.time())
+        loop = asyncio.get_running_loop()
+        listed = asyncio.Event()
+        self._tasks.append(loop.create_task(follow(self.store, self.view, listed)))
+        await listed.wait()
         add_to_server(self.service, self._server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
@@ -69,36 +90,38 @@ class RegistryServer:
         await self._server.start()
         for name in ("", REGISTRY_SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._checker.start()
-        self._expiry = asyncio.get_running_loop().create_task(self._expire_leases())
-        log.info("registry listening on %s (%d instances loaded, mesh config version %d)",
-                 self.address, len(self.store.instances()), self.configs.current.version)
+        self._tasks.append(loop.create_task(self._lead_checks()))
+        log.info("registry listening on %s (%d instances, mesh config version %d, store %s)",
+                 self.address, len(self.view.instances()), self.view.config.version,
+                 self.store.store_id)
         return self.address
 
-    async def _expire_leases(self) -> None:
-        clock = MonotonicClock()
-        while True:
-            try:
-                self.store.expire()
-                if self.store.finish_warmup():
-                    log.info("warm-up over: watchers now get the complete state")
-            except Exception:  # a bug in one listener must not stop lease expiry for good
-                log.exception("lease expiry failed; trying again")
-            due = self.store.next_expiry()
-            wait = 1.0 if due is None else min(1.0, max(0.01, due - clock.now()))
-            await asyncio.sleep(wait)
+    async def _lead_checks(self) -> None:
+        """Run the health checks of registry-checked instances while this replica leads them."""
+        leadership = self.store.leadership("checker")
+        try:
+            while True:
+                await leadership.acquire()
+                log.info("this registry now runs the health checks")
+                self._checker.start()
+                try:
+                    await leadership.lost()
+                finally:
+                    await self._checker.stop()
+                log.warning("this registry no longer runs the health checks")
+        finally:
+            await leadership.release()
 
     async def stop(self, grace: float | None = 1.0) -> None:
         if self._stopped:
             return
         self._stopped = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-        await self._checker.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.service.close()
         await self._server.stop(grace)
-        if self._persistence is not None and hasattr(self._persistence, "close"):
-            self._persistence.close()
+        await self.store.close()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

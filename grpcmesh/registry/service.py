@@ -1,4 +1,6 @@
-"""The grpcmesh.registry.v1.Registry gRPC service: a thin shell over RegistryStore.
+"""The grpcmesh.registry.v1.Registry gRPC service: a thin shell over a Store (writes) and this
+replica's View of it (reads, and the changes fanned out to watchers). A write is answered once
+the view has seen it, so a client reads its own writes back through the same replica.
 
 Watch answers with bytes serialized once and shared by every watcher (snapshot.py): each change
 once, and each snapshot once per revision and filter, in parts. Its handler is registered
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -22,12 +24,9 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh import names
 from grpcmesh.reflection import MethodCatalog
-from grpcmesh.registry.config_store import (
-    ConfigStore,
-    known_instances,
-    prepare,
-    serving_protos,
-)
+from grpcmesh.registry.backend import Store
+from grpcmesh.registry.config_store import known_instances, prepare, serving_protos
+from grpcmesh.registry.history import Change
 from grpcmesh.registry.limits import check_watchers
 from grpcmesh.registry.model import (
     Event,
@@ -38,13 +37,19 @@ from grpcmesh.registry.model import (
     RegistryError,
 )
 from grpcmesh.registry.snapshot import PART_BYTES, encode_instance, snapshot_parts
-from grpcmesh.registry.store import RegistryStore, filter_event, matches
+from grpcmesh.registry.store import filter_event, matches
+from grpcmesh.registry.view import View
 
 T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Registry"].full_name
 
 # A watcher that falls this far behind gets a fresh SNAPSHOT instead of the backlog.
 WATCH_BACKLOG_LIMIT = 10_000
+# How long a watch that resumes from a revision this replica has not seen yet (it was seen
+# through another replica) waits for this replica to catch up, before it gets a SNAPSHOT.
+RESUME_CATCH_UP_SECONDS = 2.0
+# How long a write waits for this replica's view to show it before answering anyway.
+READ_BACK_SECONDS = 5.0
 
 
 class _Watcher:
@@ -96,11 +101,11 @@ def add_to_server(service: RegistryService, server: grpc.aio.Server) -> None:
 
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, store: RegistryStore, catalog: MethodCatalog = MethodCatalog(),
-                 part_bytes: int = PART_BYTES, configs: ConfigStore | None = None) -> None:
+    def __init__(self, store: Store, view: View, catalog: MethodCatalog = MethodCatalog(),
+                 part_bytes: int = PART_BYTES) -> None:
         self.store = store
-        self.configs = configs if configs is not None else ConfigStore()
-        self._config_event = self._encode_config(self.configs.current)
+        self.view = view
+        self._config_event = self._encode_config(view.config)
         self._applying = asyncio.Lock()
         self._catalog = catalog
         self._part_bytes = part_bytes
@@ -109,8 +114,8 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         # revision's snapshot parts per watch filter; cleared by every change.
         self._encoded: dict[tuple[str, str], tuple[Instance, bytes]] = {}
         self._snapshots: dict[tuple[str, str], list[bytes]] = {}
-        store.subscribe(self._on_event)
-        self.configs.subscribe(self._on_config)
+        view.subscribe(self._on_event)
+        view.subscribe_config(self._on_config)
 
     def close(self) -> None:
         """End every Watch stream with UNAVAILABLE, so watchers go to another registry (or
@@ -168,14 +173,48 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         parts = self._snapshots.get(key)
         if parts is None:
             parts = self._snapshots[key] = snapshot_parts(
-                self.store.revision, self.store.warm_until is not None,
-                [self._encode(i) for i in self.store.instances()
-                 if matches(i, service, proto_service)], self._part_bytes)
+                self.view.revision, self.view.partial,
+                [self._encode(i) for i in self.view.instances()
+                 if matches(i, service, proto_service)], self._part_bytes,
+                self.view.store_id)
         return parts
 
-    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:
+    def _resume(self, watcher: _Watcher, after: int) -> list[bytes] | None:
+        """What a watcher resuming after revision `after` is sent first: RESUMED, what changed
+        since (filtered as its watch is), and the config if it asked. None: start over."""
+        held = self.view.since(after)
+        if held is None:
+            return None
+        out = [Event(EventType.RESUMED, after,
+                     store_id=self.view.store_id).to_proto().SerializeToString()]
+        for change in held:
+            out.extend(self._replayed(watcher, change))
+        if watcher.include_config:
+            out.append(self._config_event)
+        return out
+
+    def _replayed(self, watcher: _Watcher, change: Change) -> list[bytes]:
+        if change.event.type == EventType.CONFIG:
+            return []  # the config in force is sent once, after the changes
+        seen = filter_event(change.event, change.previous, watcher.service,
+                            watcher.proto_service)
+        return [] if seen is None else [seen.to_proto().SerializeToString()]
+
+    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[int]],
+                    ) -> int:
+        """Make a write, answer with its revision once this replica's view shows it."""
         try:
-            return fn()
+            revision = await fn()
+        except RegistryError as err:
+            await context.abort(err.code, err.message)
+            raise  # unreachable: abort raises
+        await self.view.wait_for(revision, READ_BACK_SECONDS)
+        return revision
+
+    async def _abort_on_error(self, context: grpc.aio.ServicerContext,
+                              fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
         except RegistryError as err:
             await context.abort(err.code, err.message)
             raise  # unreachable: abort raises
@@ -188,14 +227,17 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         if not instance.methods:  # an app without reflection: kinds from --descriptor-set
             instance = replace(instance, methods=self._catalog.methods_for(
                 instance.proto_services))
-        reg = await self._call(context, lambda: self.store.register(
+        reg = await self._abort_on_error(context, lambda: self.store.register(
             instance, request.ttl_seconds))
-        return pb.RegisterResponse(lease_id=reg.instance.lease_id,
-                                   ttl_seconds=request.ttl_seconds, revision=reg.revision)
+        await self.view.wait_for(reg.revision, READ_BACK_SECONDS)
+        ttl = int(reg.lease.ttl) if reg.lease is not None else request.ttl_seconds
+        return pb.RegisterResponse(lease_id=reg.instance.lease_id, ttl_seconds=ttl,
+                                   revision=reg.revision)
 
     async def KeepAlive(self, request: pb.KeepAliveRequest,
                         context: grpc.aio.ServicerContext) -> pb.KeepAliveResponse:
-        lease = await self._call(context, lambda: self.store.keep_alive(request.lease_id))
+        lease = await self._abort_on_error(context, lambda: self.store.keep_alive(
+            request.lease_id))
         return pb.KeepAliveResponse(ttl_seconds=int(lease.ttl))
 
     async def SetHealth(self, request: pb.SetHealthRequest,
@@ -216,18 +258,20 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
 
     async def Resolve(self, request: pb.ResolveRequest,
                       context: grpc.aio.ServicerContext) -> pb.ResolveResponse:
-        found = await self._call(context, lambda: self.store.resolve(
-            request.service, request.proto_service))
+        try:
+            found = self.view.resolve(request.service, request.proto_service)
+        except RegistryError as err:
+            await context.abort(err.code, err.message)
         return pb.ResolveResponse(instances=[i.to_proto() for i in found],
-                                  revision=self.store.revision)
+                                  revision=self.view.revision)
 
     async def ListServices(self, request: pb.ListServicesRequest,
                            context: grpc.aio.ServicerContext) -> pb.ListServicesResponse:
         return pb.ListServicesResponse(
             services=[pb.ServiceSummary(service=s.service, proto_services=s.proto_services,
                                         instances=s.instances, serving=s.serving)
-                      for s in self.store.list_services()],
-            revision=self.store.revision)
+                      for s in self.view.list_services()],
+            revision=self.view.revision)
 
     async def Watch(self, request: pb.WatchRequest,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -236,14 +280,19 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 names.check_service(request.service, "service")
             if request.proto_service:
                 names.check_proto_service(request.proto_service, "proto_service")
-            check_watchers(len(self._watchers), self.store.limits)
+            check_watchers(len(self._watchers), self.view.limits)
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except RegistryError as err:
             await context.abort(err.code, err.message)
         watcher = _Watcher(request.service, request.proto_service, request.include_config)
-        # Snapshot and subscription happen in one step of the event loop: nothing is missed.
-        parts = self._start(watcher)
+        resume = request.after_revision > 0 and request.store_id == self.view.store_id
+        if resume and request.after_revision > self.view.revision:
+            await self.view.wait_for(request.after_revision, RESUME_CATCH_UP_SECONDS)
+        # The first messages and the subscription happen in one step of the event loop:
+        # nothing is missed.
+        parts = (self._resume(watcher, request.after_revision) if resume else None) \
+            or self._start(watcher)
         self._watchers.add(watcher)
         try:
             while True:
@@ -267,17 +316,18 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
     async def ApplyConfig(self, request: pb.ApplyConfigRequest,
                           context: grpc.aio.ServicerContext) -> pb.ApplyConfigResponse:
         async with self._applying:  # one at a time: each may take a core for a second
-            instances = self.store.instances()
+            instances = self.view.instances()
             known, serving = known_instances(instances), serving_protos(instances)
             try:
                 ready = await asyncio.to_thread(prepare, request.text,
                                                 request.source or "config", known, serving)
+                applied = await self.store.apply_config(ready, time.time())
             except RegistryError as err:
                 await context.abort(err.code, err.message)
-            applied = self.configs.apply(ready, time.time())
+        await self.view.wait_for(applied.revision, READ_BACK_SECONDS)
         return pb.ApplyConfigResponse(config=applied.current.to_proto(), changed=applied.changed,
                                       warnings=applied.warnings)
 
     async def GetConfig(self, request: pb.GetConfigRequest,
                         context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
-        return pb.GetConfigResponse(config=self.configs.current.to_proto())
+        return pb.GetConfigResponse(config=self.view.config.to_proto())

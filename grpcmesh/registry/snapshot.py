@@ -56,19 +56,20 @@ def plan_parts(sizes: Sequence[int], budget: int) -> list[range]:
     return runs
 
 
-def _header(revision: int, partial: bool, more: bool) -> bytes:
+def _header(revision: int, partial: bool, more: bool, store_id: str) -> bytes:
     header: bytes = pb.WatchEvent(type=pb.WatchEvent.SNAPSHOT, revision=revision,
-                                  partial=partial, more=more).SerializeToString()
+                                  partial=partial, more=more,
+                                  store_id=store_id).SerializeToString()
     return header
 
 
 def snapshot_parts(revision: int, partial: bool, encoded: Sequence[bytes],
-                   budget: int = PART_BYTES) -> list[bytes]:
+                   budget: int = PART_BYTES, store_id: str = "") -> list[bytes]:
     """The serialized SNAPSHOT messages for instances already encoded (encode_instance), each
     at most budget bytes unless one instance alone is larger; `more` on all but the last."""
-    header_allowance = len(_header(revision, partial, True))
+    header_allowance = len(_header(revision, partial, True, store_id))
     runs = plan_parts([len(e) for e in encoded], budget - header_allowance)
-    return [_header(revision, partial, i < len(runs) - 1)
+    return [_header(revision, partial, i < len(runs) - 1, store_id)
             + b"".join(encoded[run.start:run.stop]) for i, run in enumerate(runs)]
 
 
@@ -107,4 +108,5 @@ class SnapshotAssembler:
             return event
         parts, self._parts = [*self._parts, event], []
         return Event(EventType.SNAPSHOT, event.revision,
-                     tuple(i for part in parts for i in part.instances), partial=event.partial)
+                     tuple(i for part in parts for i in part.instances), partial=event.partial,
+                     store_id=event.store_id)

@@ -119,42 +119,19 @@ class RegistryStore:
         if self.warm_until is None or self._clock.now() < self.warm_until:
             return False
         self.warm_until = None
+        # A revision of its own: a watcher that saw the partial state at the old revision
+        # must not resume from it as if it were complete.
+        self.revision += 1
         event = self.snapshot()
         for listener in list(self._listeners):
             listener(event, None)
         return True
 
     def resolve(self, service: str = "", proto_service: str = "") -> list[Instance]:
-        if bool(service) == bool(proto_service):
-            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
-                                "give exactly one of service or proto_service")
-        try:
-            if service:
-                names.check_service(service, "service")
-            else:
-                names.check_proto_service(proto_service, "proto_service")
-        except ValueError as err:
-            raise _invalid(err) from None
-        found = [i for i in self.instances()
-                 if (i.service == service if service else proto_service in i.proto_services)]
-        if not found:
-            what = f"service {service!r}" if service else f"proto service {proto_service!r}"
-            raise RegistryError(grpc.StatusCode.NOT_FOUND, f"no instance of {what} is registered")
-        return found
+        return resolve(self.instances(), service, proto_service)
 
     def list_services(self) -> list[ServiceSummary]:
-        groups: dict[str, list[Instance]] = {}
-        for inst in self.instances():
-            groups.setdefault(inst.service, []).append(inst)
-        return [
-            ServiceSummary(
-                service=name,
-                proto_services=tuple(sorted({p for i in insts for p in i.proto_services})),
-                instances=len(insts),
-                serving=sum(1 for i in insts if i.health == Health.SERVING),
-            )
-            for name, insts in sorted(groups.items())
-        ]
+        return list_services(self.instances())
 
     def checked_instances(self) -> list[Instance]:
         """Instances without a lease, whose health the registry itself checks."""
@@ -268,6 +245,11 @@ class RegistryStore:
             due.append(self.warm_until)
         return min(due, default=None)
 
+    def bump(self) -> int:
+        """A new revision for a write that is not an instance's (the mesh config's)."""
+        self.revision += 1
+        return self.revision
+
     # -- internals ----------------------------------------------------------------------------
 
     def _new_lease_id(self) -> int:
@@ -310,6 +292,43 @@ class RegistryStore:
         for listener in list(self._listeners):
             listener(event, previous)
         return self.revision
+
+
+def resolve(instances: Iterable[Instance], service: str = "",
+            proto_service: str = "") -> list[Instance]:
+    """The instances of a service, or of every service that serves a proto service."""
+    if bool(service) == bool(proto_service):
+        raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
+                            "give exactly one of service or proto_service")
+    try:
+        if service:
+            names.check_service(service, "service")
+        else:
+            names.check_proto_service(proto_service, "proto_service")
+    except ValueError as err:
+        raise _invalid(err) from None
+    found = [i for i in instances
+             if (i.service == service if service else proto_service in i.proto_services)]
+    if not found:
+        what = f"service {service!r}" if service else f"proto service {proto_service!r}"
+        raise RegistryError(grpc.StatusCode.NOT_FOUND, f"no instance of {what} is registered")
+    return found
+
+
+def list_services(instances: Iterable[Instance]) -> list[ServiceSummary]:
+    """Per service: its proto services, how many instances, how many serving."""
+    groups: dict[str, list[Instance]] = {}
+    for inst in instances:
+        groups.setdefault(inst.service, []).append(inst)
+    return [
+        ServiceSummary(
+            service=name,
+            proto_services=tuple(sorted({p for i in insts for p in i.proto_services})),
+            instances=len(insts),
+            serving=sum(1 for i in insts if i.health == Health.SERVING),
+        )
+        for name, insts in sorted(groups.items())
+    ]
 
 
 def matches(instance: Instance, service: str, proto_service: str) -> bool:

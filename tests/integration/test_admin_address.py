@@ -15,7 +15,7 @@ from tests.conftest import Mesh, wait_for
 async def test_a_registered_instance_carries_its_sidecars_admin_address(mesh: Mesh) -> None:
     app = await mesh.app("a")
     sidecar = await mesh.sidecar("echo", app)
-    store = mesh.registry.store
+    store = mesh.registry.view
     await wait_for(store.instances, 5, "echo to be registered")
     [instance] = store.instances()
     assert sidecar.admin.address and instance.admin_address == sidecar.admin.address
@@ -34,14 +34,14 @@ async def test_a_registered_instance_carries_its_sidecars_admin_address(mesh: Me
 async def test_a_sidecar_without_an_admin_port_publishes_none(mesh: Mesh) -> None:
     app = await mesh.app("a")
     await mesh.sidecar("echo", app, admin=None)
-    store = mesh.registry.store
+    store = mesh.registry.view
     await wait_for(store.instances, 5, "echo to be registered")
     assert store.instances()[0].admin_address == ""
 
 
 @pytest.mark.asyncio
 async def test_a_client_only_sidecar_announces_itself_but_is_no_endpoint(mesh: Mesh) -> None:
-    store = mesh.registry.store
+    store = mesh.registry.view
     app = await mesh.app("a")
     server = await mesh.sidecar("echo", app)
     client = await mesh.sidecar("web", labels=(("zone", "eu-1"),), instance_id="web-1")
@@ -65,7 +65,7 @@ async def test_a_client_only_sidecar_announces_itself_but_is_no_endpoint(mesh: M
 
 @pytest.mark.asyncio
 async def test_a_client_only_sidecars_default_instance_id_is_host_and_port(mesh: Mesh) -> None:
-    store = mesh.registry.store
+    store = mesh.registry.view
     client = await mesh.sidecar("web")
     await wait_for(store.instances, 5, "the client sidecar to announce itself")
     [announced] = store.instances()

@@ -165,7 +165,7 @@ async def test_a_push_the_sidecar_cannot_read_leaves_the_old_config_in_force(
     await wait_for(lambda: sidecar.config_version == 1, 2.0, "version 1 in the sidecar")
     # As from a newer registry: version 2 has a rule this sidecar does not know.
     newer = '{"services":{"orders":{"mirror":{"percent":5}}}}'
-    mesh.registry.configs.apply(Prepared(parse_text(EXAMPLE), newer), time.time())
+    await mesh.registry.store.apply_config(Prepared(parse_text(EXAMPLE), newer), time.time())
     await wait_for(lambda: not sidecar.config.is_new(PushedConfig(2, newer)), 2.0,
                    "the sidecar to refuse version 2")
     body = await sidecar_config(sidecar)

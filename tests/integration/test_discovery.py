@@ -117,14 +117,14 @@ async def test_calls_keep_flowing_while_the_registry_is_down_and_after_it_return
         await restarted.start()
         mesh.registry = restarted
         try:
-            await wait_for(lambda: len([i for i in restarted.store.instances()
+            await wait_for(lambda: len([i for i in restarted.view.instances()
                                         if i.service == "echo"]) == 2, 10,
                            "the echo sidecars to register again")  # (and the client's)
             await wait_for(lambda: client.registry_up, 10, "the client's watch to resume")
             c = await mesh.app("c")
             await mesh.sidecar("echo", c)
             await wait_for(lambda: load.first_call_to("c"), 5, "calls to the new instance c")
-            await wait_for(lambda: restarted.store.warm_until is None, 5, "the warm-up to end")
+            await wait_for(lambda: not restarted.view.partial, 5, "the warm-up to end")
             after_warmup = time.monotonic()
             await asyncio.sleep(0.3)
             assert all(load.calls_to(n, after_warmup) > 0 for n in ("a", "b", "c"))

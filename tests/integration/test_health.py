@@ -126,7 +126,7 @@ async def test_sidecar_follows_check_when_watch_is_unimplemented(
     sidecar = await mesh.sidecar("legacy", app, proto_services=(PROTO,))
 
     def registered() -> Health | None:
-        found = mesh.registry.store.resolve(service="legacy")
+        found = mesh.registry.view.resolve(service="legacy")
         return found[0].health if found else None
 
     await wait_for(lambda: sidecar.app_health == Health.SERVING, FLIP_TIMEOUT, "first SERVING")
@@ -150,7 +150,7 @@ async def test_registry_checks_a_check_only_instance(
                             timeout=5)
 
         def checked() -> Health | None:
-            found = registry.store.get("legacy", "l1")
+            found = registry.view.get("legacy", "l1")
             return found.health if found else None
 
         await wait_for(lambda: checked() == Health.SERVING, FLIP_TIMEOUT, "first SERVING")

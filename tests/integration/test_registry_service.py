@@ -100,7 +100,7 @@ async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
 
 
 def health_in(server: RegistryServer, service: str, instance_id: str) -> int:
-    inst = server.store.get(service, instance_id)
+    inst = server.view.get(service, instance_id)
     return pb.HEALTH_STATUS_UNKNOWN if inst is None else int(inst.health)
 
 

@@ -5,10 +5,25 @@ import random
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh.clock import FakeClock
-from grpcmesh.registry.config_store import prepare
-from grpcmesh.registry.model import Instance
+from grpcmesh.registry.backend import Listing, LocalStore
+from grpcmesh.registry.config_store import ConfigStore, prepare
+from grpcmesh.registry.history import Change
+from grpcmesh.registry.model import Event, EventType, Instance, PushedConfig
 from grpcmesh.registry.service import RegistryService, _Watcher
 from grpcmesh.registry.store import RegistryStore
+from grpcmesh.registry.view import View
+
+
+def served(store: RegistryStore, configs: ConfigStore | None = None) -> RegistryService:
+    """A RegistryService whose view hears of store's changes at once (follow() without a
+    loop: these tests look at what is queued for each watcher, not at sockets)."""
+    configs = configs or ConfigStore()
+    view = View("test")
+    view.reset(Listing(store.revision, tuple(store.instances()), PushedConfig(0)))
+    store.subscribe(lambda event, previous: view.apply(Change(event, previous)))
+    configs.subscribe(lambda config: view.apply(Change(Event(
+        EventType.CONFIG, store.bump(), config=config))))
+    return RegistryService(LocalStore(store, configs, FakeClock()), view)
 
 
 def orders(i: int) -> Instance:
@@ -17,7 +32,7 @@ def orders(i: int) -> Instance:
 
 def test_a_snapshot_is_serialized_once_per_revision_and_shared() -> None:
     store = RegistryStore(FakeClock(), random.Random(1))
-    service = RegistryService(store)
+    service = served(store)
     for i in range(1, 4):
         store.register(orders(i), 0)
     parts = service.snapshot()
@@ -35,7 +50,7 @@ def test_a_snapshot_is_serialized_once_per_revision_and_shared() -> None:
 
 def test_each_change_is_serialized_once_for_every_watcher() -> None:
     store = RegistryStore(FakeClock(), random.Random(1))
-    service = RegistryService(store)
+    service = served(store)
     watchers = [_Watcher("", ""), _Watcher("orders", ""), _Watcher("payments", "")]
     service._watchers.update(watchers)
     store.register(orders(1), 0)
@@ -49,11 +64,12 @@ def test_each_change_is_serialized_once_for_every_watcher() -> None:
 
 def test_a_config_is_serialized_once_per_version_for_the_watchers_that_asked() -> None:
     store = RegistryStore(FakeClock(), random.Random(1))
-    service = RegistryService(store)
+    configs = ConfigStore()
+    service = served(store, configs)
     asked = [_Watcher("", "", include_config=True), _Watcher("orders", "", include_config=True)]
     old = _Watcher("", "")  # a watcher from before CONFIG existed: never sent one
     service._watchers.update([*asked, old])
-    service.configs.apply(prepare("services: {orders: {timeout: 2s}}\n"), 1000.0)
+    configs.apply(prepare("services: {orders: {timeout: 2s}}\n"), 1000.0)
     assert asked[0].pending[0] is asked[1].pending[0]
     assert not old.pending
     event = pb.WatchEvent.FromString(asked[0].pending[0])

@@ -171,17 +171,21 @@ class ListServicesResponse(_message.Message):
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceSummary, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("service", "proto_service", "include_config")
+    __slots__ = ("service", "proto_service", "include_config", "store_id", "after_revision")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     PROTO_SERVICE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
     service: str
     proto_service: str
     include_config: bool
-    def __init__(self, service: _Optional[str] = ..., proto_service: _Optional[str] = ..., include_config: _Optional[bool] = ...) -> None: ...
+    store_id: str
+    after_revision: int
+    def __init__(self, service: _Optional[str] = ..., proto_service: _Optional[str] = ..., include_config: _Optional[bool] = ..., store_id: _Optional[str] = ..., after_revision: _Optional[int] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("type", "revision", "instances", "reason", "partial", "more", "config")
+    __slots__ = ("type", "revision", "instances", "reason", "partial", "more", "config", "store_id")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNKNOWN: _ClassVar[WatchEvent.Type]
@@ -189,11 +193,13 @@ class WatchEvent(_message.Message):
         UPSERT: _ClassVar[WatchEvent.Type]
         DELETE: _ClassVar[WatchEvent.Type]
         CONFIG: _ClassVar[WatchEvent.Type]
+        RESUMED: _ClassVar[WatchEvent.Type]
     TYPE_UNKNOWN: WatchEvent.Type
     SNAPSHOT: WatchEvent.Type
     UPSERT: WatchEvent.Type
     DELETE: WatchEvent.Type
     CONFIG: WatchEvent.Type
+    RESUMED: WatchEvent.Type
     TYPE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +207,7 @@ class WatchEvent(_message.Message):
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
     type: WatchEvent.Type
     revision: int
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
@@ -208,7 +215,8 @@ class WatchEvent(_message.Message):
     partial: bool
     more: bool
     config: AppliedConfig
-    def __init__(self, type: _Optional[_Union[WatchEvent.Type, str]] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., reason: _Optional[str] = ..., partial: _Optional[bool] = ..., more: _Optional[bool] = ..., config: _Optional[_Union[AppliedConfig, _Mapping]] = ...) -> None: ...
+    store_id: str
+    def __init__(self, type: _Optional[_Union[WatchEvent.Type, str]] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., reason: _Optional[str] = ..., partial: _Optional[bool] = ..., more: _Optional[bool] = ..., config: _Optional[_Union[AppliedConfig, _Mapping]] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class AppliedConfig(_message.Message):
     __slots__ = ("version", "canonical_json", "applied_at")

@@ -1,0 +1,187 @@
+"""What one registry replica knows of its store: every instance, the config in force, the
+revision, and the recent changes (for watchers that resume). follow() keeps it current: a
+listing, then the store's changes; after a break, the changes after the last revision it saw
+(none lost, none twice), or a new listing if those are gone.
+
+The registry answers reads (Resolve, ListServices, Watch snapshots) from here, and fans each
+change out to its watchers through the listeners. Pure apart from follow() and wait_for().
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from grpcmesh.registry.backend import Compacted, Listing, Store, StoreUnavailable
+from grpcmesh.registry.client import Backoff
+from grpcmesh.registry.history import HISTORY_LIMIT, Change, History
+from grpcmesh.registry.limits import RegistryLimits
+from grpcmesh.registry.model import Event, EventType, Instance, PushedConfig, ServiceSummary
+from grpcmesh.registry.store import list_services, resolve
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Event, "Instance | None"], None]
+ConfigListener = Callable[[PushedConfig], None]
+
+
+class View:
+    def __init__(self, store_id: str = "", limits: RegistryLimits = RegistryLimits(),
+                 history_limit: int = HISTORY_LIMIT) -> None:
+        self.store_id = store_id
+        self.limits = limits
+        self.revision = 0
+        self.partial = False
+        self.loaded = False
+        self.config = PushedConfig(0)
+        self._instances: dict[tuple[str, str], Instance] = {}
+        self._history = History(0, history_limit)
+        self._listeners: list[Listener] = []
+        self._config_listeners: list[ConfigListener] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def instances(self) -> list[Instance]:
+        return sorted(self._instances.values(), key=lambda i: i.key)
+
+    def get(self, service: str, instance_id: str) -> Instance | None:
+        return self._instances.get((service, instance_id))
+
+    def resolve(self, service: str = "", proto_service: str = "") -> list[Instance]:
+        return resolve(self.instances(), service, proto_service)
+
+    def list_services(self) -> list[ServiceSummary]:
+        return list_services(self.instances())
+
+    def checked_instances(self) -> list[Instance]:
+        return [i for i in self.instances() if i.checked_by_registry]
+
+    def snapshot(self) -> Event:
+        return Event(EventType.SNAPSHOT, self.revision, tuple(self.instances()),
+                     partial=self.partial, store_id=self.store_id)
+
+    def since(self, after: int) -> list[Change] | None:
+        """The changes after revision `after`, if all are held (see History.since)."""
+        return self._history.since(after)
+
+    # -- listening ----------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """listener(event, previous) after every change; a SNAPSHOT means start over."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def subscribe_config(self, listener: ConfigListener) -> Callable[[], None]:
+        self._config_listeners.append(listener)
+        return lambda: self._config_listeners.remove(listener)
+
+    # -- changing -----------------------------------------------------------------------------
+
+    def reset(self, listing: Listing) -> None:
+        """Take a whole new state; listeners get a SNAPSHOT (and the config, if it changed)."""
+        self._instances = {i.key: i for i in listing.instances}
+        self.revision, self.partial = listing.revision, listing.partial
+        self._history.reset(listing.revision)
+        was_loaded, self.loaded = self.loaded, True
+        if was_loaded:
+            self._tell(self.snapshot(), None)
+        self._set_config(listing.config)
+        self._notify()
+
+    def apply(self, change: Change) -> None:
+        event = change.event
+        if event.revision < self.revision or (
+                event.revision == self.revision and event.type != EventType.CONFIG):
+            return  # seen already (a watch resumed from an older revision than needed)
+        if event.type == EventType.SNAPSHOT:
+            self.reset(Listing(event.revision, event.instances, self.config, event.partial))
+            return
+        self.revision = event.revision
+        if event.type == EventType.CONFIG:
+            assert event.config is not None
+            self._history.add(change)
+            self._set_config(event.config)
+        else:
+            inst = event.instances[0]
+            previous = self._instances.get(inst.key)
+            if event.type == EventType.DELETE:
+                if previous is None:
+                    self._notify()
+                    return
+                # A store may know only the key of what it deleted: watchers get it whole.
+                event = replace(event, instances=(previous,))
+                self._instances.pop(inst.key)
+            else:
+                self._instances[inst.key] = inst
+            change = Change(event, previous if previous is not None else change.previous)
+            self._history.add(change)
+            self._tell(event, change.previous)
+        self._notify()
+
+    def _set_config(self, config: PushedConfig) -> None:
+        if config.version == self.config.version:
+            return
+        self.config = config
+        for listener in list(self._config_listeners):
+            listener(config)
+
+    def _tell(self, event: Event, previous: Instance | None) -> None:
+        for listener in list(self._listeners):
+            listener(event, previous)
+
+    def _notify(self) -> None:
+        if not self._waiters:
+            return
+        waiting = []
+        for revision, future in self._waiters:
+            if revision <= self.revision:
+                if not future.done():
+                    future.set_result(None)
+            elif not future.done():
+                waiting.append((revision, future))
+        self._waiters = waiting
+
+    async def wait_for(self, revision: int, timeout: float = 5.0) -> bool:
+        """Wait until this view has seen revision (a write's, so that the writer reads its
+        write back here); False if it has not within timeout."""
+        if self.revision >= revision:
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((revision, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._waiters = [w for w in self._waiters if w[1] is not future]
+            return False
+        return True
+
+
+async def follow(store: Store, view: View, ready: asyncio.Event | None = None) -> None:
+    """Keep view current with store until cancelled."""
+    backoff = Backoff(0.05, 2.0)
+    listed = False
+    warned = False
+    while True:
+        try:
+            if not listed:
+                view.reset(await store.listing())
+                listed = True
+                if ready is not None:
+                    ready.set()
+            async for change in store.changes(view.revision):
+                if warned:
+                    log.info("following the store again at revision %d", view.revision)
+                    warned = False
+                backoff.reset()
+                view.apply(change)
+        except Compacted as err:
+            log.warning("%s: listing the store again", err)
+            listed = False
+        except StoreUnavailable as err:
+            log.log(logging.DEBUG if warned else logging.WARNING,
+                    "%s; keeping what is known (revision %d) and trying again", err,
+                    view.revision)
+            warned = True
+            await asyncio.sleep(backoff.next())
