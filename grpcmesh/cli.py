@@ -121,8 +121,18 @@ def _percent(text: str) -> float:
 
 
 def _store_spec(text: str) -> str:
+    if text.startswith("etcd:"):
+        from grpcmesh.registry.etcd_store import parse_etcd_url
+
+        try:
+            parse_etcd_url(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("--store ")) from None
+        return text
     if text != "memory" and not (text.startswith("sqlite:") and len(text) > len("sqlite:")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not 'memory' or 'sqlite:PATH'")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'memory', 'sqlite:PATH' or 'etcd://HOST:PORT[,HOST:PORT...]"
+            "[/PREFIX]'")
     return text
 
 
@@ -139,9 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "grpc.health.v1 and reflection on one port.")
     p.add_argument("--listen", type=LISTEN, default=DEFAULT_REGISTRY, metavar="HOST:PORT",
                    help=f"address to serve on (default {DEFAULT_REGISTRY})")
-    p.add_argument("--store", type=_store_spec, default="memory", metavar="memory|sqlite:PATH",
-                   help="where registry-checked instances are kept (default memory); leased "
-                        "instances are re-registered by their sidecars after a restart")
+    p.add_argument("--store", type=_store_spec, default="memory",
+                   metavar="memory|sqlite:PATH|etcd://HOST:PORT[,...][/PREFIX]",
+                   help="where the registry's state lives (default memory: this process; "
+                        "sqlite:PATH also keeps registry-checked instances and the config "
+                        "across restarts; etcd://: shared by any number of registry replicas, "
+                        "default prefix /grpcmesh)")
     p.add_argument("--warmup", type=_positive_float, default=10.0, metavar="SECONDS",
                    help="after a start, how long watchers keep instances this registry has "
                         "not heard from yet (sidecars re-register within their TTL; default 10)")

@@ -97,20 +97,19 @@ def settings_from(args: argparse.Namespace, cls: type[T]) -> T:
 async def cmd_registry(args: argparse.Namespace) -> int:
     from grpcmesh.reflection import MethodCatalog
     from grpcmesh.registry.limits import RegistryLimits
-    from grpcmesh.registry.server import RegistryServer, open_persistence
+    from grpcmesh.registry.server import RegistryServer, open_store
 
     limits = settings_from(args, RegistryLimits)
     mesh_config = _startup_config(args.config) if args.config else None
     try:
         catalog = MethodCatalog.load(args.descriptor_set)
-        persistence = open_persistence(args.store)
     except ValueError as err:
         raise CliError(str(err)) from None
     if args.descriptor_set:
         log.info("method kinds of %s from --descriptor-set", ", ".join(catalog.services()))
     try:
-        server = RegistryServer(args.listen, persistence, warmup=args.warmup, catalog=catalog,
-                                limits=limits, config=mesh_config)
+        store = open_store(args.store, warmup=args.warmup, limits=limits)
+        server = RegistryServer(args.listen, catalog=catalog, config=mesh_config, store=store)
         address = await server.start()
     except (ValueError, RegistryError) as err:  # the stored config; storing --config's
         why = str(err)

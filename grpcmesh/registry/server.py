@@ -40,6 +40,17 @@ def open_persistence(spec: str) -> Persistence | None:
                      "'etcd://HOST:PORT[,HOST:PORT...][/PREFIX]'")
 
 
+def open_store(spec: str, *, warmup: float = 10.0,
+               limits: RegistryLimits = RegistryLimits()) -> Store:
+    """--store memory | sqlite:PATH | etcd://HOST:PORT[,HOST:PORT...][/PREFIX]; ValueError
+    for a bad spec (etcd is reached only by Store.open)."""
+    if spec.startswith("etcd:"):
+        from grpcmesh.registry.etcd_store import EtcdStore, parse_etcd_url
+
+        return EtcdStore(parse_etcd_url(spec), limits)
+    return local_store(open_persistence(spec), warmup=warmup, limits=limits)
+
+
 def local_store(persistence: Persistence | None = None, *, warmup: float = 10.0,
                 limits: RegistryLimits = RegistryLimits(),
                 history_limit: int = HISTORY_LIMIT) -> LocalStore:

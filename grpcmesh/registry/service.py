@@ -24,7 +24,7 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh import names
 from grpcmesh.reflection import MethodCatalog
-from grpcmesh.registry.backend import Store
+from grpcmesh.registry.backend import Store, StoreUnavailable
 from grpcmesh.registry.config_store import known_instances, prepare, serving_protos
 from grpcmesh.registry.history import Change
 from grpcmesh.registry.limits import check_watchers
@@ -203,11 +203,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[int]],
                     ) -> int:
         """Make a write, answer with its revision once this replica's view shows it."""
-        try:
-            revision = await fn()
-        except RegistryError as err:
-            await context.abort(err.code, err.message)
-            raise  # unreachable: abort raises
+        revision = await self._abort_on_error(context, fn)
         await self.view.wait_for(revision, READ_BACK_SECONDS)
         return revision
 
@@ -218,6 +214,9 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         except RegistryError as err:
             await context.abort(err.code, err.message)
             raise  # unreachable: abort raises
+        except StoreUnavailable as err:  # the client tries again, or another replica
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+            raise
 
     async def Register(self, request: pb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
@@ -321,9 +320,10 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             try:
                 ready = await asyncio.to_thread(prepare, request.text,
                                                 request.source or "config", known, serving)
-                applied = await self.store.apply_config(ready, time.time())
             except RegistryError as err:
                 await context.abort(err.code, err.message)
+            applied = await self._abort_on_error(
+                context, lambda: self.store.apply_config(ready, time.time()))
         await self.view.wait_for(applied.revision, READ_BACK_SECONDS)
         return pb.ApplyConfigResponse(config=applied.current.to_proto(), changed=applied.changed,
                                       warnings=applied.warnings)

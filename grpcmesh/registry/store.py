@@ -140,35 +140,10 @@ class RegistryStore:
     # -- changes ------------------------------------------------------------------------------
 
     def register(self, instance: Instance, ttl_seconds: float) -> Registration:
-        instance = replace(instance, owner=instance.owner or instance.address, lease_id=0,
-                           proto_services=tuple(sorted(set(instance.proto_services))),
-                           labels=tuple(sorted(instance.labels)))
-        validate_instance(instance, self.limits)
-        if not 0 <= ttl_seconds <= MAX_TTL_SECONDS:
-            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"ttl_seconds {ttl_seconds} is out of range: expected 0 "
-                                f"(registry-checked) to {MAX_TTL_SECONDS}")
+        instance = normalized(instance)
+        check_registration_request(instance, ttl_seconds, self.limits)
         previous = self._instances.get(instance.key)
-        if previous is None:
-            check_room(len(self._instances), self.limits, instance)
-        if previous is not None and previous.owner != instance.owner:
-            raise RegistryError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"instance_id {instance.instance_id!r} of service {instance.service!r} is "
-                f"already registered by owner {previous.owner!r} (address {previous.address}); "
-                f"deregister it first or choose another instance id",
-            )
-        if (ttl_seconds == 0 and previous is not None and previous.checked_by_registry
-                and previous.address == instance.address):
-            # The checker keeps following this address and reports only changes: keep the
-            # health it last reported rather than the registrant's initial guess.
-            instance = replace(instance, health=previous.health)
-        if previous is not None and previous.lease_id and ttl_seconds == 0:
-            raise RegistryError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"instance_id {instance.instance_id!r} of service {instance.service!r} is "
-                f"registered by its sidecar under lease {previous.lease_id}; a registry-checked "
-                "registration cannot replace it (deregister it first)")
+        instance = admit(instance, ttl_seconds, previous, len(self._instances), self.limits)
         if previous is not None and previous.lease_id:
             self._leases.pop(previous.lease_id, None)
         lease = None
@@ -205,26 +180,9 @@ class RegistryStore:
     def deregister(self, service: str, instance_id: str, owner: str) -> int:
         """Remove an instance for its owner: the owner it was registered with (by default its
         address). Without the check any client could empty a service."""
-        try:
-            names.check_service(service, "service")
-            names.check_instance_id(instance_id, "instance_id")
-        except ValueError as err:
-            raise _invalid(err) from None
-        if not owner:
-            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"owner is required to deregister instance_id {instance_id!r} of "
-                                f"service {service!r}: give the owner it was registered with "
-                                "(its address, unless an owner was given)")
         inst = self._instances.get((service, instance_id))
-        if inst is None:
-            raise RegistryError(grpc.StatusCode.NOT_FOUND,
-                                f"instance_id {instance_id!r} of service {service!r} is not "
-                                "registered")
-        if owner != inst.owner:
-            raise RegistryError(grpc.StatusCode.PERMISSION_DENIED,
-                                f"instance_id {instance_id!r} of service {service!r} is not owned "
-                                f"by {owner!r}: only the owner it was registered with may "
-                                "deregister it")
+        check_deregister(inst, service, instance_id, owner)
+        assert inst is not None
         return self._remove(inst, "deregistered")
 
     def expire(self) -> int:
@@ -292,6 +250,76 @@ class RegistryStore:
         for listener in list(self._listeners):
             listener(event, previous)
         return self.revision
+
+
+def normalized(instance: Instance) -> Instance:
+    """A registration as stored: its owner (by default its address), no lease yet, proto
+    services and labels sorted."""
+    return replace(instance, owner=instance.owner or instance.address, lease_id=0,
+                   proto_services=tuple(sorted(set(instance.proto_services))),
+                   labels=tuple(sorted(instance.labels)))
+
+
+def check_registration_request(instance: Instance, ttl_seconds: float,
+                               limits: RegistryLimits) -> None:
+    """Raise RegistryError(INVALID_ARGUMENT) for a bad instance (normalized) or ttl."""
+    validate_instance(instance, limits)
+    if not 0 <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"ttl_seconds {ttl_seconds} is out of range: expected 0 "
+                            f"(registry-checked) to {MAX_TTL_SECONDS}")
+
+
+def admit(instance: Instance, ttl_seconds: float, previous: Instance | None, held: int,
+          limits: RegistryLimits) -> Instance:
+    """The instance to store in place of previous (None: a new one, among `held`), or a
+    RegistryError saying why it may not be."""
+    if previous is None:
+        check_room(held, limits, instance)
+    if previous is not None and previous.owner != instance.owner:
+        raise RegistryError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"instance_id {instance.instance_id!r} of service {instance.service!r} is "
+            f"already registered by owner {previous.owner!r} (address {previous.address}); "
+            f"deregister it first or choose another instance id",
+        )
+    if (ttl_seconds == 0 and previous is not None and previous.checked_by_registry
+            and previous.address == instance.address):
+        # The checker keeps following this address and reports only changes: keep the
+        # health it last reported rather than the registrant's initial guess.
+        instance = replace(instance, health=previous.health)
+    if previous is not None and previous.lease_id and ttl_seconds == 0:
+        raise RegistryError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"instance_id {instance.instance_id!r} of service {instance.service!r} is "
+            f"registered by its sidecar under lease {previous.lease_id}; a registry-checked "
+            "registration cannot replace it (deregister it first)")
+    return instance
+
+
+def check_deregister(inst: Instance | None, service: str, instance_id: str,
+                     owner: str) -> None:
+    """Raise RegistryError unless owner may remove inst (the instance at service/instance_id,
+    None if there is none). Without the owner check any client could empty a service."""
+    try:
+        names.check_service(service, "service")
+        names.check_instance_id(instance_id, "instance_id")
+    except ValueError as err:
+        raise _invalid(err) from None
+    if not owner:
+        raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"owner is required to deregister instance_id {instance_id!r} of "
+                            f"service {service!r}: give the owner it was registered with "
+                            "(its address, unless an owner was given)")
+    if inst is None:
+        raise RegistryError(grpc.StatusCode.NOT_FOUND,
+                            f"instance_id {instance_id!r} of service {service!r} is not "
+                            "registered")
+    if owner != inst.owner:
+        raise RegistryError(grpc.StatusCode.PERMISSION_DENIED,
+                            f"instance_id {instance_id!r} of service {service!r} is not owned "
+                            f"by {owner!r}: only the owner it was registered with may "
+                            "deregister it")
 
 
 def resolve(instances: Iterable[Instance], service: str = "",

@@ -139,7 +139,7 @@ def test_subcommand_help_explains_it(command: str) -> None:
     (("deregister", "--service", "echo"), ["give --instance-id or --address"]),
     (("deregister", "--service", "echo", "--instance-id", "e1"), ["give --owner", "--address"]),
     (("registry", "--listen", "localhost"), ["--listen", "'localhost' is not HOST:PORT"]),
-    (("registry", "--store", "bogus"), ["--store", "'bogus' is not 'memory' or 'sqlite:PATH'"]),
+    (("registry", "--store", "bogus"), ["--store", "'bogus' is not 'memory', 'sqlite:PATH' or 'etcd:"]),
     (("registry", "--max-watchers", "0"), ["--max-watchers", "'0' is not a whole number"]),
     (("registry", "--max-instance-bytes", "2000000"),
      ["--max-instance-bytes 2000000 is too large: at most 1048576"]),
