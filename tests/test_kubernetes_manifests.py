@@ -268,10 +268,9 @@ def wiring_problems(docs: list[Doc]) -> list[str]:
                     if name not in GRPC_HEALTH_NAMES[sub]:
                         problems.append(f"{where}: {probe_kind} asks grpc.health.v1 for "
                                         f"{name!r}, which grpcmesh {sub} does not serve")
-                if "httpGet" in probe and sub == "sidecar":
-                    if probe["httpGet"]["path"] not in SIDECAR_ADMIN_PROBE_PATHS:
-                        problems.append(f"{where}: {probe_kind} path "
-                                        f"{probe['httpGet']['path']} is not /live or /ready")
+                path = probe.get("httpGet", {}).get("path")
+                if sub == "sidecar" and path is not None and path not in SIDECAR_ADMIN_PROBE_PATHS:
+                    problems.append(f"{where}: {probe_kind} path {path} is not /live or /ready")
             if sub == "sidecar":
                 if container not in spec.get("initContainers", []) or \
                         container.get("restartPolicy") != "Always":
@@ -394,8 +393,8 @@ def test_the_port_check_fails_on_a_wrong_port(docs: list[Doc]) -> None:
     assert len(port_problems(broken)) == 4  # its declared port and its three probes
     broken = copy.deepcopy(docs)
     find(broken, "Service", "grpcmesh-registry")["spec"]["ports"][0]["targetPort"] = 7701
-    assert port_problems(broken) == ["Service grpcmesh-registry: targetPort 7701 is not a port "
-                                     "a selected container listens on at a reachable address"]
+    assert port_problems(broken) == [("Service grpcmesh-registry: targetPort 7701 is not a port "
+                                      "a selected container listens on at a reachable address")]
 
 
 def test_the_pieces_meet(docs: list[Doc]) -> None:
@@ -422,11 +421,12 @@ def test_the_wiring_check_fails_on_broken_wiring(docs: list[Doc]) -> None:
     registry["containers"][0]["readinessProbe"]["grpc"]["service"] = "grpc.health.v1.Health"
     args = registry["containers"][0]["args"]
     args[args.index("--store") + 1] = "etcd://etcd-3.etcd:2379/grpcmesh"
+    sidecar["readinessProbe"]["httpGet"]["path"] = "/healthz"
     problems = wiring_problems(broken)
-    assert len(problems) == 7, problems
+    assert len(problems) == 8, problems
     for expected in ("$(POD_IP) is not in its env", "not a native sidecar",
                      "--app 127.0.0.1:50052", "no Service named registry",
-                     "'grpc.health.v1.Health'", "etcd-3.etcd:2379"):
+                     "'grpc.health.v1.Health'", "etcd-3.etcd:2379", "/healthz"):
         assert any(expected in p for p in problems), (expected, problems)
 
 
