@@ -126,7 +126,9 @@ async def watch_forever(client: RegistryClient, on_event: Callable[[Event], None
                     up, warned = True, False
                     backoff.reset()
                     on_state(True)
-                    log.info("watching registry %s", client.address)
+                    log.info("watching registry %s (%s at revision %d)", client.address,
+                             "resumed" if msg.type == pb.WatchEvent.RESUMED else "snapshot",
+                             msg.revision)
                 event = snapshot.feed(Event.from_proto(msg))
                 if event is not None and position.apply(event):
                     on_event(event)

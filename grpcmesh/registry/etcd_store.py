@@ -451,12 +451,11 @@ class EtcdStore:
     async def changes(self, after: int) -> AsyncIterator[Change]:
         requests: asyncio.Queue[Any] = asyncio.Queue()
         await requests.put(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
-            key=self._root, range_end=prefix_end(self._root), start_revision=after + 1,
-            progress_notify=True)))
+            key=self._root, range_end=prefix_end(self._root), start_revision=after + 1)))
 
         async def send() -> AsyncIterator[Any]:
-            while True:
-                yield await requests.get()
+            while (request := await requests.get()) is not None:
+                yield request
 
         stream = self._watch.Watch(send())
         try:
@@ -475,6 +474,7 @@ class EtcdStore:
             raise StoreUnavailable(f"etcd at {self.target.url}: the watch broke: "
                                    f"{err.code().name}: {err.details()}") from None
         finally:
+            requests.put_nowait(None)  # ends send(), and with it grpc's task that reads it
             stream.cancel()
         raise StoreUnavailable(f"etcd at {self.target.url} ended the watch")
 

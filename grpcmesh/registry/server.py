@@ -86,6 +86,7 @@ class RegistryServer:
 
     async def start(self) -> str:
         await self.store.open()
+        self.view.store_id = self.store.store_id  # an etcd store knows it once connected
         if self._config is not None:
             await self.store.apply_config(self._config, time.time())
         loop = asyncio.get_running_loop()

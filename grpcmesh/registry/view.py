@@ -9,6 +9,7 @@ change out to its watchers through the listeners. Pure apart from follow() and w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -170,12 +171,13 @@ async def follow(store: Store, view: View, ready: asyncio.Event | None = None) -
                 listed = True
                 if ready is not None:
                     ready.set()
-            async for change in store.changes(view.revision):
+            async with contextlib.aclosing(store.changes(view.revision)) as changes:
                 if warned:
-                    log.info("following the store again at revision %d", view.revision)
+                    log.info("following the store again after revision %d", view.revision)
                     warned = False
-                backoff.reset()
-                view.apply(change)
+                async for change in changes:
+                    backoff.reset()
+                    view.apply(change)
         except Compacted as err:
             log.warning("%s: listing the store again", err)
             listed = False
