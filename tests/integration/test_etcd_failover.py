@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Self
 
 import grpc
 import pytest
@@ -41,7 +42,7 @@ class Load:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def __aenter__(self) -> Load:
+    async def __aenter__(self) -> Self:
         self._channel = grpc.aio.insecure_channel(self.address)
         stub = echo_pb2_grpc.EchoStub(self._channel)
         self._tasks = [asyncio.create_task(self._run(stub)) for _ in range(self.concurrency)]
