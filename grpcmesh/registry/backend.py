@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -74,9 +74,10 @@ class Store(Protocol):
     async def apply_config(self, prepared: Prepared, now: float) -> Applied: ...
     async def listing(self) -> Listing: ...
 
-    def changes(self, after: int) -> AsyncIterator[Change]:
-        """Every change after revision `after`, then each as it happens, until cancelled.
-        Raises Compacted if some are gone, StoreUnavailable if the store cannot be reached."""
+    def changes(self, after: int) -> AsyncGenerator[Change, None]:
+        """First a RESUMED marker at revision `after` once the store is watched, then every
+        change after `after`, then each as it happens, until cancelled. Raises Compacted if
+        some are gone, StoreUnavailable if the store cannot be reached."""
 
     def leadership(self, name: str) -> Leadership: ...
 
@@ -177,7 +178,9 @@ class LocalStore:
         return Listing(self.state.revision, tuple(self.state.instances()),
                        self.configs.current, self.state.warm_until is not None)
 
-    async def changes(self, after: int) -> AsyncIterator[Change]:
+    async def changes(self, after: int) -> AsyncGenerator[Change, None]:
+        if self._history.since(after) is not None:
+            yield Change(Event(EventType.RESUMED, after))
         while True:
             self._changed.clear()
             held = self._history.since(after)

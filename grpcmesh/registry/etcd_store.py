@@ -28,7 +28,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -448,7 +448,7 @@ class EtcdStore:
                     instances.append(inst)
         return Listing(int(resp.header.revision), tuple(instances), config)
 
-    async def changes(self, after: int) -> AsyncIterator[Change]:
+    async def changes(self, after: int) -> AsyncGenerator[Change, None]:
         requests: asyncio.Queue[Any] = asyncio.Queue()
         await requests.put(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
             key=self._root, range_end=prefix_end(self._root), start_revision=after + 1)))
@@ -466,6 +466,8 @@ class EtcdStore:
                 if resp.canceled:
                     raise StoreUnavailable(f"etcd at {self.target.url} cancelled the watch: "
                                            f"{resp.cancel_reason or 'no reason given'}")
+                if resp.created:
+                    yield Change(Event(EventType.RESUMED, after))
                 for ev in resp.events:
                     change = self._change(ev)
                     if change is not None:

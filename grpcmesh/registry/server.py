@@ -81,6 +81,9 @@ class RegistryServer:
         self.service = RegistryService(self.store, self.view, catalog)
         self._server = grpc.aio.server(options=server_options())
         self._tasks: list[asyncio.Task[None]] = []
+        self._health = health.aio.HealthServicer()
+        self._health_set: asyncio.Task[None] | None = None
+        self.leading = False  # whether this replica runs the health checks now
         self.address = ""
         self._stopped = False
 
@@ -91,10 +94,11 @@ class RegistryServer:
             await self.store.apply_config(self._config, time.time())
         loop = asyncio.get_running_loop()
         listed = asyncio.Event()
-        self._tasks.append(loop.create_task(follow(self.store, self.view, listed)))
+        health_servicer = self._health = health.aio.HealthServicer()
+        self._tasks.append(loop.create_task(follow(self.store, self.view, listed,
+                                                   self._store_state)))
         await listed.wait()
         add_to_server(self.service, self._server)
-        health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
         enable_reflection(self._server, [REGISTRY_SERVICE, health.SERVICE_NAME])
         port = bind(self._server, self.listen, "registry")
@@ -108,6 +112,17 @@ class RegistryServer:
                  self.store.store_id)
         return self.address
 
+    def _store_state(self, up: bool) -> None:
+        """grpc.health.v1 says whether this replica can reach its store: the Registry service
+        is NOT_SERVING while it cannot (readiness probes and load balancers send clients to
+        another replica; it still answers reads from what it knew). "" stays SERVING: the
+        process is alive."""
+        status = (health_pb2.HealthCheckResponse.SERVING if up
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.address:  # after start(): before it, start() sets SERVING itself
+            self._health_set = asyncio.get_running_loop().create_task(
+                self._health.set(REGISTRY_SERVICE, status))
+
     async def _lead_checks(self) -> None:
         """Run the health checks of registry-checked instances while this replica leads them."""
         leadership = self.store.leadership("checker")
@@ -116,9 +131,11 @@ class RegistryServer:
                 await leadership.acquire()
                 log.info("this registry now runs the health checks")
                 self._checker.start()
+                self.leading = True
                 try:
                     await leadership.lost()
                 finally:
+                    self.leading = False
                     await self._checker.stop()
                 log.warning("this registry no longer runs the health checks")
         finally:

@@ -93,6 +93,8 @@ class View:
 
     def apply(self, change: Change) -> None:
         event = change.event
+        if event.type == EventType.RESUMED:  # a store saying its watch is in place
+            return
         if event.revision < self.revision or (
                 event.revision == self.revision and event.type != EventType.CONFIG):
             return  # seen already (a watch resumed from an older revision than needed)
@@ -159,31 +161,43 @@ class View:
         return True
 
 
-async def follow(store: Store, view: View, ready: asyncio.Event | None = None) -> None:
-    """Keep view current with store until cancelled."""
+async def follow(store: Store, view: View, ready: asyncio.Event | None = None,
+                 on_state: Callable[[bool], None] = lambda up: None) -> None:
+    """Keep view current with store until cancelled. on_state(False) when the store cannot be
+    reached, on_state(True) once it answers again (a listing, or its changes' first item: a
+    store starts them with a RESUMED marker once its watch is in place)."""
     backoff = Backoff(0.05, 2.0)
     listed = False
-    warned = False
+    up: bool | None = None
+
+    def state(now: bool) -> None:
+        nonlocal up
+        if now != up:
+            up = now
+            on_state(now)
+
     while True:
         try:
             if not listed:
                 view.reset(await store.listing())
                 listed = True
+                state(True)
                 if ready is not None:
                     ready.set()
             async with contextlib.aclosing(store.changes(view.revision)) as changes:
-                if warned:
-                    log.info("following the store again after revision %d", view.revision)
-                    warned = False
                 async for change in changes:
+                    if not up:
+                        log.info("following the store again after revision %d",
+                                 view.revision)
+                        state(True)
                     backoff.reset()
                     view.apply(change)
         except Compacted as err:
             log.warning("%s: listing the store again", err)
             listed = False
         except StoreUnavailable as err:
-            log.log(logging.DEBUG if warned else logging.WARNING,
+            log.log(logging.DEBUG if up is False else logging.WARNING,
                     "%s; keeping what is known (revision %d) and trying again", err,
                     view.revision)
-            warned = True
+            state(False)
             await asyncio.sleep(backoff.next())
