@@ -63,6 +63,8 @@ return {
   endpoints: rows("#endpoints .card[data-service]").map((card) => ({
     service: card.dataset.service,
     rows: rows("tr.endpoint", card).map((r) => ({...r.dataset, text: r.innerText}))})),
+  balancers: Object.fromEntries(rows("#endpoints .card[data-service]").map(
+    (card) => [card.dataset.service, card.querySelector("h2").textContent])),
   config: document.body.dataset.configVersion || "",
   updates: Number(document.body.dataset.updates),
   registry: document.getElementById("registry").textContent,
@@ -107,7 +109,8 @@ async def test_the_page_shows_what_grpcmesh_stat_computes(mesh: Mesh, tmp_path: 
         await mesh.sidecar("echo", app)
     client = await mesh.sidecar("client")
     await mesh.serving(client, "echo", 2)
-    version = await apply(mesh.registry, "services:\n  echo:\n    timeout: 2s\n")
+    version = await apply(mesh.registry,
+                          "services:\n  echo:\n    balancer: round_robin\n    timeout: 2s\n")
     await running(mesh.sidecars, version)
 
     proc = await asyncio.create_subprocess_exec(
@@ -167,6 +170,8 @@ async def test_the_page_shows_what_grpcmesh_stat_computes(mesh: Mesh, tmp_path: 
         assert endpoint["share"] == pytest.approx(counts[address] / total, abs=0.0001)
         assert endpoint["estimate"] is not None and endpoint["ejected"] == "false"
         assert f"{endpoint['share'] * 100:.1f}%" in endpoint["text"]
+    # the balancer in force: the mesh config's (each sidecar's /endpoints says so)
+    assert "round_robin" in page["balancers"]["echo"]
     assert page["config"] == str(version)
     assert page["registry"] == "registry up"
     assert page["sidecars"] == "3/3 sidecars answering"
