@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from grpcmesh.cli import build_parser
+from grpcmesh.commands import UsageError, settings_from
+from grpcmesh.dashboard.server import DashboardSettings
 from grpcmesh.dashboard.summary import endpoint_table, merge_endpoints, shares, summary
 from grpcmesh.output import stat_rows
 
@@ -79,3 +84,17 @@ def test_one_answer_missing_leaves_the_sidecar_out_of_the_figures() -> None:
     body = summary(["a:1"], [(CLIENT_A, TimeoutError())], window=10)
     assert body["sidecars"] == [{"admin": "a:1", "ok": False, "error": "TimeoutError"}]
     assert body["services"] == [] and body["endpoints"] == {}
+
+
+def test_the_flags_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["dashboard", "--registry", "127.0.0.1:7700"])
+    settings = settings_from(args, DashboardSettings)
+    assert (settings.listen, settings.window, settings.max_sidecars, settings.timeout) == (
+        "127.0.0.1:7800", 10, 50, 2.0)
+    for bad in (["--window", "2m"], ["--max-sidecars", "0"], ["--listen", "nowhere"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["dashboard", *bad])
+        assert exit_.value.code == 2
+    with pytest.raises(UsageError, match="--timeout 0 must be positive"):
+        settings_from(build_parser().parse_args(["dashboard", "--timeout", "0"]),
+                      DashboardSettings)
