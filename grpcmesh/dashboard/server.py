@@ -69,6 +69,9 @@ class Dashboard:
 
     async def stop(self) -> None:
         await self.server.stop()
+        for task in list(self._pending.values()):
+            task.cancel()
+        await asyncio.gather(*self._pending.values(), return_exceptions=True)
         await self._client.close()
 
     async def summary(self, query: dict[str, str]) -> tuple[int, Any]:
