@@ -443,7 +443,11 @@ async def cmd_dashboard(args: argparse.Namespace) -> int:
     from grpcmesh.dashboard.server import Dashboard, DashboardSettings
 
     dashboard = Dashboard(settings_from(args, DashboardSettings))
-    address = await dashboard.start()
+    try:
+        address = await dashboard.start()
+    except BaseException:
+        await dashboard.stop()  # (its registry channel)
+        raise
     announce(dashboard=f"http://{address}/")
     await run_until_signal(dashboard.stop)
     return 0

@@ -60,7 +60,7 @@ class Dashboard:
         routes: dict[str, Any] = {path: _static(kind, (files / name).read_bytes())
                                   for path, (name, kind) in STATIC.items()}
         routes["/api/summary"] = self.summary
-        self.server = AdminServer(settings.listen, routes)
+        self.server = AdminServer(settings.listen, routes, purpose="the dashboard")
         self._last: tuple[float, int, dict[str, Any]] | None = None
         self._pending: dict[int, asyncio.Task[dict[str, Any]]] = {}
 
