@@ -248,11 +248,12 @@ function drawChart(canvas, key) {
     }
     ctx.stroke();
   }
-  if (history.length < 2) {
+  if (history.length < 2 || services.size === 0) {
     ctx.fillStyle = "#8b949e";
     ctx.textAlign = "center";
     ctx.textBaseline = "middle";
-    ctx.fillText("collecting...", left + plotW / 2, top + plotH / 2);
+    ctx.fillText(history.length < 2 ? "collecting..." : "no outbound calls in the last 5 min",
+      left + plotW / 2, top + plotH / 2);
   }
 }
 
