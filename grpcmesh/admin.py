@@ -137,8 +137,9 @@ class _Site(web.BaseSite):
 
 class AdminServer:
     def __init__(self, listen: str, routes: dict[str, Route],
-                 limits: AdminLimits = AdminLimits()) -> None:
+                 limits: AdminLimits = AdminLimits(), purpose: str = "admin") -> None:
         self.listen = listen
+        self.purpose = purpose  # what the port is for, in the error when it cannot listen
         self.routes = routes
         self.limits = limits
         self.address = ""
@@ -164,7 +165,8 @@ class AdminServer:
             await site.start()
         except OSError as err:
             await runner.cleanup()
-            raise OSError(f"cannot listen on {self.listen} for admin: {err.strerror}") from None
+            raise OSError(f"cannot listen on {self.listen} for {self.purpose}: "
+                          f"{err.strerror}") from None
         self._runner, self._site = runner, site
         self.address = f"{host}:{site.port}"
         return self.address

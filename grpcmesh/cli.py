@@ -318,6 +318,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show inbound calls (as the serving sidecars saw them) instead of "
                         "outbound ones")
 
+    p = sub.add_parser("dashboard", help="a web page of the services, their endpoints and a "
+                                         "live chart, from the sidecars",
+                       description="Serve a web page (no assets from the internet) that shows, "
+                                   "refreshed every second: per service and direction, success "
+                                   "rate, calls/s and p50/p95/p99 latency (as grpcmesh stat "
+                                   "computes them), a chart of the last minutes, each service's "
+                                   "endpoints with the balancer's latency estimate, cost, "
+                                   "ejection and share of calls, and the mesh config version.")
+    p.add_argument("--listen", type=LISTEN, default="127.0.0.1:7800", metavar="HOST:PORT",
+                   help="where the page is served (default 127.0.0.1:7800)")
+    p.add_argument("--admin", type=_addresses, default=(), metavar="HOST:PORT[,...]",
+                   help="sidecar admin addresses to ask (default: every sidecar that "
+                        "publishes one in the registry)")
+    _registry_flag(p)
+    p.add_argument("--window", type=_window, default=10, metavar="DURATION",
+                   help="the figures cover the last DURATION, 1s to 60s (default 10s)")
+    p.add_argument("--max-sidecars", type=_positive_int, default=50, metavar="N",
+                   help="ask at most N sidecars each second (default 50)")
+    p.add_argument("--timeout", type=_positive_float, default=2.0, metavar="S",
+                   help="seconds a sidecar or the registry may take to answer (default 2)")
+
     p = sub.add_parser("config", help="the mesh config: check, apply or show it "
                                       "(docs/config.md)",
                        description="The mesh config: per-service rules (balancer, timeouts, "

@@ -220,8 +220,12 @@ def _check(fn: Callable[[str, str], Any], value: str, flag: str) -> None:
         raise UsageError(str(err)) from None
 
 
-async def _registry_call(args: argparse.Namespace, method: str, request: Any) -> Any:
-    client = RegistryClient(args.registry, timeout=5.0)
+async def _registry_call(args: argparse.Namespace, method: str, request: Any,
+                         client: RegistryClient | None = None) -> Any:
+    """One registry call, its failures as CliErrors; through client if given (a daemon's,
+    kept open), else through a client made for it."""
+    own = client is None
+    client = client or RegistryClient(args.registry, timeout=5.0)
     try:
         return await client.call(method, request)
     except grpc.aio.AioRpcError as err:
@@ -235,7 +239,8 @@ async def _registry_call(args: argparse.Namespace, method: str, request: Any) ->
         raise CliError(f"{err.code().name}: {err.details()}", err.code(),
                        err.details() or "") from None
     finally:
-        await client.close()
+        if own:
+            await client.close()
 
 
 async def cmd_register(args: argparse.Namespace) -> int:
@@ -350,15 +355,17 @@ async def cmd_endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
-async def sidecar_admins(args: argparse.Namespace) -> list[str]:
+async def sidecar_admins(args: argparse.Namespace, client: RegistryClient | None = None
+                         ) -> list[str]:
     """--admin, or else the admin address every registered sidecar publishes (its
     registration's admin_address: instances of every service, client-only sidecars too)."""
     if args.admin:
         return list(args.admin)
-    services = await _registry_call(args, "ListServices", pb.ListServicesRequest())
+    services = await _registry_call(args, "ListServices", pb.ListServicesRequest(), client)
     admins: list[str] = []
     for summary in services.services:
-        found = await _registry_call(args, "Resolve", pb.ResolveRequest(service=summary.service))
+        found = await _registry_call(args, "Resolve", pb.ResolveRequest(service=summary.service),
+                                     client)
         admins += [i.admin_address for i in found.instances
                    if i.admin_address and i.admin_address not in admins]
     if not admins:
@@ -367,15 +374,29 @@ async def sidecar_admins(args: argparse.Namespace) -> list[str]:
     return admins
 
 
+async def read_admins(admins: list[str], path: str, timeout: float = 5.0
+                      ) -> list[Any | OSError | ValueError]:
+    """path from every admin address at once: each one's JSON answer, or why not (OSError:
+    unreachable or no answer within timeout; ValueError: not a 200 with JSON). `grpcmesh stat`
+    and the dashboard read the sidecars' /stat through this."""
+    async def ask(admin: str) -> Any:
+        try:
+            return await admin_get(admin, path, timeout)
+        except (OSError, ValueError) as err:
+            return err
+    return list(await asyncio.gather(*(ask(admin) for admin in admins)))
+
+
 async def cmd_stat(args: argparse.Namespace) -> int:
     from grpcmesh.output import print_stat, stat_rows
 
-    bodies = []
-    for admin in await sidecar_admins(args):
-        try:
-            bodies.append(await admin_get(admin, f"/stat?window={args.window}"))
-        except (OSError, ValueError) as err:
-            raise CliError(f"cannot read the sidecar admin port at {admin}: {err}") from None
+    admins = await sidecar_admins(args)
+    bodies: list[dict[str, Any]] = []
+    for admin, body in zip(admins, await read_admins(admins, f"/stat?window={args.window}"),
+                           strict=True):
+        if isinstance(body, (OSError, ValueError)):
+            raise CliError(f"cannot read the sidecar admin port at {admin}: {body}")
+        bodies.append(body)
     print_stat(stat_rows(bodies, args.service), args.service, args.json)
     return 0
 
@@ -416,6 +437,20 @@ async def cmd_top(args: argparse.Namespace) -> int:
                              "inbound" if args.inbound else "outbound")
     except ScrapeError as err:
         raise CliError(str(err)) from None
+
+
+async def cmd_dashboard(args: argparse.Namespace) -> int:
+    from grpcmesh.dashboard.server import Dashboard, DashboardSettings
+
+    dashboard = Dashboard(settings_from(args, DashboardSettings))
+    try:
+        address = await dashboard.start()
+    except BaseException:
+        await dashboard.stop()  # (its registry channel)
+        raise
+    announce(dashboard=f"http://{address}/")
+    await run_until_signal(dashboard.stop)
+    return 0
 
 
 async def cmd_config(args: argparse.Namespace) -> int:
@@ -474,6 +509,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "registry": cmd_registry, "sidecar": cmd_sidecar, "register": cmd_register,
     "deregister": cmd_deregister, "services": cmd_services, "resolve": cmd_resolve,
     "endpoints": cmd_endpoints, "stat": cmd_stat, "tap": cmd_tap, "top": cmd_top,
+    "dashboard": cmd_dashboard,
     "config": cmd_config, "example-server": cmd_example_server,
     "demo": cmd_demo,
 }

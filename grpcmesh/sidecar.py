@@ -391,11 +391,14 @@ class Sidecar:
                 task.add_done_callback(self._background.discard)
 
     def _picker_for(self, service: str) -> Picker:
+        return make_picker(self._balancer_kind(service), self._rng, self.clock)
+
+    def _balancer_kind(self, service: str) -> str:
         """The mesh config's balancer for service, else the sidecar's --balancer."""
         rules = self.mesh_config.service(service)
-        kind = rules.balancer if rules is not None and rules.balancer else None
-        return make_picker(kind or self.settings.balancer.kind_for(service), self._rng,
-                           self.clock)
+        if rules is not None and rules.balancer:
+            return rules.balancer
+        return self.settings.balancer.kind_for(service)
 
     def _route(self, method: str, override: str | None) -> Target:
         return self.routes.route(method, override)
@@ -538,7 +541,7 @@ class Sidecar:
                     "in_flight": e.in_flight, "cost_ms": round(e.cost(now) * 1000, 3),
                     "calls": e.calls, "failures": e.failures,
                     **self.ejections.describe(name, e.address, wall_offset)})
-            services[name] = {"balancer": self.settings.balancer.kind_for(name),
+            services[name] = {"balancer": self._balancer_kind(name),
                               "endpoints": endpoints,
                               **self.outbound_server.kept.describe(name)}
             if name in external:  # its configured addresses and what DNS said of each
