@@ -252,6 +252,26 @@ def json_body(path: str, body: bytes) -> Any:
         raise ValueError(f"its {path} answer is not JSON") from None
 
 
+async def admin_lines(address: str, path: str, connect_timeout: float = 2.0,
+                      ) -> AsyncGenerator[bytes, None]:
+    """GET a streaming admin path (/tap): each line as it comes, until the stream ends.
+    Raises OSError or ValueError as admin_fetch does; a line longer than 64 KiB is a
+    ValueError."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
+                                    sock_read=None)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+                f"http://{address}{path}", allow_redirects=False) as response:
+            if response.status != 200:
+                raise ValueError(f"{path} answered HTTP {response.status}")
+            while line := await response.content.readline():
+                yield line
+    except aiohttp.ClientOSError:
+        raise
+    except aiohttp.ClientError as err:
+        raise ValueError(str(err) or type(err).__name__) from None
+
+
 async def admin_fetch(address: str, path: str, timeout: float = 5.0) -> bytes:
     """GET a sidecar admin path: its body as it is (JSON, or /metrics' text). Raises as
     admin_get does."""

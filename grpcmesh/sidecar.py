@@ -11,12 +11,14 @@ then stop the listeners, letting calls in flight finish within the grace period.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
 import re
 import socket
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import reflection
-from grpcmesh.admin import AdminServer, Raw, Stream, admin_fetch, json_body
+from grpcmesh.admin import AdminServer, Raw, Stream, admin_fetch, admin_lines, json_body
 from grpcmesh.balance.endpoint import Endpoint
 from grpcmesh.balance.picker import BalancerSettings, Picker, make_picker
 from grpcmesh.balance.pool import Pool
@@ -59,7 +61,7 @@ from grpcmesh.telemetry.collector import MeshCollector, MeshView
 from grpcmesh.telemetry.counters import CallCounters
 from grpcmesh.telemetry.exposition import CONTENT_TYPE, Exposition
 from grpcmesh.telemetry.merge import merged_text
-from grpcmesh.telemetry.tap import Tap
+from grpcmesh.telemetry.tap import Tap, Watcher
 from grpcmesh.telemetry.tracing import DEFAULT_RATIO as DEFAULT_TRACE_RATIO
 from grpcmesh.telemetry.tracing import Tracing, otlp_provider
 from grpcmesh.telemetry.window import Window
@@ -485,6 +487,19 @@ class Sidecar:
         except ValueError as err:
             return 429, {"error": str(err)}
 
+        # With --workers, each worker's calls too: its own /tap, relayed line by line into
+        # this watcher's bounded queue (a slow reader loses lines here, not in the workers).
+        query_text = urllib.parse.urlencode({k: v for k, v in query.items()
+                                             if k in ("service", "method") and v})
+        relays = [asyncio.get_running_loop().create_task(
+            self._tap_worker(pid, admin, query_text, watcher))
+            for pid, admin in self.worker_admins]
+
+        def stop() -> None:
+            for task in relays:
+                task.cancel()
+            self.tap.leave(watcher)
+
         async def lines() -> AsyncGenerator[bytes, None]:
             dropped = 0
             try:
@@ -500,9 +515,25 @@ class Sidecar:
                         yield f'{{"dropped":{dropped}}}\n'.encode()
                     yield b"".join(batch)
             finally:
-                self.tap.leave(watcher)
+                stop()
         # (close: the watcher goes even when the stream never started: a peer that left)
-        return 200, Stream("application/x-ndjson", lines(), lambda: self.tap.leave(watcher))
+        return 200, Stream("application/x-ndjson", lines(), stop)
+
+    async def _tap_worker(self, pid: int, admin: str, query: str, watcher: Watcher) -> None:
+        """One --workers process's /tap lines into watcher, until cancelled."""
+        reported = 0  # lines the worker says it dropped for us so far
+        try:
+            async for text in admin_lines(admin, f"/tap?{query}"):
+                if text.startswith(b'{"dropped":'):
+                    count = int(json.loads(text)["dropped"])
+                    watcher.dropped += max(0, count - reported)
+                    watcher.wake.set()
+                    reported = max(reported, count)
+                elif text.strip():
+                    watcher.offer(text)
+        except (OSError, ValueError) as err:
+            log.warning("/tap leaves out worker %d: cannot follow its admin port %s: %r",
+                        pid, admin, err)
 
     async def _stat(self, query: dict[str, str]) -> tuple[int, Any]:
         """The last `window` seconds (1..60, default 30) of calls, per service and endpoint,

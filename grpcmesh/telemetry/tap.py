@@ -35,6 +35,13 @@ class Watcher:
             self.method is None or record.method == self.method
             or record.method.rsplit("/", 1)[-1] == self.method)
 
+    def offer(self, text: bytes) -> None:
+        """A line for this watcher; the oldest goes (counted) when it is behind."""
+        if len(self.lines) == QUEUE:
+            self.dropped += 1
+        self.lines.append(text)
+        self.wake.set()
+
     def take(self) -> list[bytes]:
         """The lines so far (and clears the wake-up)."""
         out = list(self.lines)
@@ -63,10 +70,7 @@ class Tap:
                 if watcher.wants(record):
                     if text is None:
                         text = line(record, direction, self.stamp(record.started))
-                    if len(watcher.lines) == QUEUE:
-                        watcher.dropped += 1
-                    watcher.lines.append(text)
-                    watcher.wake.set()
+                    watcher.offer(text)
         return observe
 
     def watch(self, service: str | None = None, method: str | None = None) -> Watcher:

@@ -3,7 +3,10 @@ drains both."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -147,6 +150,41 @@ async def test_each_worker_routes_external_services(mesh2: dict[str, procs.Daemo
     calls = [sum(e["calls"] for e in w["services"]["direct"]["endpoints"])
              for w in await views()]
     assert all(c >= 1 for c in calls) and sum(calls) == 30, calls
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_the_primarys_tap_shows_every_workers_calls(
+        mesh2: dict[str, procs.Daemon]) -> None:
+    client = mesh2["client"]
+    outbound = client.addresses["outbound"]
+    for _ in range(100):  # the first calls may wait for the routes
+        try:
+            await call(outbound)
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.1)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "grpcmesh", "tap", "echo", "--json", "--admin",
+        client.addresses["admin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        await asyncio.wait_for(proc.stdout.readline(), 10)  # the header: the tap is on
+        await asyncio.sleep(1.0)  # the primary follows each worker's /tap
+        for _ in range(20):
+            await call(outbound)
+        lines = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
+                 for _ in range(20)]
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+    assert {x["code"] for x in lines} == {"OK"}
+    # The calls were spread over both processes (/endpoints: each worker's own count), and
+    # the one tap saw them all.
+    body = await admin_get(client.addresses["admin"], "/endpoints")
+    calls = [sum(e["calls"] for e in w["services"]["echo"]["endpoints"])
+             for w in body["workers"]]
+    assert all(c >= 2 for c in calls), calls
 
 
 def alive(pid: int) -> bool:
