@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from grpcmesh.example.server import EchoBehaviour, EchoServer
 from grpcmesh.registry.server import RegistryServer
 from grpcmesh.sidecar import Sidecar, SidecarSettings
+from tests.etcd import ETCD, MISSING, EtcdCluster
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0,
@@ -88,3 +90,28 @@ async def mesh(registry: RegistryServer) -> AsyncIterator[Mesh]:
     m = Mesh(registry)
     yield m
     await m.close()
+
+
+async def _etcd(tmp_path: Any, size: int) -> AsyncIterator[EtcdCluster]:
+    if ETCD is None:
+        pytest.skip(MISSING)
+    cluster = EtcdCluster(tmp_path / "etcd", size=size)
+    await asyncio.to_thread(cluster.start)
+    try:
+        yield cluster
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+@pytest_asyncio.fixture
+async def etcd(tmp_path: Any) -> AsyncIterator[EtcdCluster]:
+    """A real one-member etcd on loopback ports (tests/etcd.py), stopped after the test."""
+    async for cluster in _etcd(tmp_path, 1):
+        yield cluster
+
+
+@pytest_asyncio.fixture
+async def etcd3(tmp_path: Any) -> AsyncIterator[EtcdCluster]:
+    """A real three-member etcd cluster on loopback ports."""
+    async for cluster in _etcd(tmp_path, 3):
+        yield cluster

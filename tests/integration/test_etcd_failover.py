@@ -8,13 +8,11 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Self
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from generated.grpcmesh.example.v1 import echo_pb2 as pb
 from generated.grpcmesh.example.v1 import echo_pb2_grpc
@@ -96,14 +94,6 @@ async def until(predicate: object, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-@pytest_asyncio.fixture
-async def etcd3(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp_path / "etcd", size=3)
-    await asyncio.to_thread(cluster.start)
-    try:
-        yield cluster
-    finally:
-        await asyncio.to_thread(cluster.stop)
 
 
 @pytest.mark.asyncio

@@ -8,12 +8,9 @@ import asyncio
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 from aetcd import rpc  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -28,14 +25,6 @@ from tests.etcd import ETCD, MISSING, EtcdCluster, free_ports
 pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(ETCD is None, reason=MISSING)]
 
 
-@pytest_asyncio.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp_path / "etcd")
-    await asyncio.to_thread(cluster.start)
-    try:
-        yield cluster
-    finally:
-        await asyncio.to_thread(cluster.stop)
 
 
 def store(cluster: EtcdCluster, prefix: str) -> EtcdStore:

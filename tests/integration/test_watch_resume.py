@@ -3,20 +3,16 @@ another replica of the same etcd store, it gets RESUMED and just the changes it 
 another store, or when those changes are gone, a SNAPSHOT as for a new watch."""
 from __future__ import annotations
 
-import asyncio
 import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh.registry.etcd_store import EtcdStore, parse_etcd_url
 from grpcmesh.registry.server import RegistryServer, local_store
-from tests.etcd import ETCD, MISSING, EtcdCluster
+from tests.etcd import EtcdCluster
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -115,16 +111,6 @@ async def test_a_watch_that_missed_more_than_the_history_gets_a_snapshot() -> No
         await server.stop(0)
 
 
-@pytest_asyncio.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
-    if ETCD is None:
-        pytest.skip(MISSING)
-    cluster = EtcdCluster(tmp_path / "etcd")
-    await asyncio.to_thread(cluster.start)
-    try:
-        yield cluster
-    finally:
-        await asyncio.to_thread(cluster.stop)
 
 
 @pytest.mark.asyncio

@@ -79,6 +79,16 @@ async def call(outbound: str, **request: object) -> echo_pb2.EchoResponse:
         return resp
 
 
+async def routed(outbound: str) -> None:
+    """Wait until a call through outbound goes through (the first may wait for the routes)."""
+    for _ in range(100):
+        try:
+            await call(outbound)
+            return
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.1)
+
+
 @pytest.mark.asyncio
 @pytest.mark.timeout(90)
 async def test_both_workers_forward_and_sigterm_drains_both(
@@ -88,12 +98,7 @@ async def test_both_workers_forward_and_sigterm_drains_both(
     inbound_port = int(server.addresses["inbound"].rpartition(":")[2])
     workers = [client.proc.pid, *secondary_pids(client.proc.pid)]
     assert len(workers) == 2
-    for _ in range(100):  # the first calls may wait for the routes
-        try:
-            await call(outbound)
-            break
-        except grpc.aio.AioRpcError:
-            await asyncio.sleep(0.1)
+    await routed(outbound)
     for _ in range(30):
         assert (await call(outbound)).instance == "a"
     # Each client sidecar process opened its own connection to the server sidecar's inbound.
@@ -158,12 +163,7 @@ async def test_the_primarys_tap_shows_every_workers_calls(
         mesh2: dict[str, procs.Daemon]) -> None:
     client = mesh2["client"]
     outbound = client.addresses["outbound"]
-    for _ in range(100):  # the first calls may wait for the routes
-        try:
-            await call(outbound)
-            break
-        except grpc.aio.AioRpcError:
-            await asyncio.sleep(0.1)
+    await routed(outbound)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "grpcmesh", "tap", "echo", "--json", "--admin",
         client.addresses["admin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
