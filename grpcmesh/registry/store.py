@@ -79,7 +79,30 @@ def validate_instance(instance: Instance, limits: RegistryLimits = RegistryLimit
         raise _invalid(err) from None
 
 
-class RegistryStore:
+class InstanceReads:
+    """The reads of a set of instances by key: the store's own (RegistryStore) and a
+    replica's copy of its store's (view.View)."""
+
+    _instances: dict[tuple[str, str], Instance]
+
+    def instances(self) -> list[Instance]:
+        return sorted(self._instances.values(), key=lambda i: i.key)
+
+    def get(self, service: str, instance_id: str) -> Instance | None:
+        return self._instances.get((service, instance_id))
+
+    def resolve(self, service: str = "", proto_service: str = "") -> list[Instance]:
+        return resolve(self.instances(), service, proto_service)
+
+    def list_services(self) -> list[ServiceSummary]:
+        return list_services(self.instances())
+
+    def checked_instances(self) -> list[Instance]:
+        """Instances without a lease, whose health the registry itself checks."""
+        return [i for i in self.instances() if i.checked_by_registry]
+
+
+class RegistryStore(InstanceReads):
     def __init__(self, clock: Clock, rng: random.Random | None = None,
                  persistence: Persistence | None = None, warmup: float = 0.0,
                  limits: RegistryLimits = RegistryLimits()) -> None:
@@ -104,12 +127,6 @@ class RegistryStore:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def instances(self) -> list[Instance]:
-        return sorted(self._instances.values(), key=lambda i: i.key)
-
-    def get(self, service: str, instance_id: str) -> Instance | None:
-        return self._instances.get((service, instance_id))
-
     def snapshot(self) -> Event:
         return Event(EventType.SNAPSHOT, self.revision, tuple(self.instances()),
                      partial=self.warm_until is not None)
@@ -126,16 +143,6 @@ class RegistryStore:
         for listener in list(self._listeners):
             listener(event, None)
         return True
-
-    def resolve(self, service: str = "", proto_service: str = "") -> list[Instance]:
-        return resolve(self.instances(), service, proto_service)
-
-    def list_services(self) -> list[ServiceSummary]:
-        return list_services(self.instances())
-
-    def checked_instances(self) -> list[Instance]:
-        """Instances without a lease, whose health the registry itself checks."""
-        return [i for i in self.instances() if i.checked_by_registry]
 
     # -- changes ------------------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ from grpcmesh.registry.backend import Compacted, Listing, Store, StoreUnavailabl
 from grpcmesh.registry.client import Backoff
 from grpcmesh.registry.history import HISTORY_LIMIT, Change, History
 from grpcmesh.registry.limits import RegistryLimits
-from grpcmesh.registry.model import Event, EventType, Instance, PushedConfig, ServiceSummary
-from grpcmesh.registry.store import list_services, resolve
+from grpcmesh.registry.model import Event, EventType, Instance, PushedConfig
+from grpcmesh.registry.store import InstanceReads
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ Listener = Callable[[Event, "Instance | None"], None]
 ConfigListener = Callable[[PushedConfig], None]
 
 
-class View:
+class View(InstanceReads):
     def __init__(self, store_id: str = "", limits: RegistryLimits = RegistryLimits(),
                  history_limit: int = HISTORY_LIMIT) -> None:
         self.store_id = store_id
@@ -42,22 +42,7 @@ class View:
         self._config_listeners: list[ConfigListener] = []
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
-    # -- reading ------------------------------------------------------------------------------
-
-    def instances(self) -> list[Instance]:
-        return sorted(self._instances.values(), key=lambda i: i.key)
-
-    def get(self, service: str, instance_id: str) -> Instance | None:
-        return self._instances.get((service, instance_id))
-
-    def resolve(self, service: str = "", proto_service: str = "") -> list[Instance]:
-        return resolve(self.instances(), service, proto_service)
-
-    def list_services(self) -> list[ServiceSummary]:
-        return list_services(self.instances())
-
-    def checked_instances(self) -> list[Instance]:
-        return [i for i in self.instances() if i.checked_by_registry]
+    # -- reading (instances, get, resolve, list_services: InstanceReads) -----------------
 
     def snapshot(self) -> Event:
         return Event(EventType.SNAPSHOT, self.revision, tuple(self.instances()),
