@@ -40,6 +40,7 @@ from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from grpcmesh import names
 from grpcmesh.registry.backend import Compacted, Leadership, Listing, StoreUnavailable
 from grpcmesh.registry.config_store import Applied, Prepared, next_version, read_stored
+from grpcmesh.registry.etcd_leases import KeepAlives
 from grpcmesh.registry.history import Change
 from grpcmesh.registry.limits import RegistryLimits
 from grpcmesh.registry.model import (
@@ -175,6 +176,7 @@ class EtcdStore:
         self._kv: Any = None
         self._lease: Any = None
         self._watch: Any = None
+        self._keepalives: KeepAlives | None = None
         self._id = ""
         self.replica = secrets.token_hex(6)
 
@@ -199,6 +201,8 @@ class EtcdStore:
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._watch = rpc.WatchStub(self._channel)
+        self._keepalives = KeepAlives(self._lease.LeaseKeepAlive,
+                                      lambda lease_id: rpc.LeaseKeepAliveRequest(ID=lease_id))
         try:
             await asyncio.wait_for(self._channel.channel_ready(), CONNECT_TIMEOUT)
             first = await self._kv.Range(rpc.RangeRequest(
@@ -231,6 +235,8 @@ class EtcdStore:
         log.info("registry store: etcd at %s (cluster %x)", where, first.header.cluster_id)
 
     async def close(self) -> None:
+        if self._keepalives is not None:
+            await self._keepalives.close()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -245,7 +251,11 @@ class EtcdStore:
                     raise StoreUnavailable(
                         f"etcd at {self.target.url}: {err.code().name}: {err.details()}"
                     ) from None
-                await asyncio.sleep(RETRY_PAUSE * (attempt + 1))
+            except (TimeoutError, ConnectionError) as err:  # the shared keep-alive stream
+                if attempt == ATTEMPTS - 1:
+                    raise StoreUnavailable(f"etcd at {self.target.url}: "
+                                           f"{err or 'no answer in time'}") from None
+            await asyncio.sleep(RETRY_PAUSE * (attempt + 1))
         raise AssertionError("unreachable")
 
     # -- keys and values ----------------------------------------------------------------------
@@ -338,15 +348,12 @@ class EtcdStore:
                              f"under {CONFLICT_ATTEMPTS} attempts to write it; try again")
 
     async def keep_alive(self, lease_id: int) -> Lease:
-        async def once(request: Any, timeout: float) -> Any:
-            async for reply in self._lease.LeaseKeepAlive(iter([request]), timeout=timeout):
-                return reply
-            return None
-
-        reply = await self._call(once, rpc.LeaseKeepAliveRequest(ID=lease_id))
-        if reply is None or reply.TTL <= 0:
+        if self._keepalives is None:
+            raise StoreUnavailable(f"etcd at {self.target.url}: the store is not open")
+        ttl = await self._call(self._keepalives.renew, lease_id)
+        if ttl <= 0:
             raise _not_found(lease_id)
-        return Lease(lease_id, float(reply.TTL), time.monotonic() + reply.TTL)
+        return Lease(lease_id, float(ttl), time.monotonic() + ttl)
 
     async def _leased(self, lease_id: int) -> tuple[str, str]:
         info = await self._call(self._lease.LeaseTimeToLive,
