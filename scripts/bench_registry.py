@@ -264,7 +264,7 @@ class Run:
             start = time.monotonic()
             try:
                 resp = await stub.SetHealth(pb.SetHealthRequest(lease_id=self.leases[i],
-                                                                health=health[i]), timeout=10)
+                                                                health=health[i]), timeout=30)
             except grpc.aio.AioRpcError:
                 errors += 1
                 return
