@@ -197,6 +197,9 @@ class EtcdStore:
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
+            # A listing is one Range of every instance: with gRPC's default 4 MiB limit a
+            # replica could not start on a state larger than that (80 instances of 58 KB).
+            ("grpc.max_receive_message_length", -1),
         ])
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)

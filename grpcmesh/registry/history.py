@@ -18,7 +18,7 @@ from grpcmesh.registry.model import Event, Instance
 HISTORY_LIMIT = 10_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Change:
     """One change, as a store reports it and a registry fans it out: an UPSERT or DELETE of one
     instance (previous: the instance before it, for filtered watchers), a CONFIG, or a SNAPSHOT

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from sys import intern
 from typing import cast
 
 import grpc
@@ -40,7 +41,7 @@ class Idempotency(enum.IntEnum):
         return cls(value) if value in cls._value2member_map_ else cls.UNKNOWN
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Method:
     """A proto method, its call kind (which sides stream) and its idempotency level."""
 
@@ -61,7 +62,7 @@ class Method:
 
     @classmethod
     def from_proto(cls, msg: pb.Method) -> Method:
-        return cls(msg.path, msg.client_streaming, msg.server_streaming,
+        return cls(intern(msg.path), msg.client_streaming, msg.server_streaming,
                    Idempotency.of(msg.idempotency_level))
 
 
@@ -78,7 +79,7 @@ ROLE_LABEL = "grpcmesh.io/role"
 CLIENT_ROLE = "client"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Instance:
     service: str
     instance_id: str
@@ -115,9 +116,13 @@ class Instance:
 
     @classmethod
     def from_proto(cls, msg: pb.Instance) -> Instance:
+        """The names that instances share (service, proto services, labels, method paths) are
+        interned: one string for all of them. With __slots__ this took a typical registration
+        from about 2.6 to 1.9 KB of the registry's memory (scripts/bench_registry.py)."""
         return cls(
-            service=msg.service, instance_id=msg.instance_id, address=msg.address,
-            proto_services=tuple(msg.proto_services), labels=tuple(sorted(msg.labels.items())),
+            service=intern(msg.service), instance_id=msg.instance_id, address=msg.address,
+            proto_services=tuple(map(intern, msg.proto_services)),
+            labels=tuple(sorted((intern(k), intern(v)) for k, v in msg.labels.items())),
             health=Health(msg.health) if msg.health in Health._value2member_map_ else Health.UNKNOWN,
             owner=msg.owner, lease_id=msg.lease_id,
             methods=tuple(Method.from_proto(m) for m in msg.methods),
@@ -154,7 +159,7 @@ class PushedConfig:
         return cls(msg.version, msg.canonical_json or "{}", applied_at)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """A change to the registry. SNAPSHOT carries the whole state; the others one instance."""
 
@@ -194,7 +199,7 @@ class ServiceSummary:
     serving: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Lease:
     lease_id: int
     ttl: float
