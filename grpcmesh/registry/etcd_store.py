@@ -75,6 +75,12 @@ CONFLICT_ATTEMPTS = 8
 # The leader of a job holds it under a lease of this TTL, kept alive every third of it: a
 # replica killed without a word hands the job over within about this long.
 LEADER_TTL = 5
+# A listing reads this many keys per Range, at one revision: each answer stays far below
+# gRPC's message limit whatever the size of the mesh.
+LIST_PAGE = 500
+# Answers from etcd up to this size are read (a page of big values, a watch catching up on
+# many changes); etcd holds values up to 1.5 MiB by default.
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 _RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -176,6 +182,7 @@ class EtcdStore:
         self._lease: Any = None
         self._watch: Any = None
         self._id = ""
+        self._last_config = PushedConfig(0)  # the last config read: kept over one unreadable
         self.replica = secrets.token_hex(6)
 
     @property
@@ -195,6 +202,7 @@ class EtcdStore:
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ])
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
@@ -416,7 +424,12 @@ class EtcdStore:
 
     async def apply_config(self, prepared: Prepared, now: float) -> Applied:
         for _ in range(CONFLICT_ATTEMPTS):
-            current, mod = await self._config()
+            try:
+                current, mod = await self._config()
+            except ValueError as err:  # not ours to overwrite: a newer grpcmesh may have it
+                raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"{err}; not replacing it (delete the key to start "
+                                    "over)") from None
             new = next_version(current, prepared, now)
             if new is None:
                 return Applied(current, False, prepared.warnings)
@@ -435,18 +448,29 @@ class EtcdStore:
     # -- reads --------------------------------------------------------------------------------
 
     async def listing(self) -> Listing:
-        resp = await self._call(self._kv.Range, rpc.RangeRequest(
-            key=self._root, range_end=prefix_end(self._root)))
+        """Every key under the prefix at one revision, LIST_PAGE keys per Range. A config that
+        cannot be read is reported and the last one read is kept, as changes() does."""
         instances: list[Instance] = []
         config = PushedConfig(0)
-        for kv in resp.kvs:
-            if kv.key == self._config_key:
-                config = self._read_config(kv.value)
-            elif kv.key.startswith(self._instances):
-                inst = self._decode(kv)
-                if inst is not None:
-                    instances.append(inst)
-        return Listing(int(resp.header.revision), tuple(instances), config)
+        key, end, revision = self._root, prefix_end(self._root), 0
+        while True:
+            resp = await self._call(self._kv.Range, rpc.RangeRequest(
+                key=key, range_end=end, limit=LIST_PAGE, revision=revision))
+            revision = revision or int(resp.header.revision)
+            for kv in resp.kvs:
+                if kv.key == self._config_key:
+                    try:
+                        config = self._last_config = self._read_config(kv.value)
+                    except ValueError as err:
+                        log.error("%s; the config in force is kept", err)
+                        config = self._last_config
+                elif kv.key.startswith(self._instances):
+                    inst = self._decode(kv)
+                    if inst is not None:
+                        instances.append(inst)
+            if not resp.more or not resp.kvs:
+                return Listing(revision, tuple(instances), config)
+            key = resp.kvs[-1].key + b"\0"
 
     async def changes(self, after: int) -> AsyncGenerator[Change, None]:
         requests: asyncio.Queue[Any] = asyncio.Queue()
@@ -485,7 +509,7 @@ class EtcdStore:
         revision = int(kv.mod_revision)
         if kv.key == self._config_key and ev.type == rpc.Event.PUT:
             try:
-                config = self._read_config(kv.value)
+                config = self._last_config = self._read_config(kv.value)
             except ValueError as err:
                 log.error("%s; the config in force is kept", err)
                 return None
@@ -550,17 +574,27 @@ class EtcdLeadership:
             await asyncio.sleep(self._ttl / 5)
 
     async def _keep(self) -> None:
-        kept = time.monotonic()
+        """Renew the lease every third of its TTL. The lease may have expired in etcd by TTL
+        after the last renewal that was sent (a reply says it was renewed no earlier): past
+        that another replica may hold the job, so no keep-alive is waited on beyond it."""
+        deadline = time.monotonic() + self._ttl
         try:
-            while time.monotonic() - kept < self._ttl:  # past it, another may hold the job
-                await asyncio.sleep(self._ttl / 3)
+            while True:
+                await asyncio.sleep(max(0.0, min(self._ttl / 3, deadline - time.monotonic())))
+                sent = time.monotonic()
+                if sent >= deadline:
+                    log.warning("could not keep %s for its TTL (%d s): another replica may "
+                                "hold it now", self._key.decode(), self._ttl)
+                    break
                 try:
-                    await self._store.keep_alive(self._lease_id)
-                    kept = time.monotonic()
+                    await asyncio.wait_for(self._store.keep_alive(self._lease_id),
+                                           deadline - sent)
+                    deadline = sent + self._ttl
                 except RegistryError:  # the lease is gone: another replica may hold the job
                     break
-                except StoreUnavailable as err:
-                    log.warning("keeping %s: %s", self._key.decode(), err)
+                except (StoreUnavailable, TimeoutError) as err:
+                    log.warning("keeping %s: %s", self._key.decode(),
+                                err or "no answer within its TTL")
         finally:
             self._lost.set()
 

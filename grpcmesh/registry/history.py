@@ -9,7 +9,7 @@ revision the history began at, or the newest one it has dropped for room.
 """
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from grpcmesh.registry.model import Event, Instance
@@ -68,6 +68,11 @@ class History:
             cut = bisect_right(self._revisions, self.start)
             del self._changes[:cut]
             del self._revisions[:cut]
+
+    def at(self, revision: int) -> list[Change]:
+        """The changes held at exactly this revision (several share one in etcd)."""
+        return self._changes[bisect_left(self._revisions, revision):
+                             bisect_right(self._revisions, revision)]
 
     def since(self, after: int) -> list[Change] | None:
         """Every change after revision `after`, oldest first; None if some are no longer held

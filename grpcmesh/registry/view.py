@@ -96,7 +96,7 @@ class View:
         if event.type == EventType.RESUMED:  # a store saying its watch is in place
             return
         if event.revision < self.revision or (
-                event.revision == self.revision and event.type != EventType.CONFIG):
+                event.revision == self.revision and self._seen(event)):
             return  # seen already (a watch resumed from an older revision than needed)
         if event.type == EventType.SNAPSHOT:
             self.reset(Listing(event.revision, event.instances, self.config, event.partial))
@@ -122,6 +122,22 @@ class View:
             self._history.add(change)
             self._tell(event, change.previous)
         self._notify()
+
+    def _seen(self, event: Event) -> bool:
+        """Whether a change at the view's own revision is one it has: the listing's (all of
+        that revision), or one held. Several changes share a revision in etcd (the keys of one
+        transaction), so the revision alone does not say."""
+        if event.revision == self._history.start:
+            return True
+        if event.type == EventType.CONFIG:
+            return any(c.event.type == EventType.CONFIG and c.event.config == event.config
+                       for c in self._history.at(event.revision))
+        if event.type == EventType.SNAPSHOT:
+            return True
+        key = event.instances[0].key
+        return any(c.event.type == event.type and c.event.instances
+                   and c.event.instances[0].key == key
+                   for c in self._history.at(event.revision))
 
     def _set_config(self, config: PushedConfig) -> None:
         if config.version == self.config.version:
@@ -199,5 +215,11 @@ async def follow(store: Store, view: View, ready: asyncio.Event | None = None,
             log.log(logging.DEBUG if up is False else logging.WARNING,
                     "%s; keeping what is known (revision %d) and trying again", err,
                     view.revision)
+            state(False)
+            await asyncio.sleep(backoff.next())
+        except Exception as err:  # noqa: BLE001 - following must outlive what it cannot read
+            log.error("following the store failed (%s: %s); keeping what is known (revision "
+                      "%d), listing it again", type(err).__name__, err, view.revision)
+            listed = False
             state(False)
             await asyncio.sleep(backoff.next())

@@ -1,0 +1,87 @@
+"""The registry on a real etcd whose prefix holds what grpcmesh did not expect: a config key it
+cannot read (written by hand, or by a newer grpcmesh), and more than one gRPC message of data
+(a big mesh, or big values someone else wrote). A replica still starts, follows and says what
+is wrong in one line."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from aetcd import rpc  # type: ignore[import-untyped]
+
+from generated.grpcmesh.registry.v1 import registry_pb2 as pb
+from generated.grpcmesh.registry.v1 import registry_pb2_grpc
+from grpcmesh.registry.etcd_store import EtcdStore, parse_etcd_url
+from grpcmesh.registry.model import Instance
+from grpcmesh.registry.server import RegistryServer
+from tests.etcd import ETCD, MISSING, EtcdCluster
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(ETCD is None, reason=MISSING)]
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def store(cluster: EtcdCluster) -> EtcdStore:
+    return EtcdStore(parse_etcd_url(cluster.url(f"/x{secrets.token_hex(4)}")))
+
+
+async def put(cluster: EtcdCluster, key: bytes, value: bytes) -> None:
+    async with grpc.aio.insecure_channel(cluster.members[0].endpoint) as channel:
+        await rpc.KVStub(channel).Put(rpc.PutRequest(key=key, value=value), timeout=5)
+
+
+@pytest.mark.asyncio
+async def test_a_config_key_the_registry_cannot_read_does_not_stop_it(
+        etcd: EtcdCluster, tmp_path: Path) -> None:
+    """listing() raised the ValueError of an unreadable PREFIX/config, which ended follow():
+    start() waited for a first listing forever. Now the replica starts with the config it could
+    read (none), and ApplyConfig says in one line why it will not replace what it cannot read."""
+    opened = store(etcd)
+    await opened.open()
+    await put(etcd, opened._config_key, b'{"version": "three"')
+    server = RegistryServer("127.0.0.1:0", store=opened)
+    try:
+        address = await asyncio.wait_for(server.start(), 10)
+        assert server.view.config.version == 0
+        await opened.register(Instance("orders", "o1", "10.0.0.1:80", ("shop.v1.Orders",)), 30)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            reply = await stub.Resolve(pb.ResolveRequest(service="orders"), timeout=5)
+            assert [i.instance_id for i in reply.instances] == ["o1"]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ApplyConfig(pb.ApplyConfigRequest(text=b"{}"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value
+        assert "config" in (err.value.details() or "")
+        assert "\n" not in (err.value.details() or "")
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_a_listing_larger_than_one_grpc_message(etcd: EtcdCluster) -> None:
+    """listing() read the whole prefix in one Range: past gRPC's 4 MiB message limit (a mesh of
+    some 10,000 instances with their methods, or big values someone else put there) every
+    listing failed with RESOURCE_EXHAUSTED, reported as etcd being unreachable, and the replica
+    never started."""
+    opened = store(etcd)
+    await opened.open()
+    try:
+        await opened.register(Instance("orders", "o1", "10.0.0.1:80", ("shop.v1.Orders",)), 30)
+        junk = b"x" * (1024 * 1024)
+        for n in range(5):  # 5 MiB of values that are not instances
+            await put(etcd, opened._instances + f"junk/j{n}".encode(), junk)
+        listing = await asyncio.wait_for(opened.listing(), 20)
+        assert [i.instance_id for i in listing.instances] == ["o1"]
+    finally:
+        await opened.close()
