@@ -481,7 +481,9 @@ class EtcdStore:
             while (request := await requests.get()) is not None:
                 yield request
 
-        stream = self._watch.Watch(send())
+        # hasleader: etcd ends the watch when its member has no leader (it lost quorum),
+        # which would otherwise stay open and silent while changes are made elsewhere.
+        stream = self._watch.Watch(send(), metadata=(("hasleader", "true"),))
         try:
             async for resp in stream:
                 if resp.compact_revision:

@@ -85,3 +85,45 @@ async def test_a_listing_larger_than_one_grpc_message(etcd: EtcdCluster) -> None
         assert [i.instance_id for i in listing.instances] == ["o1"]
     finally:
         await opened.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_a_replica_on_an_etcd_member_without_quorum_is_not_ready(tmp_path: Path) -> None:
+    """Two of three members die: the one left has no leader, so no write can be made and no
+    change comes, but a watch on it stays open without a word unless it asks etcd to require a
+    leader (clientv3's WithRequireLeader, metadata hasleader). The replica kept saying SERVING
+    over a store it could no longer follow."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from grpcmesh.registry.server import REGISTRY_SERVICE
+
+    cluster = EtcdCluster(tmp_path / "etcd", size=3)
+    await asyncio.to_thread(cluster.start)
+    server = RegistryServer("127.0.0.1:0", store=EtcdStore(parse_etcd_url(cluster.url("/q"))))
+    try:
+        address = await server.start()
+
+        async def status() -> int:
+            async with grpc.aio.insecure_channel(address) as channel:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=REGISTRY_SERVICE), timeout=2)
+                return int(reply.status)
+
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        for member in cluster.members[1:]:
+            await asyncio.to_thread(cluster.kill, member)
+        loop = asyncio.get_running_loop()
+        deadline, since = loop.time() + 20, None
+        while True:  # NOT_SERVING, and staying so for 3 s
+            if await status() == health_pb2.HealthCheckResponse.NOT_SERVING:
+                since = since or loop.time()
+                if loop.time() - since >= 3:
+                    break
+            else:
+                since = None
+            assert loop.time() < deadline, "still SERVING on a member without quorum"
+            await asyncio.sleep(0.2)
+    finally:
+        await server.stop(0)
+        await asyncio.to_thread(cluster.stop)
