@@ -182,6 +182,7 @@ class EtcdStore:
         self._lease: Any = None
         self._watch: Any = None
         self._id = ""
+        self._progress: Callable[[], None] = lambda: None
         self._last_config = PushedConfig(0)  # the last config read: kept over one unreadable
         self.replica = secrets.token_hex(6)
 
@@ -484,6 +485,11 @@ class EtcdStore:
         # hasleader: etcd ends the watch when its member has no leader (it lost quorum),
         # which would otherwise stay open and silent while changes are made elsewhere.
         stream = self._watch.Watch(send(), metadata=(("hasleader", "true"),))
+
+        def progress() -> None:
+            requests.put_nowait(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+
+        self._progress = progress
         try:
             async for resp in stream:
                 if resp.compact_revision:
@@ -494,14 +500,22 @@ class EtcdStore:
                                            f"{resp.cancel_reason or 'no reason given'}")
                 if resp.created:
                     yield Change(Event(EventType.RESUMED, after))
+                    continue
                 for ev in resp.events:
                     change = self._change(ev)
                     if change is not None:
                         yield change
+                # Every change up to here has come, the keys it ignores too: a response
+                # without events is a progress notification, at etcd's revision.
+                reached = (max(int(ev.kv.mod_revision) for ev in resp.events) if resp.events
+                           else int(resp.header.revision))
+                yield Change(Event(EventType.RESUMED, reached))
         except grpc.aio.AioRpcError as err:
             raise StoreUnavailable(f"etcd at {self.target.url}: the watch broke: "
                                    f"{err.code().name}: {err.details()}") from None
         finally:
+            if self._progress is progress:
+                self._progress = lambda: None
             requests.put_nowait(None)  # ends send(), and with it grpc's task that reads it
             stream.cancel()
         raise StoreUnavailable(f"etcd at {self.target.url} ended the watch")
@@ -524,6 +538,9 @@ class EtcdStore:
                                 "removed (deregistered, or its lease expired)"))
         inst = self._decode(kv)
         return None if inst is None else Change(Event(EventType.UPSERT, revision, (inst,)))
+
+    def request_progress(self) -> None:
+        self._progress()
 
     def leadership(self, name: str) -> Leadership:
         return EtcdLeadership(self, self._leaders + name.encode())

@@ -40,17 +40,22 @@ class History:
         self.start = start
         self._changes: list[Change] = []
         self._revisions: list[int] = []
+        self._reached = start  # the store said nothing else changed up to here
 
     def __len__(self) -> int:
         return len(self._changes)
 
     @property
     def newest(self) -> int:
-        return self._revisions[-1] if self._revisions else self.start
+        return max(self._revisions[-1] if self._revisions else self.start, self._reached)
+
+    def reach(self, revision: int) -> None:
+        """Nothing else changed up to revision (the store's writes to other keys)."""
+        self._reached = max(self._reached, revision)
 
     def reset(self, start: int) -> None:
         """Forget everything: only changes after start will be held."""
-        self.start = start
+        self.start = self._reached = start
         self._changes.clear()
         self._revisions.clear()
 

@@ -93,7 +93,11 @@ class View:
 
     def apply(self, change: Change) -> None:
         event = change.event
-        if event.type == EventType.RESUMED:  # a store saying its watch is in place
+        if event.type == EventType.RESUMED:  # a store saying its changes reach this revision
+            if event.revision > self.revision:  # (none of them ours): the view does too
+                self.revision = event.revision
+                self._history.reach(event.revision)
+                self._notify()
             return
         if event.revision < self.revision or (
                 event.revision == self.revision and self._seen(event)):
