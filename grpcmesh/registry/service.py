@@ -185,6 +185,11 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         held = self.view.since(after)
         if held is None:
             return None
+        # A watch may have broken between changes that share `after` (the keys of one etcd
+        # transaction): they all go again, as applying one twice changes nothing.
+        again = self.view.at(after)
+        if len(again) > 1:
+            held = again + held
         out = [Event(EventType.RESUMED, after,
                      store_id=self.view.store_id).to_proto().SerializeToString()]
         for change in held:

@@ -67,6 +67,10 @@ class View:
         """The changes after revision `after`, if all are held (see History.since)."""
         return self._history.since(after)
 
+    def at(self, revision: int) -> list[Change]:
+        """The changes held at exactly this revision."""
+        return self._history.at(revision)
+
     # -- listening ----------------------------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:

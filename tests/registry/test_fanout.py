@@ -80,3 +80,32 @@ def test_a_config_is_serialized_once_per_version_for_the_watchers_that_asked() -
     start = service._start(_Watcher("", "", include_config=True))
     assert start[:-1] == service.snapshot() and start[-1] is asked[0].pending[0]
     assert service._start(_Watcher("", "")) == service.snapshot()
+
+
+def test_a_watch_that_broke_inside_a_revision_resumes_with_all_of_it() -> None:
+    """Several changes share an etcd revision (the keys of one transaction), and each goes to a
+    watcher as a message of its own. A stream that broke between two of them left the client at
+    that revision (WatchPosition), and a resume after it skipped the rest of the revision for
+    good. Now a resume after a revision that holds several changes sends them all again: an
+    UPSERT or DELETE applied twice leaves the same state, one never applied does not."""
+    store = RegistryStore(FakeClock(), random.Random(1))
+    service = served(store)
+    view = service.view
+    view.reset(Listing(5, (orders(1), orders(2)), PushedConfig(0)))
+    for n in (1, 2):
+        view.apply(Change(Event(EventType.DELETE, 6, (Instance("orders", f"o{n}", ""),))))
+    view.apply(Change(Event(EventType.UPSERT, 7, (orders(3),))))
+
+    def resumed(after: int) -> list[tuple[str, str, int]]:
+        parts = service._resume(_Watcher("", ""), after) or []
+        events = [pb.WatchEvent.FromString(p) for p in parts]
+        return [(pb.WatchEvent.Type.Name(e.type),
+                 e.instances[0].instance_id if e.instances else "", e.revision)
+                for e in events]
+
+    # The client got the DELETE of o1 at 6, and the stream broke.
+    assert resumed(6) == [("RESUMED", "", 6), ("DELETE", "o1", 6), ("DELETE", "o2", 6),
+                          ("UPSERT", "o3", 7)]
+    assert resumed(5) == [("RESUMED", "", 5), ("DELETE", "o1", 6), ("DELETE", "o2", 6),
+                          ("UPSERT", "o3", 7)]
+    assert resumed(7) == [("RESUMED", "", 7)]  # one change at 7: nothing to send again
