@@ -228,7 +228,7 @@ class EtcdStore:
         if not marker.kvs and first.kvs:
             await self.close()
             raise ValueError(f"--store {where}: the prefix holds keys grpcmesh did not write "
-                             f"(such as {first.kvs[0].key[:100].decode(errors='replace')}): it "
+                             f"(such as {_shown(first.kvs[0].key)}): it "
                              "belongs to something else (choose another prefix)")
         if not marker.kvs:
             await self._call(self._kv.Txn, rpc.TxnRequest(
@@ -544,6 +544,12 @@ class EtcdStore:
 
     def leadership(self, name: str) -> Leadership:
         return EtcdLeadership(self, self._leaders + name.encode())
+
+
+def _shown(key: bytes, limit: int = 100) -> str:
+    """A key someone else wrote, for a one-line message: printable, and not too long."""
+    text = key[:limit].decode(errors="replace")
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _valid_key(service: str, instance_id: str) -> bool:

@@ -127,3 +127,16 @@ async def test_a_replica_on_an_etcd_member_without_quorum_is_not_ready(tmp_path:
     finally:
         await server.stop(0)
         await asyncio.to_thread(cluster.stop)
+
+
+@pytest.mark.asyncio
+async def test_the_error_for_a_prefix_of_someone_else_is_one_line(etcd: EtcdCluster) -> None:
+    """The key named in "belongs to something else" was printed as it is: a key with a newline
+    in it made the error two lines (and let a key's bytes say what they liked in the log)."""
+    prefix = f"/nl{secrets.token_hex(3)}"
+    await put(etcd, f"{prefix}/a\nERROR forged".encode(), b"1")
+    theirs = EtcdStore(parse_etcd_url(etcd.url(prefix)))
+    with pytest.raises(ValueError) as err:
+        await theirs.open()
+    assert "belongs to something else" in str(err.value)
+    assert "\n" not in str(err.value)
