@@ -47,7 +47,13 @@ class History:
 
     @property
     def newest(self) -> int:
-        return max(self._revisions[-1] if self._revisions else self.start, self._reached)
+        return self._revisions[-1] if self._revisions else self.start
+
+    @property
+    def reached(self) -> int:
+        """The revision up to which the store said every change has come: the newest change
+        held, or later if the store wrote other keys since."""
+        return max(self.newest, self._reached)
 
     def reach(self, revision: int) -> None:
         """Nothing else changed up to revision (the store's writes to other keys)."""
@@ -81,7 +87,7 @@ class History:
 
     def since(self, after: int) -> list[Change] | None:
         """Every change after revision `after`, oldest first; None if some are no longer held
-        (after is older than start) or were never seen (after is newer than the newest)."""
-        if after < self.start or after > self.newest:
+        (after is older than start) or were never seen (after is newer than reached)."""
+        if after < self.start or after > self.reached:
             return None
         return self._changes[bisect_right(self._revisions, after):]

@@ -291,7 +291,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             await context.abort(err.code, err.message)
         watcher = _Watcher(request.service, request.proto_service, request.include_config)
         resume = request.after_revision > 0 and request.store_id == self.view.store_id
-        if resume and request.after_revision > self.view.revision:
+        if resume and request.after_revision > self.view.reached:
             self.store.request_progress()  # etcd's revision moves with others' writes too
             await self.view.wait_for(request.after_revision, RESUME_CATCH_UP_SECONDS)
         # The first messages and the subscription happen in one step of the event loop:

@@ -32,7 +32,10 @@ class View:
                  history_limit: int = HISTORY_LIMIT) -> None:
         self.store_id = store_id
         self.limits = limits
-        self.revision = 0
+        self.revision = 0  # of the last change applied (or the listing)
+        # The store's revision the view is known to have caught up with: at least revision,
+        # more when the store wrote other keys since (resumed watches go by it).
+        self.reached = 0
         self.partial = False
         self.loaded = False
         self.config = PushedConfig(0)
@@ -88,6 +91,7 @@ class View:
         """Take a whole new state; listeners get a SNAPSHOT (and the config, if it changed)."""
         self._instances = {i.key: i for i in listing.instances}
         self.revision, self.partial = listing.revision, listing.partial
+        self.reached = listing.revision
         self._history.reset(listing.revision)
         was_loaded, self.loaded = self.loaded, True
         if was_loaded:
@@ -98,11 +102,11 @@ class View:
     def apply(self, change: Change) -> None:
         event = change.event
         if event.type == EventType.RESUMED:  # a store saying its changes reach this revision
-            if event.revision > self.revision:  # (none of them ours): the view does too
-                self.revision = event.revision
+            if event.revision > self.reached:  # (none of them ours): the view does too
+                self.reached = event.revision
                 self._history.reach(event.revision)
                 self._notify()
-            return
+            return  # revision stays: a change etcd sends late (before 3.4.24) still counts
         if event.revision < self.revision or (
                 event.revision == self.revision and self._seen(event)):
             return  # seen already (a watch resumed from an older revision than needed)
@@ -110,6 +114,7 @@ class View:
             self.reset(Listing(event.revision, event.instances, self.config, event.partial))
             return
         self.revision = event.revision
+        self.reached = max(self.reached, event.revision)
         if event.type == EventType.CONFIG:
             assert event.config is not None
             self._history.add(change)
@@ -163,7 +168,7 @@ class View:
             return
         waiting = []
         for revision, future in self._waiters:
-            if revision <= self.revision:
+            if revision <= self.reached:
                 if not future.done():
                     future.set_result(None)
             elif not future.done():
@@ -173,7 +178,7 @@ class View:
     async def wait_for(self, revision: int, timeout: float = 5.0) -> bool:
         """Wait until this view has seen revision (a write's, so that the writer reads its
         write back here); False if it has not within timeout."""
-        if self.revision >= revision:
+        if self.reached >= revision:
             return True
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((revision, future))

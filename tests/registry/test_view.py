@@ -189,3 +189,17 @@ async def test_follow_goes_on_when_a_listing_fails_unexpectedly() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert store.listed == 2 and states == [False, True]
+
+
+def test_a_store_that_says_how_far_it_reached_moves_resumes_not_what_is_applied() -> None:
+    """A RESUMED marker from the store (its writes to keys the registry ignores, or a progress
+    notification) lets a watcher that saw a later revision through another replica resume
+    here. It does not make a change that comes late look old: etcd before 3.4.24 could send a
+    requested progress notification ahead of events (etcd-io/etcd#15220)."""
+    view = View("s")
+    view.reset(Listing(5, (), PushedConfig(0)))
+    view.apply(Change(Event(EventType.RESUMED, 10)))
+    assert view.reached == 10 and view.revision == 5 and view.since(10) == []
+    view.apply(upsert(8, inst("late")))
+    assert [i.instance_id for i in view.instances()] == ["late"]
+    assert [c.revision for c in view.since(5) or []] == [8]
