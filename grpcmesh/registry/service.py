@@ -60,7 +60,7 @@ class _Watcher:
         self.pending: collections.deque[bytes] = collections.deque()
         self.resync = False
         self.wakeup = asyncio.Event()
-        self.closing = False
+        self.closing = ""  # why the stream ends (UNAVAILABLE), once set
 
     def push(self, data: bytes) -> None:
         if len(self.pending) >= WATCH_BACKLOG_LIMIT:
@@ -117,11 +117,12 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         view.subscribe(self._on_event)
         view.subscribe_config(self._on_config)
 
-    def close(self) -> None:
-        """End every Watch stream with UNAVAILABLE, so watchers go to another registry (or
-        retry) at once instead of being cancelled when the server's grace period ends."""
+    def close(self, why: str = "the registry is shutting down") -> None:
+        """End every Watch stream with UNAVAILABLE (why), so watchers go to another registry
+        (or retry) at once instead of being cancelled when the server's grace period ends, or
+        waiting on a replica that cannot follow its store."""
         for watcher in self._watchers:
-            watcher.closing = True
+            watcher.closing = why
             watcher.wakeup.set()
 
     # -- watch fan-out ------------------------------------------------------------------------
@@ -306,8 +307,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 await watcher.wakeup.wait()
                 watcher.wakeup.clear()
                 if watcher.closing:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                        "the registry is shutting down")
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, watcher.closing)
                 parts = []
                 if watcher.resync:  # everything pending is in the current snapshot
                     watcher.resync = False

@@ -166,3 +166,55 @@ async def test_a_lease_whose_key_is_gone_is_not_found(etcd: EtcdCluster) -> None
         assert err.value.code == grpc.StatusCode.NOT_FOUND
     finally:
         await opened.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_a_watcher_leaves_a_replica_that_lost_its_store(tmp_path: Path) -> None:
+    """Replica a reaches etcd through one member, b through the others; a's member dies. a goes
+    NOT_SERVING, but its Watch streams stayed open: a sidecar watching a kept its state of then
+    and never heard of changes made through b, though b could tell it. Now a ends its watches
+    (UNAVAILABLE) once it has been away from its store for WATCH_HANDOFF_SECONDS, and the
+    watcher resumes on b."""
+    from grpcmesh.registry.client import RegistryClient, watch_forever
+    from grpcmesh.registry.model import Event
+
+    cluster = EtcdCluster(tmp_path / "etcd", size=3)
+    await asyncio.to_thread(cluster.start)
+    m0, m1, m2 = cluster.members
+    servers = [RegistryServer("127.0.0.1:0", store=EtcdStore(parse_etcd_url(url)))
+               for url in (f"etcd://{m0.endpoint}/w", f"etcd://{m1.endpoint},{m2.endpoint}/w")]
+    known: set[str] = set()
+
+    def on_event(event: Event) -> None:
+        if event.type.name == "SNAPSHOT":
+            known.clear()
+        for inst in event.instances:
+            (known.discard if event.type.name == "DELETE" else known.add)(inst.instance_id)
+
+    client = RegistryClient([])
+    watching: asyncio.Task[None] | None = None
+    try:
+        a, b = [await server.start() for server in servers]
+        client.addresses = [a, b]
+        watching = asyncio.create_task(watch_forever(client, on_event))
+        await servers[1].store.register(Instance("orders", "o1", "10.0.0.1:80"), 60)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while "o1" not in known:
+            assert loop.time() < deadline, "the watcher never saw o1"
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(cluster.kill, m0)
+        await servers[1].store.register(Instance("orders", "o2", "10.0.0.2:80"), 60)
+        deadline = loop.time() + 20
+        while "o2" not in known:
+            assert loop.time() < deadline, "the watcher stayed on a replica cut off from etcd"
+            await asyncio.sleep(0.1)
+    finally:
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        await client.close()
+        for server in servers:
+            await server.stop(0)
+        await asyncio.to_thread(cluster.stop)
