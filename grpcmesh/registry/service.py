@@ -110,6 +110,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         self._catalog = catalog
         self._part_bytes = part_bytes
         self._watchers: set[_Watcher] = set()
+        self._catching_up = 0  # Watches waiting for this replica to reach their revision
         # Each instance's bytes (by key, for the Instance object they encode), and the current
         # revision's snapshot parts per watch filter; cleared by every change.
         self._encoded: dict[tuple[str, str], tuple[Instance, bytes]] = {}
@@ -285,7 +286,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 names.check_service(request.service, "service")
             if request.proto_service:
                 names.check_proto_service(request.proto_service, "proto_service")
-            check_watchers(len(self._watchers), self.view.limits)
+            check_watchers(len(self._watchers) + self._catching_up, self.view.limits)
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except RegistryError as err:
@@ -294,7 +295,11 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         resume = request.after_revision > 0 and request.store_id == self.view.store_id
         if resume and request.after_revision > self.view.reached:
             self.store.request_progress()  # etcd's revision moves with others' writes too
-            await self.view.wait_for(request.after_revision, RESUME_CATCH_UP_SECONDS)
+            self._catching_up += 1  # a watcher already, for max_watchers
+            try:
+                await self.view.wait_for(request.after_revision, RESUME_CATCH_UP_SECONDS)
+            finally:
+                self._catching_up -= 1
         # The first messages and the subscription happen in one step of the event loop:
         # nothing is missed.
         parts = (self._resume(watcher, request.after_revision) if resume else None) \

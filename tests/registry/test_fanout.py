@@ -109,3 +109,55 @@ def test_a_watch_that_broke_inside_a_revision_resumes_with_all_of_it() -> None:
     assert resumed(5) == [("RESUMED", "", 5), ("DELETE", "o1", 6), ("DELETE", "o2", 6),
                           ("UPSERT", "o3", 7)]
     assert resumed(7) == [("RESUMED", "", 7)]  # one change at 7: nothing to send again
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    """The part of a grpc.aio.ServicerContext that Watch uses."""
+
+    def __init__(self) -> None:
+        self.code: object = None
+
+    async def abort(self, code: object, details: str) -> None:
+        self.code = code
+        raise Aborted(details)
+
+
+def test_watches_waiting_to_resume_count_towards_max_watchers() -> None:
+    """A Watch that resumes ahead of this replica waits up to RESUME_CATCH_UP_SECONDS before it
+    joins the watchers, and max_watchers was checked before that wait: any number of resumes
+    at once (a client that asks for a revision far ahead) all passed the check, then all joined."""
+    import asyncio
+
+    import grpc
+
+    from grpcmesh.registry import service as service_module
+    from grpcmesh.registry.limits import RegistryLimits
+
+    async def run() -> list[object]:
+        store = RegistryStore(FakeClock(), random.Random(1))
+        registry = served(store)
+        registry.view.limits = RegistryLimits(max_watchers=2)
+        request = pb.WatchRequest(store_id="test", after_revision=10**12)
+
+        async def watch() -> object:
+            context = Context()
+            try:
+                async for _ in registry.Watch(request, context):  # type: ignore[arg-type]
+                    break
+            except Aborted:
+                pass
+            return context.code
+
+        return list(await asyncio.gather(*(watch() for _ in range(5))))
+
+    saved = service_module.RESUME_CATCH_UP_SECONDS
+    service_module.RESUME_CATCH_UP_SECONDS = 0.1
+    try:
+        codes = asyncio.run(run())
+    finally:
+        service_module.RESUME_CATCH_UP_SECONDS = saved
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 3, codes
