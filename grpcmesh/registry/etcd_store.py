@@ -331,8 +331,15 @@ class EtcdStore:
                 lease = Lease(granted.ID, float(granted.TTL), time.monotonic() + granted.TTL,
                               instance.key)
                 admitted = replace(admitted, lease_id=granted.ID)
-            revision = await self._swap(instance.key, mod,
-                                        [self._put(admitted, admitted.lease_id)])
+            try:
+                revision = await self._swap(instance.key, mod,
+                                            [self._put(admitted, admitted.lease_id)])
+            except StoreUnavailable:
+                # Not registered, or (an answer lost after etcd applied it) registered under a
+                # lease nobody was told of: the sidecar registers again either way.
+                if lease is not None:
+                    await self._revoke(lease.lease_id)
+                raise
             if revision:
                 if previous is not None and previous.lease_id:
                     await self._revoke(previous.lease_id)  # its key is on the new lease now
