@@ -75,6 +75,9 @@ CONFLICT_ATTEMPTS = 8
 # The leader of a job holds it under a lease of this TTL, kept alive every third of it: a
 # replica killed without a word hands the job over within about this long.
 LEADER_TTL = 5
+# How long a stopping leader tries to revoke its lease (handing the job over at once) before it
+# leaves it to run out.
+RELEASE_SECONDS = 2.0
 # A listing reads this many keys per Range, at one revision: each answer stays far below
 # gRPC's message limit whatever the size of the mesh.
 LIST_PAGE = 500
@@ -638,5 +641,9 @@ class EtcdLeadership:
             self._keeper.cancel()
             self._keeper = None
         if self._lease_id and self._store._channel is not None:
-            await self._store._revoke(self._lease_id)  # the next replica takes over at once
+            try:  # the next replica takes over at once, or when the lease runs out
+                await asyncio.wait_for(self._store._revoke(self._lease_id), RELEASE_SECONDS)
+            except TimeoutError:
+                log.warning("could not revoke %s's lease within %g s: another replica takes "
+                            "over when it runs out", self._key.decode(), RELEASE_SECONDS)
         self._lease_id = 0

@@ -41,3 +41,24 @@ async def test_a_leader_whose_keep_alive_hangs_stops_leading_within_the_ttl() ->
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
     assert store.calls >= 1 and time.monotonic() - started <= 1.2
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_release_does_not_hold_up_a_stop_while_etcd_does_not_answer() -> None:
+    """release() revoked the lease through EtcdStore._call: with etcd not answering (a member
+    cut off, not dead) that is 3 tries of 5 s, and a registry's stop() waited for all of them.
+    The lease runs out on its own within the TTL, so release gives up after RELEASE_SECONDS."""
+    from grpcmesh.registry import etcd_store
+
+    class Silent(Hanging):
+        _channel = object()
+
+        async def _revoke(self, lease_id: int) -> None:
+            await asyncio.sleep(3600)
+
+    leadership = EtcdLeadership(Silent(), b"/t/leader/checker", ttl=5)  # type: ignore[arg-type]
+    leadership._lease_id = 7
+    started = time.monotonic()
+    await asyncio.wait_for(leadership.release(), 5)
+    assert time.monotonic() - started <= etcd_store.RELEASE_SECONDS + 0.5
