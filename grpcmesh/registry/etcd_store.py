@@ -380,11 +380,11 @@ class EtcdStore:
             raise _not_found(lease_id)
         key = await self._leased(lease_id)
         for _ in range(CONFLICT_ATTEMPTS):
-            inst, mod, revision = await self._read(key)
+            inst, mod, _ = await self._read(key)
             if inst is None or inst.lease_id != lease_id:
                 raise _not_found(lease_id)
-            if inst.health == health:
-                return revision
+            if inst.health == health:  # the revision of that state: a view has it, or will
+                return mod
             done = await self._swap(key, mod, [self._put(replace(inst, health=health),
                                                          lease_id)])
             if done:
@@ -393,9 +393,9 @@ class EtcdStore:
 
     async def set_checked_health(self, key: tuple[str, str], health: Health) -> int:
         for _ in range(CONFLICT_ATTEMPTS):
-            inst, mod, revision = await self._read(key)
+            inst, mod, _ = await self._read(key)
             if inst is None or not inst.checked_by_registry or inst.health == health:
-                return revision
+                return mod  # nothing written: the revision of what is there (0: nothing)
             done = await self._swap(key, mod, [self._put(replace(inst, health=health))])
             if done:
                 return done

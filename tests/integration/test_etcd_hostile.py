@@ -218,3 +218,28 @@ async def test_a_watcher_leaves_a_replica_that_lost_its_store(tmp_path: Path) ->
         for server in servers:
             await server.stop(0)
         await asyncio.to_thread(cluster.stop)
+
+
+@pytest.mark.asyncio
+async def test_a_health_that_did_not_change_is_answered_at_once(etcd: EtcdCluster) -> None:
+    """SetHealth with the health already stored answered with etcd's revision of its read,
+    which counts others' writes too, and waited READ_BACK_SECONDS (5 s) for the view to reach
+    a revision that no change of the registry's would bring; a sidecar's keep-alives waited
+    behind it. Now it answers with the revision of the instance as stored."""
+    server = RegistryServer("127.0.0.1:0", store=store(etcd))
+    address = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            reply = await stub.Register(pb.RegisterRequest(instance=pb.Instance(
+                service="orders", instance_id="o1", address="10.0.0.1:80",
+                proto_services=["shop.v1.Orders"], health=pb.SERVING), ttl_seconds=30),
+                timeout=5)
+            await put(etcd, b"/elsewhere/k", b"1")  # another program's write
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await stub.SetHealth(pb.SetHealthRequest(lease_id=reply.lease_id,
+                                                     health=pb.SERVING), timeout=10)
+            assert loop.time() - started < 1.0
+    finally:
+        await server.stop(0)
