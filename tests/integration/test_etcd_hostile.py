@@ -1,7 +1,8 @@
-"""The registry on a real etcd whose prefix holds what grpcmesh did not expect: a config key it
-cannot read (written by hand, or by a newer grpcmesh), and more than one gRPC message of data
-(a big mesh, or big values someone else wrote). A replica still starts, follows and says what
-is wrong in one line."""
+"""The registry on a real etcd that is not as grpcmesh would have it: a prefix holding a config
+key it cannot read (written by hand, or by a newer grpcmesh), more than one gRPC message of data
+(a big mesh, or big values someone else wrote), keys with odd bytes, a key deleted by hand;
+other programs writing to the same etcd; a member that lost quorum or died under one replica.
+A replica still starts, follows, hands its watchers over and says what is wrong in one line."""
 from __future__ import annotations
 
 import asyncio
