@@ -79,6 +79,10 @@ class Store(Protocol):
         change after `after`, then each as it happens, until cancelled. Raises Compacted if
         some are gone, StoreUnavailable if the store cannot be reached."""
 
+    def request_progress(self) -> None:
+        """Ask changes() for a RESUMED marker at the store's revision now, once every change
+        up to it has come: the revision moves with writes that are not the registry's."""
+
     def leadership(self, name: str) -> Leadership: ...
 
 
@@ -192,6 +196,9 @@ class LocalStore:
                 after = change.revision
             if not held:
                 await self._changed.wait()
+
+    def request_progress(self) -> None:
+        return None  # the revision counts only the registry's own writes: changes() has them
 
     def leadership(self, name: str) -> Leadership:
         return Always()

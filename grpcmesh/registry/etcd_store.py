@@ -76,6 +76,15 @@ CONFLICT_ATTEMPTS = 8
 # The leader of a job holds it under a lease of this TTL, kept alive every third of it: a
 # replica killed without a word hands the job over within about this long.
 LEADER_TTL = 5
+# How long a stopping leader tries to revoke its lease (handing the job over at once) before it
+# leaves it to run out.
+RELEASE_SECONDS = 2.0
+# A listing reads this many keys per Range, at one revision: each answer stays far below
+# gRPC's message limit whatever the size of the mesh.
+LIST_PAGE = 500
+# Answers from etcd up to this size are read (a page of big values, a watch catching up on
+# many changes); etcd holds values up to 1.5 MiB by default.
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 _RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -178,6 +187,8 @@ class EtcdStore:
         self._watch: Any = None
         self._keepalives: KeepAlives | None = None
         self._id = ""
+        self._progress: Callable[[], None] = lambda: None
+        self._last_config = PushedConfig(0)  # the last config read: kept over one unreadable
         self.replica = secrets.token_hex(6)
 
     @property
@@ -197,9 +208,7 @@ class EtcdStore:
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
-            # A listing is one Range of every instance: with gRPC's default 4 MiB limit a
-            # replica could not start on a state larger than that (80 instances of 58 KB).
-            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ])
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
@@ -226,7 +235,7 @@ class EtcdStore:
         if not marker.kvs and first.kvs:
             await self.close()
             raise ValueError(f"--store {where}: the prefix holds keys grpcmesh did not write "
-                             f"(such as {first.kvs[0].key[:100].decode(errors='replace')}): it "
+                             f"(such as {_shown(first.kvs[0].key)}): it "
                              "belongs to something else (choose another prefix)")
         if not marker.kvs:
             await self._call(self._kv.Txn, rpc.TxnRequest(
@@ -335,8 +344,15 @@ class EtcdStore:
                 lease = Lease(granted.ID, float(granted.TTL), time.monotonic() + granted.TTL,
                               instance.key)
                 admitted = replace(admitted, lease_id=granted.ID)
-            revision = await self._swap(instance.key, mod,
-                                        [self._put(admitted, admitted.lease_id)])
+            try:
+                revision = await self._swap(instance.key, mod,
+                                            [self._put(admitted, admitted.lease_id)])
+            except StoreUnavailable:
+                # Not registered, or (an answer lost after etcd applied it) registered under a
+                # lease nobody was told of: the sidecar registers again either way.
+                if lease is not None:
+                    await self._revoke(lease.lease_id)
+                raise
             if revision:
                 if previous is not None and previous.lease_id:
                     await self._revoke(previous.lease_id)  # its key is on the new lease now
@@ -371,11 +387,11 @@ class EtcdStore:
             raise _not_found(lease_id)
         key = await self._leased(lease_id)
         for _ in range(CONFLICT_ATTEMPTS):
-            inst, mod, revision = await self._read(key)
+            inst, mod, _ = await self._read(key)
             if inst is None or inst.lease_id != lease_id:
                 raise _not_found(lease_id)
-            if inst.health == health:
-                return revision
+            if inst.health == health:  # the revision of that state: a view has it, or will
+                return mod
             done = await self._swap(key, mod, [self._put(replace(inst, health=health),
                                                          lease_id)])
             if done:
@@ -384,9 +400,9 @@ class EtcdStore:
 
     async def set_checked_health(self, key: tuple[str, str], health: Health) -> int:
         for _ in range(CONFLICT_ATTEMPTS):
-            inst, mod, revision = await self._read(key)
+            inst, mod, _ = await self._read(key)
             if inst is None or not inst.checked_by_registry or inst.health == health:
-                return revision
+                return mod  # nothing written: the revision of what is there (0: nothing)
             done = await self._swap(key, mod, [self._put(replace(inst, health=health))])
             if done:
                 return done
@@ -426,7 +442,12 @@ class EtcdStore:
 
     async def apply_config(self, prepared: Prepared, now: float) -> Applied:
         for _ in range(CONFLICT_ATTEMPTS):
-            current, mod = await self._config()
+            try:
+                current, mod = await self._config()
+            except ValueError as err:  # not ours to overwrite: a newer grpcmesh may have it
+                raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"{err}; not replacing it (delete the key to start "
+                                    "over)") from None
             new = next_version(current, prepared, now)
             if new is None:
                 return Applied(current, False, prepared.warnings)
@@ -445,18 +466,29 @@ class EtcdStore:
     # -- reads --------------------------------------------------------------------------------
 
     async def listing(self) -> Listing:
-        resp = await self._call(self._kv.Range, rpc.RangeRequest(
-            key=self._root, range_end=prefix_end(self._root)))
+        """Every key under the prefix at one revision, LIST_PAGE keys per Range. A config that
+        cannot be read is reported and the last one read is kept, as changes() does."""
         instances: list[Instance] = []
         config = PushedConfig(0)
-        for kv in resp.kvs:
-            if kv.key == self._config_key:
-                config = self._read_config(kv.value)
-            elif kv.key.startswith(self._instances):
-                inst = self._decode(kv)
-                if inst is not None:
-                    instances.append(inst)
-        return Listing(int(resp.header.revision), tuple(instances), config)
+        key, end, revision = self._root, prefix_end(self._root), 0
+        while True:
+            resp = await self._call(self._kv.Range, rpc.RangeRequest(
+                key=key, range_end=end, limit=LIST_PAGE, revision=revision))
+            revision = revision or int(resp.header.revision)
+            for kv in resp.kvs:
+                if kv.key == self._config_key:
+                    try:
+                        config = self._last_config = self._read_config(kv.value)
+                    except ValueError as err:
+                        log.error("%s; the config in force is kept", err)
+                        config = self._last_config
+                elif kv.key.startswith(self._instances):
+                    inst = self._decode(kv)
+                    if inst is not None:
+                        instances.append(inst)
+            if not resp.more or not resp.kvs:
+                return Listing(revision, tuple(instances), config)
+            key = resp.kvs[-1].key + b"\0"
 
     async def changes(self, after: int) -> AsyncGenerator[Change, None]:
         requests: asyncio.Queue[Any] = asyncio.Queue()
@@ -467,7 +499,14 @@ class EtcdStore:
             while (request := await requests.get()) is not None:
                 yield request
 
-        stream = self._watch.Watch(send())
+        # hasleader: etcd ends the watch when its member has no leader (it lost quorum),
+        # which would otherwise stay open and silent while changes are made elsewhere.
+        stream = self._watch.Watch(send(), metadata=(("hasleader", "true"),))
+
+        def progress() -> None:
+            requests.put_nowait(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+
+        self._progress = progress
         try:
             async for resp in stream:
                 if resp.compact_revision:
@@ -478,14 +517,22 @@ class EtcdStore:
                                            f"{resp.cancel_reason or 'no reason given'}")
                 if resp.created:
                     yield Change(Event(EventType.RESUMED, after))
+                    continue
                 for ev in resp.events:
                     change = self._change(ev)
                     if change is not None:
                         yield change
+                # Every change up to here has come, the keys it ignores too: a response
+                # without events is a progress notification, at etcd's revision.
+                reached = (max(int(ev.kv.mod_revision) for ev in resp.events) if resp.events
+                           else int(resp.header.revision))
+                yield Change(Event(EventType.RESUMED, reached))
         except grpc.aio.AioRpcError as err:
             raise StoreUnavailable(f"etcd at {self.target.url}: the watch broke: "
                                    f"{err.code().name}: {err.details()}") from None
         finally:
+            if self._progress is progress:
+                self._progress = lambda: None
             requests.put_nowait(None)  # ends send(), and with it grpc's task that reads it
             stream.cancel()
         raise StoreUnavailable(f"etcd at {self.target.url} ended the watch")
@@ -495,7 +542,7 @@ class EtcdStore:
         revision = int(kv.mod_revision)
         if kv.key == self._config_key and ev.type == rpc.Event.PUT:
             try:
-                config = self._read_config(kv.value)
+                config = self._last_config = self._read_config(kv.value)
             except ValueError as err:
                 log.error("%s; the config in force is kept", err)
                 return None
@@ -509,8 +556,17 @@ class EtcdStore:
         inst = self._decode(kv)
         return None if inst is None else Change(Event(EventType.UPSERT, revision, (inst,)))
 
+    def request_progress(self) -> None:
+        self._progress()
+
     def leadership(self, name: str) -> Leadership:
         return EtcdLeadership(self, self._leaders + name.encode())
+
+
+def _shown(key: bytes, limit: int = 100) -> str:
+    """A key someone else wrote, for a one-line message: printable, and not too long."""
+    text = key[:limit].decode(errors="replace")
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _valid_key(service: str, instance_id: str) -> bool:
@@ -560,17 +616,27 @@ class EtcdLeadership:
             await asyncio.sleep(self._ttl / 5)
 
     async def _keep(self) -> None:
-        kept = time.monotonic()
+        """Renew the lease every third of its TTL. The lease may have expired in etcd by TTL
+        after the last renewal that was sent (a reply says it was renewed no earlier): past
+        that another replica may hold the job, so no keep-alive is waited on beyond it."""
+        deadline = time.monotonic() + self._ttl
         try:
-            while time.monotonic() - kept < self._ttl:  # past it, another may hold the job
-                await asyncio.sleep(self._ttl / 3)
+            while True:
+                await asyncio.sleep(max(0.0, min(self._ttl / 3, deadline - time.monotonic())))
+                sent = time.monotonic()
+                if sent >= deadline:
+                    log.warning("could not keep %s for its TTL (%d s): another replica may "
+                                "hold it now", self._key.decode(), self._ttl)
+                    break
                 try:
-                    await self._store.keep_alive(self._lease_id)
-                    kept = time.monotonic()
+                    await asyncio.wait_for(self._store.keep_alive(self._lease_id),
+                                           deadline - sent)
+                    deadline = sent + self._ttl
                 except RegistryError:  # the lease is gone: another replica may hold the job
                     break
-                except StoreUnavailable as err:
-                    log.warning("keeping %s: %s", self._key.decode(), err)
+                except (StoreUnavailable, TimeoutError) as err:
+                    log.warning("keeping %s: %s", self._key.decode(),
+                                err or "no answer within its TTL")
         finally:
             self._lost.set()
 
@@ -582,5 +648,9 @@ class EtcdLeadership:
             self._keeper.cancel()
             self._keeper = None
         if self._lease_id and self._store._channel is not None:
-            await self._store._revoke(self._lease_id)  # the next replica takes over at once
+            try:  # the next replica takes over at once, or when the lease runs out
+                await asyncio.wait_for(self._store._revoke(self._lease_id), RELEASE_SECONDS)
+            except TimeoutError:
+                log.warning("could not revoke %s's lease within %g s: another replica takes "
+                            "over when it runs out", self._key.decode(), RELEASE_SECONDS)
         self._lease_id = 0

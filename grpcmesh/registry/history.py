@@ -9,7 +9,7 @@ revision the history began at, or the newest one it has dropped for room.
 """
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from grpcmesh.registry.model import Event, Instance
@@ -40,6 +40,7 @@ class History:
         self.start = start
         self._changes: list[Change] = []
         self._revisions: list[int] = []
+        self._reached = start  # the store said nothing else changed up to here
 
     def __len__(self) -> int:
         return len(self._changes)
@@ -48,9 +49,19 @@ class History:
     def newest(self) -> int:
         return self._revisions[-1] if self._revisions else self.start
 
+    @property
+    def reached(self) -> int:
+        """The revision up to which the store said every change has come: the newest change
+        held, or later if the store wrote other keys since."""
+        return max(self.newest, self._reached)
+
+    def reach(self, revision: int) -> None:
+        """Nothing else changed up to revision (the store's writes to other keys)."""
+        self._reached = max(self._reached, revision)
+
     def reset(self, start: int) -> None:
         """Forget everything: only changes after start will be held."""
-        self.start = start
+        self.start = self._reached = start
         self._changes.clear()
         self._revisions.clear()
 
@@ -69,9 +80,14 @@ class History:
             del self._changes[:cut]
             del self._revisions[:cut]
 
+    def at(self, revision: int) -> list[Change]:
+        """The changes held at exactly this revision (several share one in etcd)."""
+        return self._changes[bisect_left(self._revisions, revision):
+                             bisect_right(self._revisions, revision)]
+
     def since(self, after: int) -> list[Change] | None:
         """Every change after revision `after`, oldest first; None if some are no longer held
-        (after is older than start) or were never seen (after is newer than the newest)."""
-        if after < self.start or after > self.newest:
+        (after is older than start) or were never seen (after is newer than reached)."""
+        if after < self.start or after > self.reached:
             return None
         return self._changes[bisect_right(self._revisions, after):]

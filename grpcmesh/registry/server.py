@@ -26,6 +26,9 @@ from grpcmesh.server_util import bind, server_options, with_port
 
 log = logging.getLogger(__name__)
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+# A replica away from its store this long ends its watches, so that watchers resume on a
+# replica that still follows it (an etcd election alone is shorter).
+WATCH_HANDOFF_SECONDS = 3.0
 
 
 def open_persistence(spec: str) -> Persistence | None:
@@ -83,6 +86,7 @@ class RegistryServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._health = health.aio.HealthServicer()
         self._health_set: asyncio.Task[None] | None = None
+        self._handoff: asyncio.Task[None] | None = None
         self.leading = False  # whether this replica runs the health checks now
         self.address = ""
         self._stopped = False
@@ -122,6 +126,20 @@ class RegistryServer:
         if self.address:  # after start(): before it, start() sets SERVING itself
             self._health_set = asyncio.get_running_loop().create_task(
                 self._health.set(REGISTRY_SERVICE, status))
+        if self._handoff is not None:
+            self._handoff.cancel()
+            self._handoff = None
+        if not up and self.address and not self._stopped:
+            self._handoff = asyncio.get_running_loop().create_task(self._hand_off_watches())
+
+    async def _hand_off_watches(self) -> None:
+        """Still away from the store after WATCH_HANDOFF_SECONDS: end the watches here, so
+        that watchers resume on another replica (a watcher that comes back is served what
+        this replica knows)."""
+        await asyncio.sleep(WATCH_HANDOFF_SECONDS)
+        log.warning("cannot reach the store for %g s: ending this registry's watches so that "
+                    "watchers move to another replica", WATCH_HANDOFF_SECONDS)
+        self.service.close("the registry cannot reach its store: watch another replica")
 
     async def _lead_checks(self) -> None:
         """Run the health checks of registry-checked instances while this replica leads them."""
@@ -145,6 +163,8 @@ class RegistryServer:
         if self._stopped:
             return
         self._stopped = True
+        if self._handoff is not None:
+            self._handoff.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -60,7 +60,7 @@ class _Watcher:
         self.pending: collections.deque[bytes] = collections.deque()
         self.resync = False
         self.wakeup = asyncio.Event()
-        self.closing = False
+        self.closing = ""  # why the stream ends (UNAVAILABLE), once set
 
     def push(self, data: bytes) -> None:
         if len(self.pending) >= WATCH_BACKLOG_LIMIT:
@@ -110,6 +110,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         self._catalog = catalog
         self._part_bytes = part_bytes
         self._watchers: set[_Watcher] = set()
+        self._catching_up = 0  # Watches waiting for this replica to reach their revision
         # Each instance's bytes (by key, for the Instance object they encode), and the current
         # revision's snapshot parts per watch filter; cleared by every change.
         self._encoded: dict[tuple[str, str], tuple[Instance, bytes]] = {}
@@ -117,11 +118,12 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         view.subscribe(self._on_event)
         view.subscribe_config(self._on_config)
 
-    def close(self) -> None:
-        """End every Watch stream with UNAVAILABLE, so watchers go to another registry (or
-        retry) at once instead of being cancelled when the server's grace period ends."""
+    def close(self, why: str = "the registry is shutting down") -> None:
+        """End every Watch stream with UNAVAILABLE (why), so watchers go to another registry
+        (or retry) at once instead of being cancelled when the server's grace period ends, or
+        waiting on a replica that cannot follow its store."""
         for watcher in self._watchers:
-            watcher.closing = True
+            watcher.closing = why
             watcher.wakeup.set()
 
     # -- watch fan-out ------------------------------------------------------------------------
@@ -185,6 +187,11 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         held = self.view.since(after)
         if held is None:
             return None
+        # A watch may have broken between changes that share `after` (the keys of one etcd
+        # transaction): they all go again, as applying one twice changes nothing.
+        again = self.view.at(after)
+        if len(again) > 1:
+            held = again + held
         out = [Event(EventType.RESUMED, after,
                      store_id=self.view.store_id).to_proto().SerializeToString()]
         for change in held:
@@ -279,15 +286,20 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 names.check_service(request.service, "service")
             if request.proto_service:
                 names.check_proto_service(request.proto_service, "proto_service")
-            check_watchers(len(self._watchers), self.view.limits)
+            check_watchers(len(self._watchers) + self._catching_up, self.view.limits)
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except RegistryError as err:
             await context.abort(err.code, err.message)
         watcher = _Watcher(request.service, request.proto_service, request.include_config)
         resume = request.after_revision > 0 and request.store_id == self.view.store_id
-        if resume and request.after_revision > self.view.revision:
-            await self.view.wait_for(request.after_revision, RESUME_CATCH_UP_SECONDS)
+        if resume and request.after_revision > self.view.reached:
+            self.store.request_progress()  # etcd's revision moves with others' writes too
+            self._catching_up += 1  # a watcher already, for max_watchers
+            try:
+                await self.view.wait_for(request.after_revision, RESUME_CATCH_UP_SECONDS)
+            finally:
+                self._catching_up -= 1
         # The first messages and the subscription happen in one step of the event loop:
         # nothing is missed.
         parts = (self._resume(watcher, request.after_revision) if resume else None) \
@@ -300,8 +312,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 await watcher.wakeup.wait()
                 watcher.wakeup.clear()
                 if watcher.closing:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                        "the registry is shutting down")
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, watcher.closing)
                 parts = []
                 if watcher.resync:  # everything pending is in the current snapshot
                     watcher.resync = False

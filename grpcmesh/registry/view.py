@@ -32,7 +32,10 @@ class View(InstanceReads):
                  history_limit: int = HISTORY_LIMIT) -> None:
         self.store_id = store_id
         self.limits = limits
-        self.revision = 0
+        self.revision = 0  # of the last change applied (or the listing)
+        # The store's revision the view is known to have caught up with: at least revision,
+        # more when the store wrote other keys since (resumed watches go by it).
+        self.reached = 0
         self.partial = False
         self.loaded = False
         self.config = PushedConfig(0)
@@ -52,6 +55,10 @@ class View(InstanceReads):
         """The changes after revision `after`, if all are held (see History.since)."""
         return self._history.since(after)
 
+    def at(self, revision: int) -> list[Change]:
+        """The changes held at exactly this revision."""
+        return self._history.at(revision)
+
     # -- listening ----------------------------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -69,6 +76,7 @@ class View(InstanceReads):
         """Take a whole new state; listeners get a SNAPSHOT (and the config, if it changed)."""
         self._instances = {i.key: i for i in listing.instances}
         self.revision, self.partial = listing.revision, listing.partial
+        self.reached = listing.revision
         self._history.reset(listing.revision)
         was_loaded, self.loaded = self.loaded, True
         if was_loaded:
@@ -78,15 +86,20 @@ class View(InstanceReads):
 
     def apply(self, change: Change) -> None:
         event = change.event
-        if event.type == EventType.RESUMED:  # a store saying its watch is in place
-            return
+        if event.type == EventType.RESUMED:  # a store saying its changes reach this revision
+            if event.revision > self.reached:  # (none of them ours): the view does too
+                self.reached = event.revision
+                self._history.reach(event.revision)
+                self._notify()
+            return  # revision stays: a change etcd sends late (before 3.4.24) still counts
         if event.revision < self.revision or (
-                event.revision == self.revision and event.type != EventType.CONFIG):
+                event.revision == self.revision and self._seen(event)):
             return  # seen already (a watch resumed from an older revision than needed)
         if event.type == EventType.SNAPSHOT:
             self.reset(Listing(event.revision, event.instances, self.config, event.partial))
             return
         self.revision = event.revision
+        self.reached = max(self.reached, event.revision)
         if event.type == EventType.CONFIG:
             assert event.config is not None
             self._history.add(change)
@@ -108,6 +121,22 @@ class View(InstanceReads):
             self._tell(event, change.previous)
         self._notify()
 
+    def _seen(self, event: Event) -> bool:
+        """Whether a change at the view's own revision is one it has: the listing's (all of
+        that revision), or one held. Several changes share a revision in etcd (the keys of one
+        transaction), so the revision alone does not say."""
+        if event.revision == self._history.start:
+            return True
+        if event.type == EventType.CONFIG:
+            return any(c.event.type == EventType.CONFIG and c.event.config == event.config
+                       for c in self._history.at(event.revision))
+        if event.type == EventType.SNAPSHOT:
+            return True
+        key = event.instances[0].key
+        return any(c.event.type == event.type and c.event.instances
+                   and c.event.instances[0].key == key
+                   for c in self._history.at(event.revision))
+
     def _set_config(self, config: PushedConfig) -> None:
         if config.version == self.config.version:
             return
@@ -124,7 +153,7 @@ class View(InstanceReads):
             return
         waiting = []
         for revision, future in self._waiters:
-            if revision <= self.revision:
+            if revision <= self.reached:
                 if not future.done():
                     future.set_result(None)
             elif not future.done():
@@ -134,7 +163,7 @@ class View(InstanceReads):
     async def wait_for(self, revision: int, timeout: float = 5.0) -> bool:
         """Wait until this view has seen revision (a write's, so that the writer reads its
         write back here); False if it has not within timeout."""
-        if self.revision >= revision:
+        if self.reached >= revision:
             return True
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((revision, future))
@@ -184,5 +213,11 @@ async def follow(store: Store, view: View, ready: asyncio.Event | None = None,
             log.log(logging.DEBUG if up is False else logging.WARNING,
                     "%s; keeping what is known (revision %d) and trying again", err,
                     view.revision)
+            state(False)
+            await asyncio.sleep(backoff.next())
+        except Exception as err:  # noqa: BLE001 - following must outlive what it cannot read
+            log.error("following the store failed (%s: %s); keeping what is known (revision "
+                      "%d), listing it again", type(err).__name__, err, view.revision)
+            listed = False
             state(False)
             await asyncio.sleep(backoff.next())

@@ -124,3 +124,39 @@ async def test_a_watch_resumes_on_another_replica_of_the_same_etcd(etcd: EtcdClu
     finally:
         for server in servers:
             await server.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_a_watch_resumes_at_once_on_a_replica_that_saw_none_of_the_newer_writes(
+        etcd: EtcdCluster) -> None:
+    """etcd's revision counts every write to etcd, and a replica's view moved only with the
+    keys it uses. A replica that listed after someone else's write (another program on the
+    same etcd; a leader key) gave its watchers that newer revision, and one that listed before
+    it waited RESUME_CATCH_UP_SECONDS for a revision it would never see, then sent a whole
+    SNAPSHOT instead of resuming."""
+    from aetcd import rpc  # type: ignore[import-untyped]
+
+    url = etcd.url(f"/r{secrets.token_hex(3)}")
+    servers = [RegistryServer("127.0.0.1:0", store=EtcdStore(parse_etcd_url(url)))
+               for _ in range(2)]
+    try:
+        b = await servers[1].start()
+        await register(b, instance("o1"))
+        async with grpc.aio.insecure_channel(etcd.members[0].endpoint) as channel:
+            await rpc.KVStub(channel).Put(rpc.PutRequest(key=b"/elsewhere/k", value=b"1"),
+                                          timeout=5)
+        a = await servers[0].start()
+        [snapshot] = await first_events(a, pb.WatchRequest(), 1)
+        assert snapshot.revision > servers[1].view.revision  # what makes the case
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        resumed = await first_events(b, pb.WatchRequest(
+            store_id=snapshot.store_id, after_revision=snapshot.revision), 1)
+        assert kinds(resumed) == [("RESUMED", "")]
+        assert loop.time() - started < 1.0
+        # And it goes on from there.
+        await register(a, instance("o2"))
+        assert await servers[1].view.wait_for(servers[0].view.revision, 5)
+    finally:
+        for server in servers:
+            await server.stop(0)

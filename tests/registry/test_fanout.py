@@ -80,3 +80,84 @@ def test_a_config_is_serialized_once_per_version_for_the_watchers_that_asked() -
     start = service._start(_Watcher("", "", include_config=True))
     assert start[:-1] == service.snapshot() and start[-1] is asked[0].pending[0]
     assert service._start(_Watcher("", "")) == service.snapshot()
+
+
+def test_a_watch_that_broke_inside_a_revision_resumes_with_all_of_it() -> None:
+    """Several changes share an etcd revision (the keys of one transaction), and each goes to a
+    watcher as a message of its own. A stream that broke between two of them left the client at
+    that revision (WatchPosition), and a resume after it skipped the rest of the revision for
+    good. Now a resume after a revision that holds several changes sends them all again: an
+    UPSERT or DELETE applied twice leaves the same state, one never applied does not."""
+    store = RegistryStore(FakeClock(), random.Random(1))
+    service = served(store)
+    view = service.view
+    view.reset(Listing(5, (orders(1), orders(2)), PushedConfig(0)))
+    for n in (1, 2):
+        view.apply(Change(Event(EventType.DELETE, 6, (Instance("orders", f"o{n}", ""),))))
+    view.apply(Change(Event(EventType.UPSERT, 7, (orders(3),))))
+
+    def resumed(after: int) -> list[tuple[str, str, int]]:
+        parts = service._resume(_Watcher("", ""), after) or []
+        events = [pb.WatchEvent.FromString(p) for p in parts]
+        return [(pb.WatchEvent.Type.Name(e.type),
+                 e.instances[0].instance_id if e.instances else "", e.revision)
+                for e in events]
+
+    # The client got the DELETE of o1 at 6, and the stream broke.
+    assert resumed(6) == [("RESUMED", "", 6), ("DELETE", "o1", 6), ("DELETE", "o2", 6),
+                          ("UPSERT", "o3", 7)]
+    assert resumed(5) == [("RESUMED", "", 5), ("DELETE", "o1", 6), ("DELETE", "o2", 6),
+                          ("UPSERT", "o3", 7)]
+    assert resumed(7) == [("RESUMED", "", 7)]  # one change at 7: nothing to send again
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    """The part of a grpc.aio.ServicerContext that Watch uses."""
+
+    def __init__(self) -> None:
+        self.code: object = None
+
+    async def abort(self, code: object, details: str) -> None:
+        self.code = code
+        raise Aborted(details)
+
+
+def test_watches_waiting_to_resume_count_towards_max_watchers() -> None:
+    """A Watch that resumes ahead of this replica waits up to RESUME_CATCH_UP_SECONDS before it
+    joins the watchers, and max_watchers was checked before that wait: any number of resumes
+    at once (a client that asks for a revision far ahead) all passed the check, then all joined."""
+    import asyncio
+
+    import grpc
+
+    from grpcmesh.registry import service as service_module
+    from grpcmesh.registry.limits import RegistryLimits
+
+    async def run() -> list[object]:
+        store = RegistryStore(FakeClock(), random.Random(1))
+        registry = served(store)
+        registry.view.limits = RegistryLimits(max_watchers=2)
+        request = pb.WatchRequest(store_id="test", after_revision=10**12)
+
+        async def watch() -> object:
+            context = Context()
+            try:
+                async for _ in registry.Watch(request, context):  # type: ignore[arg-type]
+                    break
+            except Aborted:
+                pass
+            return context.code
+
+        return list(await asyncio.gather(*(watch() for _ in range(5))))
+
+    saved = service_module.RESUME_CATCH_UP_SECONDS
+    service_module.RESUME_CATCH_UP_SECONDS = 0.1
+    try:
+        codes = asyncio.run(run())
+    finally:
+        service_module.RESUME_CATCH_UP_SECONDS = saved
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 3, codes

@@ -139,3 +139,67 @@ async def test_wait_for_a_revision_the_view_never_reaches_gives_up() -> None:
     await asyncio.sleep(0)
     view.apply(upsert(5, inst("o1")))
     assert await waiting
+
+
+def test_every_change_that_shares_a_revision_is_applied() -> None:
+    """etcd gives every key that one transaction touches the same revision (a DeleteRange over
+    a service's keys, say, by an operator's etcdctl): each is a change of its own. The view
+    applied only the first, and kept the others' instances for good."""
+    view = View("s")
+    seen: list[tuple[str, str]] = []
+    view.subscribe(lambda event, previous: seen.append(
+        (event.type.name, event.instances[0].instance_id)))
+    view.reset(Listing(5, (inst("o1"), inst("o2")), PushedConfig(0)))
+    view.apply(delete(6, "o1"))
+    view.apply(delete(6, "o2"))
+    view.apply(upsert(7, inst("o3")))
+    view.apply(upsert(7, inst("o4")))
+    assert [i.instance_id for i in view.instances()] == ["o3", "o4"]
+    assert seen == [("DELETE", "o1"), ("DELETE", "o2"), ("UPSERT", "o3"), ("UPSERT", "o4")]
+    assert len(view.since(5) or []) == 4
+    # The same change again is still applied once, and so is one the listing held.
+    view.apply(upsert(7, inst("o4")))
+    view.reset(Listing(9, (inst("o5"),), PushedConfig(0)))
+    view.apply(upsert(9, inst("o5")))
+    assert len(seen) == 5 and view.since(9) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_follow_goes_on_when_a_listing_fails_unexpectedly() -> None:
+    """A listing that raises something follow() does not expect (an etcd config key it cannot
+    read: a ValueError) ended follow() for good: the replica's start() waited for its first
+    listing forever, or a running replica stopped following its store and stayed SERVING."""
+
+    class Failing(Scripted):
+        async def listing(self) -> Listing:
+            self.listed += 1
+            if self.listed == 1:
+                raise ValueError("etcd key /grpcmesh/config does not hold a mesh config")
+            return self.listings.pop(0)
+
+    store = Failing([Listing(5, (inst("o1"),), PushedConfig(0))], [([], None)])
+    states: list[bool] = []
+    view = View("scripted")
+    ready = asyncio.Event()
+    task = asyncio.create_task(follow(store, view, ready, states.append))  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert store.listed == 2 and states == [False, True]
+
+
+def test_a_store_that_says_how_far_it_reached_moves_resumes_not_what_is_applied() -> None:
+    """A RESUMED marker from the store (its writes to keys the registry ignores, or a progress
+    notification) lets a watcher that saw a later revision through another replica resume
+    here. It does not make a change that comes late look old: etcd before 3.4.24 could send a
+    requested progress notification ahead of events (etcd-io/etcd#15220)."""
+    view = View("s")
+    view.reset(Listing(5, (), PushedConfig(0)))
+    view.apply(Change(Event(EventType.RESUMED, 10)))
+    assert view.reached == 10 and view.revision == 5 and view.since(10) == []
+    view.apply(upsert(8, inst("late")))
+    assert [i.instance_id for i in view.instances()] == ["late"]
+    assert [c.revision for c in view.since(5) or []] == [8]
