@@ -3,6 +3,7 @@ another replica of the same etcd store, it gets RESUMED and just the changes it 
 another store, or when those changes are gone, a SNAPSHOT as for a new watch."""
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import grpc
