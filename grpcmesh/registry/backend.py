@@ -59,6 +59,10 @@ class Leadership(Protocol):
 
 class Store(Protocol):
     limits: RegistryLimits
+    # Whether several registry replicas share the store, and its leases can outlive their
+    # instances (etcd: a key deleted by hand, a replica's own lease): KeepAlive then renews only
+    # a lease the replica's view holds an instance under.
+    shared: bool
 
     @property
     def store_id(self) -> str:
@@ -103,6 +107,8 @@ class LocalStore:
     """The state in this process: a RegistryStore (instances and leases; with a Persistence,
     registry-checked instances are also written to SQLite) and a ConfigStore. Leases expire on
     a task of open()'s, as etcd expires its own."""
+
+    shared = False
 
     def __init__(self, state: RegistryStore, configs: ConfigStore, clock: Clock,
                  history_limit: int = HISTORY_LIMIT, on_close: Callable[[], None] | None = None,

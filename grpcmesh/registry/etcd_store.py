@@ -57,6 +57,7 @@ from grpcmesh.registry.store import (
     admit,
     check_deregister,
     check_registration_request,
+    lease_not_found,
     normalized,
 )
 
@@ -163,13 +164,9 @@ def prefix_end(key: bytes) -> bytes:
     return key[:-1] + bytes([key[-1] + 1])
 
 
-def _not_found(lease_id: int) -> RegistryError:
-    return RegistryError(grpc.StatusCode.NOT_FOUND,
-                         f"lease {lease_id} not found: it expired, was revoked or the registry "
-                         "restarted; register again")
-
-
 class EtcdStore:
+    shared = True  # replicas share it (backend.Store)
+
     def __init__(self, target: EtcdTarget, limits: RegistryLimits = RegistryLimits(),
                  call_timeout: float = CALL_TIMEOUT) -> None:
         self.target = target
@@ -371,7 +368,7 @@ class EtcdStore:
             raise StoreUnavailable(f"etcd at {self.target.url}: the store is not open")
         ttl = await self._call(self._keepalives.renew, lease_id)
         if ttl <= 0:
-            raise _not_found(lease_id)
+            raise lease_not_found(lease_id)
         return Lease(lease_id, float(ttl), time.monotonic() + ttl)
 
     async def _leased(self, lease_id: int) -> tuple[str, str]:
@@ -379,17 +376,17 @@ class EtcdStore:
                                 rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=True))
         keys = [k for k in (self._key_of(raw) for raw in info.keys) if k is not None]
         if info.TTL <= 0 or not keys:
-            raise _not_found(lease_id)
+            raise lease_not_found(lease_id)
         return keys[0]
 
     async def set_health(self, lease_id: int, health: Health) -> int:
         if lease_id <= 0:
-            raise _not_found(lease_id)
+            raise lease_not_found(lease_id)
         key = await self._leased(lease_id)
         for _ in range(CONFLICT_ATTEMPTS):
             inst, mod, _ = await self._read(key)
             if inst is None or inst.lease_id != lease_id:
-                raise _not_found(lease_id)
+                raise lease_not_found(lease_id)
             if inst.health == health:  # the revision of that state: a view has it, or will
                 return mod
             done = await self._swap(key, mod, [self._put(replace(inst, health=health),

@@ -78,7 +78,8 @@ class RegistryServer:
         self.listen = listen
         self.store: Store = store if store is not None else local_store(
             persistence, warmup=warmup, limits=limits)
-        self.view = View(self.store.store_id, self.store.limits)
+        self.view = View(self.store.store_id, self.store.limits,
+                         lease_index=self.store.shared)
         self._config = config
         self._checker = HealthChecker(self.store, self.view, poll_interval=check_interval)
         self.service = RegistryService(self.store, self.view, catalog)

@@ -37,7 +37,7 @@ from grpcmesh.registry.model import (
     RegistryError,
 )
 from grpcmesh.registry.snapshot import PART_BYTES, encode_instance, snapshot_parts
-from grpcmesh.registry.store import filter_event, matches
+from grpcmesh.registry.store import filter_event, lease_not_found, matches
 from grpcmesh.registry.view import View
 
 T = TypeVar("T")
@@ -242,6 +242,11 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
 
     async def KeepAlive(self, request: pb.KeepAliveRequest,
                         context: grpc.aio.ServicerContext) -> pb.KeepAliveResponse:
+        if not self.view.holds_lease(request.lease_id):
+            # Only a lease an instance is registered under: not one whose instance is gone
+            # (its key deleted, its deregistration's revoke lost), nor a replica's own.
+            err = lease_not_found(request.lease_id)
+            await context.abort(err.code, err.message)
         lease = await self._abort_on_error(context, lambda: self.store.keep_alive(
             request.lease_id))
         return pb.KeepAliveResponse(ttl_seconds=int(lease.ttl))

@@ -229,9 +229,7 @@ class RegistryStore(InstanceReads):
             self.expire()
             lease = None
         if lease is None:
-            raise RegistryError(grpc.StatusCode.NOT_FOUND,
-                                f"lease {lease_id} not found: it expired, was revoked or the "
-                                "registry restarted; register again")
+            raise lease_not_found(lease_id)
         return lease
 
     def _set_health(self, key: tuple[str, str], health: Health) -> int:
@@ -257,6 +255,13 @@ class RegistryStore(InstanceReads):
         for listener in list(self._listeners):
             listener(event, previous)
         return self.revision
+
+
+def lease_not_found(lease_id: int) -> RegistryError:
+    """What a sidecar hears when its lease is gone: it registers again."""
+    return RegistryError(grpc.StatusCode.NOT_FOUND,
+                         f"lease {lease_id} not found: it expired, was revoked or the registry "
+                         "restarted; register again")
 
 
 def normalized(instance: Instance) -> Instance:

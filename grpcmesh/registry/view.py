@@ -29,8 +29,11 @@ ConfigListener = Callable[[PushedConfig], None]
 
 class View(InstanceReads):
     def __init__(self, store_id: str = "", limits: RegistryLimits = RegistryLimits(),
-                 history_limit: int = HISTORY_LIMIT) -> None:
+                 history_limit: int = HISTORY_LIMIT, lease_index: bool = False) -> None:
+        """lease_index: keep which lease each instance is under (holds_lease), for a store
+        whose leases can outlive their instances (etcd's); about 50 bytes an instance."""
         self.store_id = store_id
+        self._lease_index = lease_index
         self.limits = limits
         self.revision = 0  # of the last change applied (or the listing)
         # The store's revision the view is known to have caught up with: at least revision,
@@ -40,12 +43,20 @@ class View(InstanceReads):
         self.loaded = False
         self.config = PushedConfig(0)
         self._instances: dict[tuple[str, str], Instance] = {}
+        self._leases: dict[int, tuple[str, str]] = {}  # lease id -> the instance under it
         self._history = History(0, history_limit)
         self._listeners: list[Listener] = []
         self._config_listeners: list[ConfigListener] = []
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     # -- reading (instances, get, resolve, list_services: InstanceReads) -----------------
+
+    def holds_lease(self, lease_id: int) -> bool:
+        """Whether an instance this view holds is registered under lease_id (with the lease
+        index; without it, always True: the store's own leases go with their instances).
+        KeepAlive renews only those: not a replica's own leader lease, nor a lease whose key
+        is gone."""
+        return not self._lease_index or lease_id in self._leases
 
     def snapshot(self) -> Event:
         return Event(EventType.SNAPSHOT, self.revision, tuple(self.instances()),
@@ -75,6 +86,8 @@ class View(InstanceReads):
     def reset(self, listing: Listing) -> None:
         """Take a whole new state; listeners get a SNAPSHOT (and the config, if it changed)."""
         self._instances = {i.key: i for i in listing.instances}
+        self._leases = {i.lease_id: i.key for i in listing.instances
+                        if i.lease_id} if self._lease_index else {}
         self.revision, self.partial = listing.revision, listing.partial
         self.reached = listing.revision
         self._history.reset(listing.revision)
@@ -114,8 +127,14 @@ class View(InstanceReads):
                 # A store may know only the key of what it deleted: watchers get it whole.
                 event = replace(event, instances=(previous,))
                 self._instances.pop(inst.key)
+                self._leases.pop(previous.lease_id, None)
             else:
                 self._instances[inst.key] = inst
+                if self._lease_index:
+                    if previous is not None and previous.lease_id != inst.lease_id:
+                        self._leases.pop(previous.lease_id, None)
+                    if inst.lease_id:
+                        self._leases[inst.lease_id] = inst.key
             change = Change(event, previous if previous is not None else change.previous)
             self._history.add(change)
             self._tell(event, change.previous)

@@ -17,8 +17,9 @@ from aetcd import rpc  # type: ignore[import-untyped]
 from generated.grpcmesh.registry.v1 import registry_pb2 as pb
 from generated.grpcmesh.registry.v1 import registry_pb2_grpc
 from grpcmesh.registry.etcd_store import EtcdStore, parse_etcd_url
-from grpcmesh.registry.model import Instance, RegistryError
+from grpcmesh.registry.model import Instance
 from grpcmesh.registry.server import RegistryServer
+from tests.conftest import wait_for
 from tests.etcd import ETCD, MISSING, EtcdCluster
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(ETCD is None, reason=MISSING)]
@@ -144,29 +145,38 @@ async def test_the_error_for_a_prefix_of_someone_else_is_one_line(etcd: EtcdClus
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(strict=True, reason="keep_alive renews the etcd lease without asking whether "
-                   "it still holds the instance's key: a key deleted by hand (or a deregister "
-                   "whose revoke failed) leaves a lease the sidecar keeps alive for nothing; "
-                   "checking costs a LeaseTimeToLive per keep-alive, or a revoke on each "
-                   "DELETE seen with prev_kv: a design choice, not made here")
-async def test_a_lease_whose_key_is_gone_is_not_found(etcd: EtcdCluster) -> None:
+async def test_keep_alive_renews_only_the_lease_of_an_instance(etcd: EtcdCluster) -> None:
     """In memory a lease and its instance go together: a sidecar whose instance was removed
     hears NOT_FOUND at its next keep-alive and registers again. On etcd the key can go while
-    the lease stays (etcdctl del; a deregister whose LeaseRevoke failed): keep-alives go on
-    succeeding and the sidecar never registers again."""
+    the lease stays (etcdctl del; a deregister whose LeaseRevoke failed): the registry renews a
+    lease only if its view holds an instance under it. The same keeps a client from keeping a
+    replica's leader lease alive (etcd lease ids are guessable) so that no other replica could
+    take the health checks over."""
     opened = store(etcd)
-    await opened.open()
+    server = RegistryServer("127.0.0.1:0", store=opened)
+    address = await server.start()
     try:
-        reg = await opened.register(
-            Instance("orders", "o1", "10.0.0.1:80", ("shop.v1.Orders",)), 30)
-        async with grpc.aio.insecure_channel(etcd.members[0].endpoint) as channel:
-            await rpc.KVStub(channel).DeleteRange(
-                rpc.DeleteRangeRequest(key=opened._key(("orders", "o1"))), timeout=5)
-        with pytest.raises(RegistryError) as err:
-            await opened.keep_alive(reg.instance.lease_id)
-        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        await wait_for(lambda: server.leading, 5, "the replica to lead the checks")
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            reg = await stub.Register(pb.RegisterRequest(instance=pb.Instance(
+                service="orders", instance_id="o1", address="10.0.0.1:80",
+                proto_services=["shop.v1.Orders"]), ttl_seconds=30), timeout=5)
+            await stub.KeepAlive(pb.KeepAliveRequest(lease_id=reg.lease_id), timeout=5)
+            async with grpc.aio.insecure_channel(etcd.members[0].endpoint) as raw:
+                leader = await rpc.KVStub(raw).Range(rpc.RangeRequest(
+                    key=opened._leaders + b"checker"), timeout=5)
+                await rpc.KVStub(raw).DeleteRange(
+                    rpc.DeleteRangeRequest(key=opened._key(("orders", "o1"))), timeout=5)
+            await wait_for(lambda: server.view.get("orders", "o1") is None, 5,
+                           "the view to see the key go")
+            for lease_id in (reg.lease_id, leader.kvs[0].lease):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.KeepAlive(pb.KeepAliveRequest(lease_id=lease_id), timeout=5)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+                assert "register again" in (err.value.details() or "")
     finally:
-        await opened.close()
+        await server.stop(0)
 
 
 @pytest.mark.asyncio
