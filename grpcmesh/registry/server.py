@@ -25,6 +25,9 @@ from grpcmesh.registry.view import View, follow
 from grpcmesh.server_util import bind, server_options, with_port
 
 log = logging.getLogger(__name__)
+# A store that answers but cannot be listed (etcd without a quorum, a listing it refuses):
+# the registry says so and exits rather than waiting without a word.
+FIRST_LISTING_SECONDS = 30.0
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 # A replica away from its store this long ends its watches, so that watchers resume on a
 # replica that still follows it (an etcd election alone is shorter).
@@ -102,7 +105,15 @@ class RegistryServer:
         health_servicer = self._health = health.aio.HealthServicer()
         self._tasks.append(loop.create_task(follow(self.store, self.view, listed,
                                                    self._store_state)))
-        await listed.wait()
+        try:
+            await asyncio.wait_for(listed.wait(), FIRST_LISTING_SECONDS)
+        except TimeoutError:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.store.close()
+            raise ValueError(f"could not read the store within {FIRST_LISTING_SECONDS:g} s "
+                             "(the log says why)") from None
         add_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
         enable_reflection(self._server, [REGISTRY_SERVICE, health.SERVICE_NAME])

@@ -10,6 +10,7 @@ import pytest
 
 from grpcmesh.registry.backend import Always, Compacted, Leadership, Listing, StoreUnavailable
 from grpcmesh.registry.history import Change, History
+from grpcmesh.registry.limits import RegistryLimits
 from grpcmesh.registry.model import Event, EventType, Health, Instance, PushedConfig
 from grpcmesh.registry.view import View, follow
 
@@ -203,3 +204,37 @@ def test_a_store_that_says_how_far_it_reached_moves_resumes_not_what_is_applied(
     view.apply(upsert(8, inst("late")))
     assert [i.instance_id for i in view.instances()] == ["late"]
     assert [c.revision for c in view.since(5) or []] == [8]
+
+
+class Unlistable(Scripted):
+    """A store that opens but whose listing always fails (etcd without a quorum)."""
+
+    limits = RegistryLimits()
+    shared = False
+    closed = False
+
+    def __init__(self) -> None:
+        super().__init__([], [])
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def listing(self) -> Listing:
+        raise StoreUnavailable("etcd at etcd://127.0.0.1:1: UNAVAILABLE: no leader")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_a_registry_that_cannot_list_its_store_says_so_instead_of_waiting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpcmesh.registry import server as server_module
+
+    monkeypatch.setattr(server_module, "FIRST_LISTING_SECONDS", 0.3)
+    store = Unlistable()
+    registry = server_module.RegistryServer("127.0.0.1:0", store=store)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="could not read the store within 0.3 s"):
+        await registry.start()
+    assert store.closed
