@@ -127,10 +127,11 @@ def _quiet_gc() -> None:
     collector, scanning every object the registry holds, used to stall that fan-out now and
     then: p99 change-to-all-1,000-watchers 120 ms with it, 67 ms without (scripts/
     bench_registry.py, docs/scaling.md). Objects from the start (modules, gRPC) are frozen out
-    of every scan, and scans come after 50,000 allocations instead of 700. Garbage without
+    of every scan, and scans come after 50,000 allocations instead of 700 (a full one every 10
+    million instead of 70,000). Garbage without
     cycles is freed at once either way; cyclic garbage waits for the next scan."""
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(50_000, 20, 10)
 
 
 def _startup_config(path: str) -> Prepared:
