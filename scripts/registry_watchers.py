@@ -53,8 +53,9 @@ class Connection:
     parse, not grpc.aio's per-message machinery (about 130 us each, which on 2 cores made the
     watchers, not the registry, set the pace)."""
 
-    def __init__(self, address: str, on_message: Callable[[int, bytes], None],
+    def __init__(self, address: str, serial: int, on_message: Callable[[int, bytes], None],
                  on_end: Callable[[int], None]) -> None:
+        """Connects at once; `started` is done once it has (or could not)."""
         self.address = address
         self._on_message = on_message
         self._on_end = on_end
@@ -65,8 +66,8 @@ class Connection:
         self._unacked = 0  # bytes taken since the last connection WINDOW_UPDATE
         self.alive = False
         self._task: asyncio.Task[None] | None = None
-        self.serial = 0
-        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.serial = serial
+        self.started: asyncio.Future[None] = asyncio.ensure_future(self.start())
 
     async def start(self) -> None:
         host, _, port = self.address.rpartition(":")
@@ -177,10 +178,8 @@ class Watchers:
         if conn is None or (conn.started.done() and not conn.alive):
             self._serial += 1  # streams are known by (connection, stream id)
             serial = self._serial
-            conn = Connection(address, lambda sid, data: self._message(serial, sid, data),
+            conn = Connection(address, serial, lambda sid, data: self._message(serial, sid, data),
                               lambda sid: self._ended(serial, sid))
-            conn.serial = serial
-            conn.started = asyncio.ensure_future(conn.start())
             self._connections[key] = conn
         await asyncio.shield(conn.started)  # (the watchers that share it wait for it too)
         return conn

@@ -102,7 +102,7 @@ class RegistryServer:
             await self.store.apply_config(self._config, time.time())
         loop = asyncio.get_running_loop()
         listed = asyncio.Event()
-        health_servicer = self._health = health.aio.HealthServicer()
+        health_servicer = self._health
         self._tasks.append(loop.create_task(follow(self.store, self.view, listed,
                                                    self._store_state)))
         try:
